@@ -51,6 +51,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         keep_running=args.keep_running,
         timeout_s=args.timeout,
+        podman_image=args.podman_image,
     )
     try:
         run_demo(options)
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="artifacts, logs, kubeconfig, plot (default: a new temp dir)")
     demo.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                       help="give up when the traffic phase takes longer (default 600)")
+    demo.add_argument("--podman-image", metavar="IMAGE",
+                      help="run the pods as containers of this inference image with podman "
+                           "(root; images/build.sh builds localhost/dpserve-inference:dev)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -2,13 +2,21 @@
 with its ledger), and the local kubelet running the model server, the filter sidecar and the
 trainer of what the operator creates.
 
-One stack for the whole directory (starting it costs seconds); each test works in its own
-namespace. Artifacts are trained once per session with ``dpserve-train`` on scikit-learn's
-digits (offline) and copied into the stack's PVC root.
+Every scenario runs twice, once per container runtime of the kubelet (the ``e2e`` fixture's
+parameter):
+- ``process``: the containers as processes of this Python environment;
+- ``podman``: the containers as real containers of the built inference image (podman, root;
+  skipped where podman is missing, as the image tests are), with the manifests' mounts,
+  users, read-only root, dropped capabilities and memory/CPU limits enforced.
+
+One stack per runtime (starting it costs seconds); each test works in its own namespace.
+Artifacts are trained once per session with ``dpserve-train`` on scikit-learn's digits
+(offline) and copied into the stack's PVC root.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -29,6 +37,13 @@ from dpserve.demo.traffic import QueryClient
 from dpserve.ledger.events import spends
 from dpserve.localkube.client import Client
 from dpserve.localkube.waiting import wait_until
+from podman_support import (
+    CONTAINERS_CONF,
+    INFERENCE_IMAGE,
+    build_images,
+    podman,
+    unavailable_reason,
+)
 
 DELTA = "1e-5"
 # Every class text carries contact details: the sidecar must never let them out raw.
@@ -123,7 +138,28 @@ class E2E:
         endpoints: list[str] = wait_until(lambda: self.stack.endpoints(ns, model), timeout_s,
                                           what=lambda: f"a ready pod of {ns}/{model}\n"
                                           f"{self.diagnostics(ns)}")
+        self.check_runtime(ns, model)
         return endpoints
+
+    def check_runtime(self, ns: str, model: str) -> None:
+        """The serving pods ran where the runtime says: as podman containers of the built
+        image under the manifest's restrictions, or as local processes."""
+        assert self.stack.kubelet is not None
+        runs = self.stack.kubelet.call(lambda k: [
+            (run.image, run.runtime_id) for p in k.pods(ns, model) for run in p.containers])
+        assert runs, f"no pods of {ns}/{model}"
+        if self.stack.podman_image is None:
+            assert all(image == "local" and not rid for image, rid in runs), runs
+            return
+        for image, name in runs:
+            assert image == self.stack.podman_image
+            (info,) = json.loads(podman("container", "inspect", name).stdout)
+            host = info["HostConfig"]
+            assert info["Config"]["User"] == "65532:65532", info["Config"]["User"]
+            assert host["ReadonlyRootfs"] is True
+            assert host["Memory"] > 0 and host["NanoCpus"] > 0, host
+            assert "no-new-privileges" in host["SecurityOpt"], host["SecurityOpt"]
+            assert not info["EffectiveCaps"], info["EffectiveCaps"]
 
     def diagnostics(self, ns: str) -> str:
         """Operator log tail and the pods' container logs, for failure messages."""
@@ -142,16 +178,32 @@ def granted_queries(status: PrivacyBudgetStatus) -> int:
 
 
 @pytest.fixture(scope="session")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    """The stack, started while the artifacts train (both take seconds)."""
-    stack = LocalStack(tmp_path_factory.mktemp("stack"))
-    root = tmp_path_factory.mktemp("artifacts")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        training = pool.submit(_train, root)
-        try:
-            stack.start()
-        finally:
-            trained = training.result()
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    return _train(tmp_path_factory.mktemp("artifacts"))
+
+
+RUNTIMES = [
+    pytest.param("process", id="process"),
+    pytest.param("podman", id="podman", marks=[
+        pytest.mark.podman,
+        # The first test may build the images (minutes without the layer cache).
+        pytest.mark.timeout(1800),
+        pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or ""),
+    ]),
+]
+
+
+@pytest.fixture(scope="session", params=RUNTIMES)
+def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        trained: Artifacts) -> Iterator[E2E]:
+    """The stack on one container runtime."""
+    podman_image = None
+    if request.param == "podman":
+        build_images(timeout=1500)  # a no-op when the image tests already built them
+        podman_image = INFERENCE_IMAGE
+    stack = LocalStack(tmp_path_factory.mktemp(f"stack-{request.param}"),
+                       podman_image=podman_image, containers_conf=CONTAINERS_CONF)
+    stack.start()
     try:
         yield E2E(stack, trained)
     finally:

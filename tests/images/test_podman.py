@@ -30,19 +30,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from podman_helpers import (
-    INFERENCE_IMAGE,
-    OPERATOR_IMAGE,
-    REPO,
-    build_images,
-    exec_in,
-    http,
-    http_ok,
-    logs,
-    podman,
-    unavailable_reason,
-    wait_for,
-)
 
 from dpserve.localkube import LocalKubeServer, serve
 from dpserve.localkube.client import Client
@@ -62,6 +49,19 @@ from dpserve.resources.names import (
 from dpserve_runtime.architectures import build_model
 from dpserve_runtime.artifact import save_pate_ensemble
 from dpserve_runtime.filter.verbatim import write_fingerprint_file
+from podman_support import (
+    INFERENCE_IMAGE,
+    OPERATOR_IMAGE,
+    REPO,
+    build_images,
+    exec_in,
+    http,
+    http_ok,
+    logs,
+    podman,
+    unavailable_reason,
+    wait_for,
+)
 
 REASON = unavailable_reason()
 pytestmark = [

@@ -51,6 +51,7 @@ class DemoOptions:
     keep_running: bool = False
     timeout_s: float = 600.0
     queries_per_second: float = 8.0  # per model: slow enough to watch ε move
+    podman_image: str | None = None  # pods as podman containers of this image
 
 
 @dataclass
@@ -209,7 +210,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     stages: dict[str, float] = {}
-    stack = LocalStack(work)
+    stack = LocalStack(work, podman_image=options.podman_image)
     traffic: Traffic | None = None
     with _sigterm_as_interrupt():
         try:

@@ -7,7 +7,8 @@
   pods were given;
 - the local kubelet (:mod:`dpserve.localkube.kubelet`) in a background thread, running the
   model server, the filter sidecar and the trainer of the Deployments and Jobs the operator
-  creates as child processes.
+  creates as child processes or, with ``podman_image``, as containers of the built inference
+  image (:class:`dpserve.localkube.kubelet.podman.PodmanRuntime`).
 
 Used by ``dpserve demo`` and the end-to-end tests. Every process started here is stopped by
 :meth:`LocalStack.stop` (also on errors: use it as a context manager).
@@ -27,6 +28,8 @@ from dpserve.localkube.harness import (
     OperatorProcess,
 )
 from dpserve.localkube.kubelet import KubeletThread, LocalKubelet, ServerTokens
+from dpserve.localkube.kubelet.containers import ContainerRuntime
+from dpserve.localkube.kubelet.podman import PodmanRuntime
 from dpserve.localkube.server import LocalKubeServer
 
 # Faster reaction than a cluster's defaults: a local run has seconds, not hours.
@@ -41,13 +44,16 @@ class LocalStack:
     """Emulator + operator process + local kubelet under ``workdir``.
 
     ``workdir`` receives the kubeconfig, the operator logs, the pods' directories (logs,
-    volumes, termination messages) and the PVC root (``pvc/<claim>``).
+    volumes, termination messages) and the PVC root (``pvc/<claim>``). ``podman_image``: run
+    the pods' containers with podman, the operator rendering this inference image
+    (``containers_conf``: podman's configuration file).
     """
 
     def __init__(
         self, workdir: Path, *, operator_env: Mapping[str, str] | None = None,
         namespaces: tuple[str, ...] = (), kubelet_poll_s: float = 0.25,
         api_port: int = 0, executable_dir: Path | None = None,
+        podman_image: str | None = None, containers_conf: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -56,11 +62,14 @@ class LocalStack:
         self.kubelet_poll_s = kubelet_poll_s
         self.api_port = api_port
         self.executable_dir = executable_dir  # the "image": where dpserve-server etc. live
+        self.podman_image = podman_image
+        self.containers_conf = containers_conf
         self.server: LocalKubeServer | None = None
         self.kubelet: KubeletThread | None = None
+        image_env = {"DPSERVE_INFERENCE_IMAGE": podman_image} if podman_image else {}
         self.operator = OperatorProcess(
             self.kubeconfig, self.workdir / "logs", OperatorPorts.pick(),
-            env={**FAST_OPERATOR_ENV, **(operator_env or {})},
+            env={**FAST_OPERATOR_ENV, **image_env, **(operator_env or {})},
         )
 
     @property
@@ -82,11 +91,15 @@ class LocalStack:
             ledger_port = self.operator.ports.ledger
 
             def kubelet() -> LocalKubelet:
+                runtime: ContainerRuntime | None = None
+                if self.podman_image is not None:
+                    runtime = PodmanRuntime(host_ports=[ledger_port],
+                                            containers_conf=self.containers_conf)
                 return LocalKubelet(
                     server.url, self.workdir / "pods", tokens=ServerTokens(server),
                     pvc_root=self.pvc_root, namespaces=list(self.namespaces),
                     host_ports=[ledger_port], poll_interval=self.kubelet_poll_s,
-                    executable_dir=self.executable_dir,
+                    executable_dir=self.executable_dir, runtime=runtime,
                 )
 
             self.kubelet = KubeletThread(kubelet).start()

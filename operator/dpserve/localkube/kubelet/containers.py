@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dpserve.localkube.kubelet.mapping import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
@@ -41,6 +42,101 @@ def unstartable(pod: LocalPod, container: Obj, reason: str, message: str) -> Con
     )
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One volumeMount resolved to a path on this machine."""
+
+    host: Path
+    mount_path: str
+    read_only: bool
+    # configMap / secret / projected: files to write under ``files_root`` before the start.
+    files: Mapping[str, str] | None = None
+    files_root: Path | None = None
+    owned: bool = False  # fsGroup applies (PVC, emptyDir)
+
+    def write_files(self, rewrite: Callable[[str], str]) -> None:
+        """Write the per-container files; config files name container paths and
+        localhost, so they go through ``rewrite`` like the args."""
+        if self.files is None or self.files_root is None:
+            return
+        self.files_root.mkdir(parents=True, exist_ok=True)
+        for rel, content in self.files.items():
+            target = self.files_root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(rewrite(content), encoding="utf-8")
+
+
+def resolve_mounts(
+    container: Obj, volumes: Mapping[str, Volume], root: Path
+) -> list[Mount]:
+    """The container's volumeMounts as host paths (per-container volumes under ``root``)."""
+    mounts: list[Mount] = []
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            raise ContainerError("CreateContainerConfigError",
+                                 f"volumeMount {mount['name']!r}: no such volume")
+        host, files, files_root = volume.path, None, None
+        read_only = bool(mount.get("readOnly"))
+        if volume.per_container:
+            host = files_root = root / "volumes" / mount["name"]
+            files = volume.files
+            read_only = True  # a kubelet mounts configMap, secret and projected read-only
+        if mount.get("subPath"):
+            host = host / mount["subPath"]
+            if files is None:
+                host.mkdir(parents=True, exist_ok=True)  # a kubelet creates a missing subPath
+        mounts.append(Mount(host, mount["mountPath"], read_only, files, files_root,
+                            owned=volume.owned))
+    return mounts
+
+
+def termination_file(pod: LocalPod, name: str) -> Path:
+    path = pod.directory / f"{name}.termination-log"
+    path.write_bytes(b"")
+    return path
+
+
+def container_command(container: Obj, env: Mapping[str, str],
+                      rewrite: Callable[[str], str]) -> list[str]:
+    """command + args with ``$(VAR)`` references expanded and addresses mapped."""
+    return [rewrite(expand_references(a, env))
+            for a in (container.get("command") or []) + (container.get("args") or [])]
+
+
+def named_ports(container: Obj) -> dict[str, int]:
+    return {p["name"]: int(p["containerPort"])
+            for p in container.get("ports") or [] if p.get("name")}
+
+
+class ContainerRuntime(Protocol):
+    """How the kubelet turns a container of a manifest into a process it can watch."""
+
+    def prepare(self, pod: LocalPod, container: Obj, volumes: Mapping[str, Volume]
+                ) -> ContainerRun:
+        """argv and env of the process that runs ``container`` (raises ContainerError)."""
+
+    async def release(self, run: ContainerRun) -> None:
+        """Clean up after the process is gone (it may have been SIGKILLed)."""
+
+
+@dataclass(frozen=True)
+class ProcessRuntime:
+    """Containers as processes of this machine's Python environment (the default)."""
+
+    executable_dir: Path
+    host_ports: frozenset[int] = frozenset()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def prepare(self, pod: LocalPod, container: Obj, volumes: Mapping[str, Volume]
+                ) -> ContainerRun:
+        return container_run(pod, container, volumes, executable_dir=self.executable_dir,
+                             host_ports=self.host_ports, extra_env=self.extra_env)
+
+    async def release(self, run: ContainerRun) -> None:
+        """Nothing outlives the process group the kubelet already killed."""
+
+
 def container_run(
     pod: LocalPod, container: Obj, volumes: Mapping[str, Volume], *, executable_dir: Path,
     host_ports: Iterable[int], extra_env: Mapping[str, str],
@@ -52,36 +148,18 @@ def container_run(
     name = container["name"]
     root = pod.directory / "containers" / name
     (root / "tmp").mkdir(parents=True, exist_ok=True)
-    termination = pod.directory / f"{name}.termination-log"
-    termination.write_bytes(b"")
+    termination = termination_file(pod, name)
     paths: dict[str, Path] = {"/tmp": root / "tmp"}  # the image's own /tmp
     paths[container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH] = \
         termination
-    materialise: list[tuple[Volume, Path]] = []
-    for mount in container.get("volumeMounts") or []:
-        volume = volumes.get(mount["name"])
-        if volume is None:
-            raise ContainerError("CreateContainerConfigError",
-                                 f"volumeMount {mount['name']!r}: no such volume")
-        host = volume.path
-        if volume.per_container:
-            host = root / "volumes" / mount["name"]
-            materialise.append((volume, host))
-        if mount.get("subPath"):
-            host = host / mount["subPath"]
-        paths[mount["mountPath"]] = host
+    mounts = resolve_mounts(container, volumes, root)
+    paths |= {m.mount_path: m.host for m in mounts}
     rewrite = Rewriter(paths, pod.ip, host_ports)
-    for volume, host in materialise:
-        host.mkdir(parents=True, exist_ok=True)
-        for rel, content in volume.files.items():
-            target = host / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Config files name container paths and localhost: map them like the args.
-            target.write_text(rewrite(content), encoding="utf-8")
+    for mount in mounts:
+        mount.write_files(rewrite)
     env = container_env(pod, container, rewrite, executable_dir=executable_dir,
                         extra_env=extra_env)
-    argv = [rewrite(expand_references(a, env))
-            for a in (container.get("command") or []) + (container.get("args") or [])]
+    argv = container_command(container, env, rewrite)
     if not argv:
         raise ContainerError("CreateContainerError",
                              f"container {name}: no command (image entrypoints are not known "
@@ -92,13 +170,11 @@ def container_run(
             raise ContainerError("RunContainerError",
                                  f"container {name}: executable {argv[0]!r} not found in $PATH")
         argv[0] = resolved
-    ports = {p["name"]: int(p["containerPort"])
-             for p in container.get("ports") or [] if p.get("name")}
     return ContainerRun(
         name=name, argv=argv, env=env, log_path=pod.directory / f"{name}.log",
         termination_path=termination,
         fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
-        readiness=container.get("readinessProbe"), ports=ports,
+        readiness=container.get("readinessProbe"), ports=named_ports(container),
     )
 
 
@@ -111,9 +187,22 @@ def container_env(
            "HOSTNAME": pod.name}
     env |= {k: rewrite(v) for k, v in IMAGE_ENV.items()}
     env |= {k: os.environ[k] for k in PASS_THROUGH_ENV if k in os.environ}
-    limits = (container.get("resources") or {}).get("limits") or {}
-    env |= dict.fromkeys(THREAD_ENV, str(cpu_threads(limits.get("cpu"))))
+    env |= thread_env(container)
     env |= extra_env
+    return manifest_env(pod, container, rewrite, env)
+
+
+def thread_env(container: Obj) -> dict[str, str]:
+    """BLAS/OpenMP thread counts from ``resources.limits.cpu``, as a CPU quota bounds them."""
+    limits = (container.get("resources") or {}).get("limits") or {}
+    return dict.fromkeys(THREAD_ENV, str(cpu_threads(limits.get("cpu"))))
+
+
+def manifest_env(
+    pod: LocalPod, container: Obj, rewrite: Callable[[str], str], env: Mapping[str, str]
+) -> dict[str, str]:
+    """``env`` plus the container's own ``env`` list (``$(VAR)`` expanded, fieldRefs)."""
+    out = dict(env)
     field_values = {
         "metadata.name": pod.name, "metadata.namespace": pod.namespace,
         "metadata.uid": pod.uid, "status.podIP": pod.ip, "status.hostIP": "127.0.0.1",
@@ -121,9 +210,9 @@ def container_env(
     }
     for item in container.get("env") or []:
         if "value" in item:
-            env[item["name"]] = rewrite(expand_references(str(item["value"]), env))
+            out[item["name"]] = rewrite(expand_references(str(item["value"]), out))
         elif "fieldRef" in (item.get("valueFrom") or {}):
-            env[item["name"]] = field_values.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
+            out[item["name"]] = field_values.get(item["valueFrom"]["fieldRef"]["fieldPath"], "")
         else:
-            env[item["name"]] = ""
-    return env
+            out[item["name"]] = ""
+    return out

@@ -29,6 +29,8 @@ class ContainerRun:
     fallback_to_logs: bool
     readiness: dict[str, Any] | None
     ports: dict[str, int]  # named container ports (probes may name them)
+    image: str = "local"  # what containerStatuses[].image shows
+    runtime_id: str = ""  # the container runtime's name for it (podman), if any
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: str | None = None
@@ -125,7 +127,7 @@ def container_status(run: ContainerRun) -> Obj:
     else:
         state = {"waiting": {"reason": "ContainerCreating"}}
     status: Obj = {"name": run.name, "ready": run.ready, "started": run.running,
-                   "restartCount": run.restarts, "state": state, "image": "local",
+                   "restartCount": run.restarts, "state": state, "image": run.image,
                    "imageID": ""}
     last = run.last_terminated
     if run.restart_at is not None and run.exit_code is not None:

@@ -16,7 +16,12 @@ from typing import Any
 
 import aiohttp
 
-from dpserve.localkube.kubelet.containers import ContainerError, container_run, unstartable
+from dpserve.localkube.kubelet.containers import (
+    ContainerError,
+    ContainerRuntime,
+    ProcessRuntime,
+    unstartable,
+)
 from dpserve.localkube.kubelet.mapping import AddressPool, name_suffix, now, template_hash
 from dpserve.localkube.kubelet.pods import ContainerRun, LocalPod, pod_status, terminated_state
 from dpserve.localkube.kubelet.serviceaccount import TokenSink
@@ -54,7 +59,9 @@ class LocalKubelet:
     ``pvc_root/<claim>`` backs each PersistentVolumeClaim; ``executable_dir`` is the "image"
     (where ``dpserve-server`` and the others are found; default: this Python's ``bin``);
     ``host_ports`` are ports on 127.0.0.1 of the host's own services (the operator's ledger):
-    addresses naming them are not rewritten to the pod's address.
+    addresses naming them are not rewritten to the pod's address. ``runtime`` runs the
+    containers (default: :class:`ProcessRuntime` over ``executable_dir``; or
+    :class:`dpserve.localkube.kubelet.podman.PodmanRuntime` for the built images).
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class LocalKubelet:
         host_ports: Iterable[int] = (),
         poll_interval: float = 0.25,
         extra_env: Mapping[str, str] | None = None,
+        runtime: ContainerRuntime | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.workdir = Path(workdir)
@@ -79,6 +87,8 @@ class LocalKubelet:
         self.host_ports = set(host_ports)
         self.poll_interval = poll_interval
         self.extra_env = dict(extra_env or {})
+        self.runtime: ContainerRuntime = runtime or ProcessRuntime(
+            self.executable_dir, frozenset(self.host_ports), self.extra_env)
         self._tokens = tokens
         self._pods: dict[PodKey, LocalPod] = {}
         # Every pod whose processes may still run, also while it is being removed.
@@ -294,9 +304,7 @@ class LocalKubelet:
             try:
                 if problem is not None:
                     raise problem
-                pod.containers.append(container_run(
-                    pod, container, volumes, executable_dir=self.executable_dir,
-                    host_ports=self.host_ports, extra_env=self.extra_env))
+                pod.containers.append(self.runtime.prepare(pod, container, volumes))
             except ContainerError as exc:
                 log.warning("pod %s/%s container %s: %s: %s", ns, name,
                             container.get("name", "?"), exc.reason, exc)
@@ -340,10 +348,10 @@ class LocalKubelet:
             elif "persistentVolumeClaim" in vol:
                 claim = self.pvc_root / vol["persistentVolumeClaim"]["claimName"]
                 claim.mkdir(parents=True, exist_ok=True)
-                out[name] = Volume(claim)
+                out[name] = Volume(claim, owned=True)
             elif "emptyDir" in vol:
                 base.mkdir(parents=True, exist_ok=True)
-                out[name] = Volume(base)
+                out[name] = Volume(base, owned=True)
             elif "configMap" in vol or "secret" in vol:
                 out[name] = Volume(base, await self._key_files(pod, vol), per_container=True)
             elif "projected" in vol:
@@ -493,6 +501,7 @@ class LocalKubelet:
             # Children that outlived their leader still belong to the group.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.process.pid, signal.SIGKILL)
+            await self.runtime.release(run)
 
         await asyncio.gather(*(reap(run) for run in runs))
         self._live.discard(pod)

@@ -16,6 +16,7 @@ class Volume:
     files: dict[str, str] = field(default_factory=dict)
     # configMap / secret / projected: written per container, rewritten like its args.
     per_container: bool = False
+    owned: bool = False  # a PVC or emptyDir: re-owned to the pod's fsGroup
 
 
 class VolumeError(Exception):

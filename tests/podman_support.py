@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "images" / "containers.conf"
 BUILD_SCRIPT = REPO / "images" / "build.sh"
 TAG = os.environ.get("DPSERVE_IMAGE_TAG", "dev")
