@@ -72,6 +72,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     configure_kopf(settings)
     options: RunOptions = memo.options
     op_settings: OperatorSettings = memo.settings
+    # Peering tasks start after the startup handlers, so they see this.
+    settings.peering.lifetime = max(1, round(op_settings.peering_lifetime_s))
     api = await kube.api_client()
     ledger_api = await kube.api_client()
     accounting = default_accounting()

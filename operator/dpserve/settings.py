@@ -45,6 +45,9 @@ class OperatorSettings:
     # Retraining: attempts and the first back-off delay (doubled per failed attempt).
     retrain_max_attempts: int = 3
     retrain_backoff_s: float = 30.0
+    # Peering (hot standby): how long a peer's heartbeat counts; the standby takes over
+    # this long after the active replica's last one.
+    peering_lifetime_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -73,4 +76,5 @@ class OperatorSettings:
             cluster_cache_s=_number(env, "DPSERVE_CLUSTER_CACHE_S", 10.0),
             retrain_max_attempts=int(_number(env, "DPSERVE_RETRAIN_MAX_ATTEMPTS", 3)),
             retrain_backoff_s=_number(env, "DPSERVE_RETRAIN_BACKOFF_S", 30.0),
+            peering_lifetime_s=max(1.0, _number(env, "DPSERVE_PEERING_LIFETIME_S", 60.0)),
         )

@@ -44,15 +44,18 @@ class OperatorProcess:
     """``dpserve run --standalone`` bound to 127.0.0.1 on fixed ports; restartable.
 
     Each start writes its own log (``operator-<n>.log``) so a restart keeps the previous
-    run's output.
+    run's output. With ``peering`` it runs ``--peering NAME --priority P`` instead of
+    ``--standalone`` (an active/standby pair, as the chart's hot standby).
     """
 
     def __init__(
         self, kubeconfig: Path, log_dir: Path, ports: OperatorPorts, *,
         env: Mapping[str, str] | None = None, namespaces: tuple[str, ...] = (),
-        log_format: str = "json",
+        log_format: str = "json", peering: str | None = None, priority: int = 0,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.peering = peering
+        self.priority = priority
         self.log_dir = log_dir
         self.ports = ports
         self.env = dict(env or {})
@@ -87,7 +90,9 @@ class OperatorProcess:
         })
         child_env.update(self.env)
         child_env.update(extra_env or {})
-        args = [sys.executable, "-m", "dpserve.cli", "run", "--standalone",
+        mode = (["--peering", self.peering, "--priority", str(self.priority)]
+                if self.peering else ["--standalone"])
+        args = [sys.executable, "-m", "dpserve.cli", "run", *mode,
                 "--liveness-port", str(self.ports.liveness),
                 "--ledger-port", str(self.ports.ledger),
                 "--metrics-port", str(self.ports.metrics)]
