@@ -8,6 +8,8 @@ Layout (camelCase keys, see the shared contract)::
     <dir>/weights.pt         state-dict format: torch state dict of ``build_model(architecture)``
     <dir>/model.ts           torchscript format: a scripted module (architecture optional)
     <dir>/teachers/000.pt    pate-ensemble format: one state dict per teacher
+    <dir>/adapter/           state-dict made by a LoRA run: the unmerged adapter (peft's
+                             format), provenance only; ``weights.pt`` holds the merged model
 
 Weights are loaded with ``torch.load(weights_only=True)`` (no pickle code execution), and
 every path in the manifest must stay inside the artifact directory. The manifest is
@@ -63,6 +65,33 @@ def _relative_path(value: str) -> str:
     return value
 
 
+class LoraBaseRef(_Wire):
+    """The frozen base of a LoRA run: its version and the SHA-256 of its weights file."""
+
+    version: Annotated[str, Field(min_length=1, max_length=63)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class LoraProvenance(_Wire):
+    """How a merged LoRA model was made (the weights file holds the merged model)."""
+
+    rank: Annotated[int, Field(ge=1)]
+    alpha: Annotated[float, Field(gt=0)]
+    targets: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(min_length=1, max_length=1024),
+    ]
+    trainable_params: Annotated[int, Field(ge=1)]
+    total_params: Annotated[int, Field(ge=1)]
+    base: LoraBaseRef
+    adapter: str | None = None  # directory of the unmerged adapter (peft format)
+
+    @field_validator("adapter")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value)
+
+
 class TrainingSpend(_Wire):
     """The DP-SGD spend declared by the trainer for this artifact (floats: a file, not a CR)."""
 
@@ -77,6 +106,8 @@ class TrainingSpend(_Wire):
     accountant: Literal["rdp", "pld"] = "rdp"
     teachers: Annotated[int, Field(ge=1)] | None = None
     accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Set when only LoRA adapters on a frozen base were trained (the spend is theirs).
+    lora: LoraProvenance | None = None
 
 
 class Manifest(_Wire):

@@ -1,7 +1,13 @@
-"""onBudgetExhausted: Retrain with a real DP-SGD Job, a new budget, and serving resumed on v2."""
+"""onBudgetExhausted: Retrain with a real DP-SGD Job, a new budget, and serving resumed on v2.
+
+Two kinds of retrain: ``full`` trains v2 from scratch; ``lora`` (DP-PEFT) freezes v1 (the
+version being served, mounted read-only into the Job) and trains rank-4 LoRA adapters on
+the new window, v2 being the merged model in v1's architecture.
+"""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -16,8 +22,9 @@ REFUSED = {"BudgetExhausted", "NoEndpoints"}
 
 
 @pytest.mark.slow
-def test_retrain_policy_trains_v2_with_dpsgd_and_serving_resumes(e2e: E2E) -> None:
-    ns = e2e.namespace("retrain")
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_retrain_policy_trains_v2_with_dpsgd_and_serving_resumes(e2e: E2E, kind: str) -> None:
+    ns = e2e.namespace(f"retrain-{kind}")
     trained = e2e.trained
     declared = trained.dpsgd_report.declared_training()
     artifact = e2e.install(trained.dpsgd, "models", f"{ns}/digits/v1")
@@ -34,7 +41,8 @@ def test_retrain_policy_trains_v2_with_dpsgd_and_serving_resumes(e2e: E2E) -> No
             retraining=manifests.retraining(
                 dataset=dataset, mode="dpsgd", target_epsilon=str(target),
                 next_budget="window-2", next_epsilon=str(next_limit), delta=DELTA,
-                epochs=2, batch_size=64, hidden=32)),
+                epochs=2, batch_size=64, hidden=32,
+                lora_rank=4 if kind == "lora" else None)),
     )
     e2e.wait_serving(ns, "digits")
     query = GaussianQuery(float(noise) * float(clip) / float(sensitivity))
@@ -68,7 +76,17 @@ def test_retrain_policy_trains_v2_with_dpsgd_and_serving_resumes(e2e: E2E) -> No
                        what=lambda: f"the roll to v2\n{e2e.diagnostics(ns)}")
     assert model["status"]["budget"] == "window-2"
     assert [v["version"] for v in model["status"]["versions"]] == ["v1"]
-    assert (e2e.stack.pvc_root / "models" / ns / "digits" / "v2" / "manifest.json").is_file()
+    v2_dir = e2e.stack.pvc_root / "models" / ns / "digits" / "v2"
+    manifest = json.loads((v2_dir / "manifest.json").read_text("utf-8"))
+    lora = manifest["training"].get("lora")
+    if kind == "lora":
+        # The Job adapted v1 itself (identified by its weights' hash) and served the merge.
+        v1 = json.loads((v2_dir.parent / "v1" / "manifest.json").read_text("utf-8"))
+        assert lora["rank"] == 4 and lora["base"]["version"] == v1["version"], lora
+        assert manifest["architecture"] == v1["architecture"]
+        assert (v2_dir / "adapter").is_dir()
+    else:
+        assert lora is None
 
     e2e.wait_serving(ns, "digits", timeout_s=90)
     v2 = wait_until(lambda: (a := client.ask()).answered and a.version == "v2" and a,

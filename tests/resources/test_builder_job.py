@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import kubernetes_validate
 import pytest
 
 from dpserve.resources.job import build_job, training_plan
 from dpserve.resources.names import train_job_name
+from dpserve.resources.uris import parse_uri
 
 
 def train_container(job):
@@ -147,3 +149,146 @@ def test_job_safety_settings(make_model, make_ctx, assert_restricted):
     assert labels["app.kubernetes.io/component"] == "training"
     assert labels["app.kubernetes.io/version"] == "v2"
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+# --- LoRA (DP-PEFT) retraining -------------------------------------------------------------
+
+LATEST = kubernetes_validate.latest_version()
+
+
+def lora_model(make_model, lora=None, *, artifact=None, dataset=None, **overrides):
+    """A DP-SGD state-dict model whose retraining adapts a frozen base with LoRA."""
+    model = {
+        "format": "state-dict",
+        "training": {"noiseMultiplier": "1.2", "sampleRate": "0.005", "steps": 6000},
+    }
+    retraining = {"mode": "dpsgd", "teachers": None, "lora": lora or {"rank": 4}}
+    if artifact is not None:
+        model["artifact"] = artifact
+    if dataset is not None:
+        retraining["dataset"] = dataset
+    spec = {
+        "model": model,
+        "serving": {"mechanism": {"type": "none", "teachers": None, "noiseMultiplier": None}},
+        "retraining": retraining,
+    }
+    return make_model(spec=spec, **overrides)
+
+
+def claims(pod):
+    return [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+            if "persistentVolumeClaim" in v]  # fmt: skip
+
+
+def test_lora_mounts_the_served_version_read_only_and_passes_the_lora_flags(
+    make_model, make_ctx, assert_restricted
+):
+    model = lora_model(make_model, {"rank": 4, "targetModules": ["1", "3"]})
+    job = build_job(model, make_ctx(model))
+    pod = job["spec"]["template"]["spec"]
+    c = train_container(job)
+    args = arg_map(c["args"])
+    assert args["--lora-base"] == "/base"
+    assert (args["--lora-rank"], args["--lora-alpha"], args["--lora-targets"]) == ("4", "8", "1,3")
+    assert args["--mode"] == "dpsgd"
+    assert "--architecture" not in args  # the base gives it
+    assert "--teachers" not in args
+    # Base (models/triage/v1) and output (models/triage) live on one claim: one volume,
+    # writable, mounted twice; the base mount itself is read-only.
+    assert claims(pod) == ["datasets", "models"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/base"] == {
+        "name": "output", "mountPath": "/base", "readOnly": True, "subPath": "triage/v1",
+    }  # fmt: skip
+    assert mounts["/output"] == {"name": "output", "mountPath": "/output", "subPath": "triage"}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["output"]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert_restricted(pod)
+    kubernetes_validate.validate(job, LATEST, strict=True)
+
+
+def test_lora_base_follows_the_served_version_and_defaults_alpha(make_model, make_ctx):
+    model = lora_model(
+        make_model, {"rank": 16},
+        status={"modelVersion": "v2", "artifact": "pvc://models/triage/v2"},
+    )  # fmt: skip
+    c = train_container(build_job(model, make_ctx(model)))
+    args = arg_map(c["args"])
+    assert (args["--lora-rank"], args["--lora-alpha"], args["--version"]) == ("16", "32", "v3")
+    assert "--lora-targets" not in args  # every Linear / Conv2d of the base
+    base = next(m for m in c["volumeMounts"] if m["mountPath"] == "/base")
+    assert base["subPath"] == "triage/v2" and base["readOnly"] is True
+    assert training_plan(model, make_ctx(model)).lora_base == parse_uri(
+        "pvc://models/triage/v2", "x"
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "volume", "sub_path"),
+    [
+        ("pvc://public-models/digits/v3",
+         {"name": "lora-base", "persistentVolumeClaim": {"claimName": "public-models",
+                                                         "readOnly": True}},
+         {"subPath": "digits/v3"}),
+        ("oci://registry.example/models/digits:v3",
+         {"name": "lora-base", "image": {"reference": "registry.example/models/digits:v3",
+                                         "pullPolicy": "IfNotPresent"}},
+         {}),  # the image's root is the artifact
+    ],
+)  # fmt: skip
+def test_explicit_lora_base_gets_its_own_read_only_volume(
+    make_model, make_ctx, base, volume, sub_path
+):
+    model = lora_model(make_model, {"rank": 8, "alpha": "4.5", "base": base})
+    job = build_job(model, make_ctx(model))
+    pod = job["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["dataset", "output", "lora-base", "train-tmp"]
+    assert pod["volumes"][2] == volume
+    mount = next(m for m in train_container(job)["volumeMounts"] if m["mountPath"] == "/base")
+    assert mount == {"name": "lora-base", "mountPath": "/base", "readOnly": True, **sub_path}
+    assert arg_map(train_container(job)["args"])["--lora-alpha"] == "4.5"
+    kubernetes_validate.validate(job, LATEST, strict=True)
+
+
+def test_file_lora_base_is_a_read_only_host_path(make_model, make_ctx, assert_restricted):
+    model = lora_model(
+        make_model, artifact="file:///srv/models/triage", dataset="file:///srv/data/digits.npz"
+    )
+    job = build_job(model, make_ctx(model))
+    pod = job["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["lora-base"]["hostPath"] == {"path": "/srv/models/triage", "type": "Directory"}
+    assert vols["output"]["hostPath"] == {"path": "/srv/models", "type": "DirectoryOrCreate"}
+    mount = next(m for m in train_container(job)["volumeMounts"] if m["mountPath"] == "/base")
+    assert mount == {"name": "lora-base", "mountPath": "/base", "readOnly": True}
+    assert_restricted(pod, allow_host_path=True)
+
+
+def test_dataset_on_the_output_claim_shares_one_volume(make_model, make_ctx):
+    """Two pod volumes naming one claim can hang the pod: mounts share the volume instead."""
+    model = make_model(spec={"retraining": {"dataset": "pvc://models/data/2027q1.npz"}})
+    job = build_job(model, make_ctx(model))
+    pod = job["spec"]["template"]["spec"]
+    assert claims(pod) == ["models"]
+    (shared,) = (v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert shared["persistentVolumeClaim"] == {"claimName": "models"}  # writable: output
+    mounts = {m["mountPath"]: m for m in train_container(job)["volumeMounts"]}
+    assert mounts["/data"] == {
+        "name": shared["name"], "mountPath": "/data", "readOnly": True, "subPath": "data",
+    }  # fmt: skip
+    assert mounts["/output"]["name"] == shared["name"] and "readOnly" not in mounts["/output"]
+    kubernetes_validate.validate(job, LATEST, strict=True)
+
+
+def test_lora_job_is_deterministic(make_model, make_ctx):
+    model = lora_model(make_model, {"rank": 4, "targetModules": ["features.0", "head"]})
+    first = build_job(model, make_ctx(model))
+    assert first == build_job(lora_model(make_model, {"rank": 4, "targetModules": [
+        "features.0", "head"]}), make_ctx(model))  # fmt: skip
+    assert arg_map(train_container(first)["args"])["--lora-targets"] == "features.0,head"
+
+
+def test_lora_base_uri_errors_name_the_field(make_model, make_ctx):
+    model = lora_model(make_model, {"base": "pvc://Not_A_Claim/x"})
+    with pytest.raises(ValueError, match=r"spec\.retraining\.lora\.base"):
+        build_job(model, make_ctx(model))

@@ -6,6 +6,9 @@ Modes:
 - ``pate``: K teachers trained without noise on disjoint partitions, saved as a
   ``pate-ensemble``; they are never released, only GNMax answers are, so training spends
   nothing and every query is charged by the ledger instead.
+- ``dpsgd`` with ``--lora-base DIR`` (DP-PEFT): the weights of an earlier state-dict artifact
+  stay frozen and only LoRA adapters train with DP-SGD (same accounting); the artifact is
+  the merged model in the base's architecture, the adapter is kept in ``adapter/``.
 
 Every flag has an environment fallback (``DPSERVE_<FLAG>``, e.g. ``DPSERVE_TARGET_EPSILON``).
 Exit status: 0 done, 2 invalid input, 3 refused (target ε above --max-epsilon), 1 other.
@@ -49,6 +52,19 @@ from dpserve_runtime.train.datasets import (
 )
 from dpserve_runtime.train.dpsgd import DPSGDConfig, PrivacyConfigError, train_dpsgd
 from dpserve_runtime.train.loop import accuracy
+from dpserve_runtime.train.lora import (
+    ADAPTER_DIR,
+    LoraBase,
+    LoraError,
+    LoraSpec,
+    build_lora_model,
+    load_base,
+    merged,
+    parse_targets,
+    resolve_targets,
+    save_adapter,
+)
+from dpserve_runtime.train.lora import summary as lora_summary
 from dpserve_runtime.train.pate import plurality_accuracy, train_teachers
 from dpserve_runtime.train.report import log_event, write_termination_message
 
@@ -56,6 +72,7 @@ FINGERPRINTS_NAME = "fingerprints.json"
 EXIT_INVALID = 2
 EXIT_REFUSED = 3
 DEFAULT_LEARNING_RATE = {"dpsgd": 1e-2, "pate": 1e-3}
+DEFAULT_LORA_RANK = 8
 
 Architecture = MlpArchitecture | CnnArchitecture
 
@@ -119,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("--dataset", type=Path, required=True, help=".npz data set (X, y, optional texts)")
     add("--output", type=Path, required=True, help="artifact directory to write")
-    add("--architecture", required=True, help='JSON, e.g. {"type":"mlp","inputDim":64,...}')
+    add(
+        "--architecture",
+        help='JSON, e.g. {"type":"mlp","inputDim":64,...}; required unless --lora-base '
+        "gives it (then, if given, it must match the base)",
+    )
     add("--mode", choices=["dpsgd", "pate"], default="dpsgd")
     add("--target-epsilon", type=positive_float, help="DP-SGD target ε (required for dpsgd)")
     add("--delta", type=positive_float, help="DP-SGD δ (required for dpsgd), < 1")
@@ -153,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction,
         default="0.1",
         help="held-out share of the data set for the reported accuracy (0: none)",
+    )
+    add(
+        "--lora-base",
+        type=Path,
+        help="state-dict artifact directory: train only LoRA adapters on its frozen weights "
+        "(dpsgd mode); the artifact written is the merged model in the base's architecture",
+    )
+    add("--lora-rank", type=positive_int, help=f"LoRA rank r (default {DEFAULT_LORA_RANK})")
+    add("--lora-alpha", type=positive_float, help="LoRA alpha (scale alpha/r; default 2*r)")
+    add(
+        "--lora-targets",
+        help="comma-separated module names to adapt, e.g. 1,3 (default: every Linear and "
+        "Conv2d layer of the base)",
     )
     add("--seed", type=int, default="0", help="initialisation / split seed (never the noise)")
     add("--version", default="v1", help="model version written to the manifest")
@@ -249,52 +283,146 @@ def _init_model(architecture: Architecture, seed: int) -> torch.nn.Module:
         return build_model(architecture)
 
 
+def _check_privacy_args(args: argparse.Namespace) -> None:
+    if args.mode != "dpsgd":
+        return
+    if args.target_epsilon is None or args.delta is None:
+        raise InvalidInput("--target-epsilon and --delta are required in dpsgd mode")
+    if not args.delta < 1:
+        raise InvalidInput(f"--delta: must be < 1, got {args.delta}")
+    if args.max_epsilon is not None and args.target_epsilon > args.max_epsilon:
+        raise TrainingRefused(
+            f"target ε={args.target_epsilon:g} exceeds what the budget can still pay "
+            f"(--max-epsilon {args.max_epsilon:g}); nothing was trained"
+        )
+
+
+def _lora_setup(args: argparse.Namespace) -> tuple[LoraBase, LoraSpec] | None:
+    """The frozen base and adapter configuration of a LoRA run; None without --lora-base."""
+    if args.lora_base is None:
+        for flag, value in (
+            ("--lora-rank", args.lora_rank),
+            ("--lora-alpha", args.lora_alpha),
+            ("--lora-targets", args.lora_targets),
+        ):
+            if value is not None:
+                raise InvalidInput(f"{flag}: only valid with --lora-base")
+        return None
+    if args.mode != "dpsgd":
+        raise InvalidInput(
+            f"--lora-base: LoRA adapters are trained with DP-SGD; --mode {args.mode} "
+            "cannot adapt a base"
+        )
+    if args.output.resolve() == args.lora_base.resolve():
+        raise InvalidInput("--output: must not be the --lora-base directory")
+    try:
+        spec = LoraSpec(
+            rank=args.lora_rank or DEFAULT_LORA_RANK,
+            alpha=args.lora_alpha,
+            targets=parse_targets(args.lora_targets),
+        )
+    except LoraError as exc:
+        raise InvalidInput(f"--lora-targets: {exc}") from exc
+    try:
+        base = load_base(args.lora_base)
+    except LoraError as exc:
+        raise InvalidInput(f"--lora-base: {exc}") from exc
+    try:
+        resolve_targets(base.model, spec)
+    except LoraError as exc:
+        raise InvalidInput(f"--lora-targets: {exc}") from exc
+    return base, spec
+
+
+def _lora_architecture(text: str | None, base: LoraBase) -> Architecture:
+    """The base's architecture; an explicit --architecture must describe the same model.
+
+    Sizes left out of ``text`` (the operator's Job names hidden layers only) come from the
+    base, not from the data: the data must fit the base, not the other way round.
+    """
+    if text is None:
+        return base.architecture
+    expected = base.architecture.model_dump(by_alias=True)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--architecture: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput("--architecture: must be a JSON object")
+    given = raw if raw.get("type", "mlp") != expected["type"] else {**expected, **raw}
+    try:
+        architecture = parse_architecture(given)
+    except ValidationError:
+        architecture = None
+    if architecture != base.architecture:
+        raise InvalidInput(
+            f"--architecture: {json.dumps(raw, sort_keys=True)} does not match the "
+            f"--lora-base architecture {json.dumps(expected, sort_keys=True)}"
+        )
+    return base.architecture
+
+
+def _adapter_card(base: LoraBase, spec: LoraSpec, version: str) -> str:
+    return (
+        f"# dpserve LoRA adapter ({version})\n\n"
+        f"Trained with DP-SGD (Opacus) on a frozen base: artifact version "
+        f"{base.manifest.version}, weights sha256 {base.weights_sha256}. Rank {spec.rank}, "
+        f"alpha {spec.scale_alpha:g}. The artifact's weights.pt holds the merged model; this "
+        "directory is provenance (peft format) and is not served.\n"
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, train, write the artifact; returns the report. Raises on refusal/invalid."""
-    if args.mode == "dpsgd":
-        if args.target_epsilon is None or args.delta is None:
-            raise InvalidInput("--target-epsilon and --delta are required in dpsgd mode")
-        if not args.delta < 1:
-            raise InvalidInput(f"--delta: must be < 1, got {args.delta}")
-        if args.max_epsilon is not None and args.target_epsilon > args.max_epsilon:
-            raise TrainingRefused(
-                f"target ε={args.target_epsilon:g} exceeds what the budget can still pay "
-                f"(--max-epsilon {args.max_epsilon:g}); nothing was trained"
-            )
+    _check_privacy_args(args)
     output: Path = args.output
     if (output / MANIFEST_NAME).exists() and not args.overwrite:
         raise InvalidInput(
             f"--output: {output} already holds an artifact ({MANIFEST_NAME}); "
             "use a new directory per version or pass --overwrite"
         )
+    lora_setup = _lora_setup(args)
+    if lora_setup is None and args.architecture is None:
+        raise InvalidInput("--architecture: required (unless --lora-base gives it)")
     try:
-        dataset = load_dataset(args.dataset)
-        architecture = _parse_architecture(args.architecture, dataset)
+        if lora_setup is not None:
+            architecture = _lora_architecture(args.architecture, lora_setup[0])
+        else:
+            architecture = _parse_architecture(args.architecture, load_dataset(args.dataset))
         dataset = load_dataset(args.dataset, num_classes=architecture.num_classes)
     except DatasetError as exc:
         raise InvalidInput(str(exc)) from exc
     labels = _parse_labels(args.labels, architecture)
+    if labels is None and lora_setup is not None:
+        labels = lora_setup[0].manifest.labels  # same classes as the base
     _check_fit(dataset, architecture, args.dataset)
     if args.test_fraction > 0:
         train, test = train_test_split(dataset, test_fraction=args.test_fraction, seed=args.seed)
     else:
         train, test = dataset, None
     learning_rate = args.learning_rate or DEFAULT_LEARNING_RATE[args.mode]
-    log_event(
-        {
-            "event": "start",
-            "mode": args.mode,
-            "dataset": str(args.dataset),
-            "records": len(dataset),
-            "trainRecords": len(train),
-            "architecture": architecture.model_dump(by_alias=True),
-            "targetEpsilon": args.target_epsilon,
-            "delta": args.delta,
-            "epochs": args.epochs,
-            "batchSize": args.batch_size,
-            "fastClipping": args.fast_clipping,
+    start: dict[str, Any] = {
+        "event": "start",
+        "mode": args.mode,
+        "dataset": str(args.dataset),
+        "records": len(dataset),
+        "trainRecords": len(train),
+        "architecture": architecture.model_dump(by_alias=True),
+        "targetEpsilon": args.target_epsilon,
+        "delta": args.delta,
+        "epochs": args.epochs,
+        "batchSize": args.batch_size,
+        "fastClipping": args.fast_clipping,
+    }
+    if lora_setup is not None:
+        base, spec = lora_setup
+        start["lora"] = {
+            "base": str(base.directory),
+            **base.reference(),
+            "rank": spec.rank,
+            "alpha": spec.scale_alpha,
         }
-    )
+    log_event(start)
 
     output.mkdir(parents=True, exist_ok=True)
     fingerprints: str | None = None
@@ -325,20 +453,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             learning_rate=learning_rate,
             fast_clipping=args.fast_clipping,
         )
-        result = train_dpsgd(
-            _init_model(architecture, args.seed), train, config, progress=log_event
-        )
+        if lora_setup is not None:
+            base, spec = lora_setup
+            # Only the adapters train: the base's weights are frozen inside the peft model.
+            initial = build_lora_model(base.model, spec, seed=args.seed)
+        else:
+            initial = _init_model(architecture, args.seed)
+        result = train_dpsgd(initial, train, config, progress=log_event)
         if args.max_epsilon is not None and result.epsilon > args.max_epsilon:
             # Opacus picks σ so that ε stays below the target; this guards that promise.
             raise TrainingRefused(
                 f"achieved ε={result.epsilon:.4f} exceeds --max-epsilon {args.max_epsilon:g}; "
                 "the model was not written"
             )
-        acc = accuracy(result.model, test) if test is not None else None
+        lora_block: dict[str, Any] | None = None
+        final = result.model
+        if lora_setup is not None:
+            base, spec = lora_setup
+            lora_block = lora_summary(result.model, spec, base)
+            # The adapter first (provenance), then the merged model the server loads.
+            card = _adapter_card(base, spec, args.version)
+            save_adapter(result.model, output / ADAPTER_DIR, description=card)
+            final = merged(result.model)
+        acc = accuracy(final, test) if test is not None else None
         training = result.training_spend(accuracy=acc)
+        if lora_block is not None:
+            training["lora"] = lora_block
         save_state_dict_artifact(
             output,
-            result.model,
+            final,
             architecture,
             version=args.version,
             labels=labels,
@@ -349,6 +492,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             key: training.get(key)
             for key in ("noiseMultiplier", "sampleRate", "steps", "sampling", "epsilon", "delta")
         }
+        if lora_block is not None:
+            report["lora"] = lora_block
     else:
         if args.teachers > len(train):
             raise InvalidInput(

@@ -126,7 +126,12 @@ def train_dpsgd(
     # Seed only the (non-private) batch order of the plain loader; Opacus replaces it with
     # Poisson sampling from the unseeded default generator, as it must.
     loader = make_loader(dataset, batch_size=config.batch_size, seed=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # Only trainable parameters get clipped gradients and noise: a frozen base (LoRA) is
+    # never updated, and its parameters have no per-sample gradients to clip.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise PrivacyConfigError("model has no trainable parameters")
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
     criterion = nn.CrossEntropyLoss()
     with warnings.catch_warnings():
         # "Secure RNG turned off": known and documented (torchcsprng is unavailable).

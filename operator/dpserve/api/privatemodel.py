@@ -25,6 +25,10 @@ Quantity = Annotated[
     StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$", max_length=32),
 ]
 Version = Annotated[str, StringConstraints(pattern=r"^v[0-9]+$", max_length=16)]
+# A torch module name as named_modules() spells it: "1", "net.2", "classifier".
+ModuleName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", max_length=128)
+]
 ModelFormat = Literal["state-dict", "torchscript", "pate-ensemble"]
 ConfidentialProfile = Literal[
     "none", "coco-snp", "coco-tdx", "aks-kata-cc", "aks-cvm", "gke-sev", "gke-sev-snp", "gke-tdx"
@@ -122,6 +126,36 @@ class NextBudget(CelModel):
     )
 
 
+class Lora(CelModel):
+    """LoRA adapters on a frozen base (DP-PEFT): only the adapters train, with DP-SGD.
+
+    The retraining's ε covers the new data window only: the base is public or an earlier
+    DP release (whose ε the lifetime ε already counts), and using it is post-processing.
+    The Job writes the merged model, in the base's own architecture and state-dict format.
+    """
+
+    rank: Annotated[int, Field(ge=1, le=256)] = 8
+    alpha: Decimal | None = Field(
+        default=None, description="LoRA alpha (adapter scale alpha/rank); default 2 * rank."
+    )
+    target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=16)] | None = (
+        Field(
+            default=None,
+            description="Module names to adapt (e.g. '1', 'features.0', 'head'); default "
+            "every Linear and Conv2d layer of the base.",
+        )
+    )
+    base: ArtifactUri | None = Field(
+        default=None,
+        description="The frozen base (a state-dict artifact); default the version being "
+        "served when the retrain starts.",
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule("!has(self.alpha) || double(self.alpha) > 0.0", "alpha must be > 0", ".alpha"),
+    )
+
+
 class Retraining(CelModel):
     dataset: ArtifactUri = Field(description="The new data window (an .npz file).")
     mode: Literal["dpsgd", "pate"] = "dpsgd"
@@ -136,6 +170,7 @@ class Retraining(CelModel):
     )
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 2
     next_budget: NextBudget
+    lora: Lora | None = None  # hiddenDims is then unused: the base gives the architecture
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule("double(self.targetEpsilon) > 0.0", "targetEpsilon must be > 0",
@@ -148,6 +183,8 @@ class Retraining(CelModel):
         CelRule("!has(self.delta) || (double(self.delta) > 0.0 && "
                 "double(self.delta) <= double(self.nextBudget.delta))",
                 "delta must satisfy 0 < delta <= nextBudget.delta", ".delta"),
+        CelRule("!has(self.lora) || self.mode == 'dpsgd'",
+                "lora adapters are trained with DP-SGD: mode must be dpsgd", ".lora"),
     )
 
 
@@ -184,6 +221,10 @@ class PrivateModelSpec(CelModel):
                 "self.retraining.teachers == self.serving.mechanism.teachers",
                 "retraining.teachers must equal serving.mechanism.teachers",
                 ".retraining.teachers"),
+        CelRule("!has(self.retraining) || !has(self.retraining.lora) || "
+                "self.model.format == 'state-dict'",
+                "retraining.lora adapts a single model: model.format must be state-dict",
+                ".retraining.lora"),
         CelRule("self.serving.mechanism.type != 'none' || has(self.model.training)",
                 "mechanism none serves queries for free: declare the DP-SGD training in "
                 "model.training", ".model.training", "FieldValueRequired"),

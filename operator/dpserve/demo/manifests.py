@@ -74,6 +74,7 @@ def gaussian_model(
 def retraining(
     *, dataset: str, mode: str, target_epsilon: str, next_budget: str, next_epsilon: str,
     delta: str, epochs: int, batch_size: int, hidden: int, teachers: int | None = None,
+    lora_rank: int | None = None,
 ) -> Obj:
     section: Obj = {
         "dataset": dataset, "mode": mode, "targetEpsilon": target_epsilon, "epochs": epochs,
@@ -82,6 +83,8 @@ def retraining(
     }
     if teachers is not None:
         section["teachers"] = teachers
+    if lora_rank is not None:  # DP-PEFT: adapters on the version being served
+        section["lora"] = {"rank": lora_rank}
     return section
 
 

@@ -7,6 +7,13 @@
 - Output: next to the current artifact (see :func:`dpserve.resources.uris.next_artifact_location`:
   ``pvc://models/triage/v1`` -> ``pvc://models/triage/v2``, ``file:///m/triage`` ->
   ``file:///m/triage-v2``); the directory holding it is mounted read-write at /output.
+- With ``retraining.lora`` (DP-PEFT): the frozen base (``lora.base``, default the version
+  being served) is mounted read-only at /base and passed as ``--lora-base``; the trainer
+  takes the architecture from it, so ``--architecture`` is not passed.
+- Volumes: one per PersistentVolumeClaim. Two pod volumes naming the same claim can leave
+  the pod stuck in ContainerCreating (the kubelet attaches a claim once per pod), so the
+  dataset, output and base mounts of one claim share a volume, each with its own subPath
+  and read-only flag.
 - ``--max-epsilon`` is the next budget's ε: the trainer refuses a target it cannot pay for.
 - The report (σ, q, steps, ε, accuracy) comes back as the container's termination message;
   ``ttlSecondsAfterFinished`` is left unset so the Job stays until the operator read it.
@@ -21,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dpserve.api.privatemodel import PrivateModel, Retraining
+from dpserve.api.privatemodel import Lora, PrivateModel, Retraining
 from dpserve.resources import confidential
 from dpserve.resources.context import BuildContext, model_name, next_version
 from dpserve.resources.deployment import base_env, tmp_volume
@@ -30,6 +37,8 @@ from dpserve.resources.meta import finalize, object_meta
 from dpserve.resources.names import (
     DATASET_DIR,
     DATASET_VOLUME,
+    LORA_BASE_DIR,
+    LORA_BASE_VOLUME,
     OCI_DATASET_FILE,
     OUTPUT_DIR,
     OUTPUT_VOLUME,
@@ -56,6 +65,7 @@ class TrainingPlan:
     version: str  # the version the Job trains
     output: Location  # where the new artifact lands
     dataset: Location
+    lora_base: Location | None = None  # the frozen base of a LoRA retrain
 
     @property
     def artifact(self) -> str:
@@ -76,43 +86,93 @@ def training_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
     if dataset.scheme != "oci" and not dataset.name:
         raise ValueError(f"spec.retraining.dataset: {retraining.dataset!r} must name an .npz file")
     current = parse_uri(ctx.artifact, "spec.model.artifact")
+    lora_base: Location | None = None
+    if retraining.lora is not None:
+        lora_base = (
+            parse_uri(retraining.lora.base, "spec.retraining.lora.base")
+            if retraining.lora.base is not None
+            else current  # the version being served, which this retrain replaces
+        )
     return TrainingPlan(
         job_name=train_job_name(model_name(model), version),
         version=version,
         output=next_artifact_location(current, version),
         dataset=dataset,
+        lora_base=lora_base,
     )
 
 
-Mounted = tuple[dict[str, Any], dict[str, Any], str]  # (volume, mount, path inside)
+class _Volumes:
+    """The pod's volumes, one per PersistentVolumeClaim however many mounts use it."""
+
+    def __init__(self, image_pull_policy: str) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._pull = image_pull_policy
+
+    def mount(
+        self,
+        name: str,
+        location: Location,
+        mount_path: str,
+        *,
+        read_only: bool,
+        host_path_type: str = "Directory",
+    ) -> dict[str, Any]:
+        """A volume mount of ``location`` at ``mount_path``, adding the volume if needed."""
+        shared = self._claim_volume(location)
+        if shared is not None:
+            claim = shared["persistentVolumeClaim"]
+            if not read_only:  # a writable mount needs a writable volume
+                claim.pop("readOnly", None)
+            name = str(shared["name"])
+        else:
+            self.items.append(
+                volume(
+                    name,
+                    location,
+                    read_only=read_only,
+                    host_path_type=host_path_type,
+                    image_pull_policy=self._pull,
+                )
+            )
+        return volume_mount(name, location, mount_path, read_only=read_only)
+
+    def _claim_volume(self, location: Location) -> dict[str, Any] | None:
+        if location.scheme != "pvc":
+            return None
+        for item in self.items:
+            claim = item.get("persistentVolumeClaim")
+            if claim is not None and claim["claimName"] == location.claim:
+                return item
+        return None
 
 
-def _dataset_mount(plan: TrainingPlan, ctx: BuildContext) -> Mounted:
+def _dataset_mount(plan: TrainingPlan, volumes: _Volumes) -> tuple[dict[str, Any], str]:
     dataset = plan.dataset
     if dataset.scheme == "oci":
         # An image carries the dataset at its root under a fixed name.
-        return (
-            volume(
-                DATASET_VOLUME, dataset, read_only=True, image_pull_policy=ctx.image_pull_policy
-            ),
-            volume_mount(DATASET_VOLUME, dataset, DATASET_DIR, read_only=True),
-            f"{DATASET_DIR}/{OCI_DATASET_FILE}",
-        )
+        mount = volumes.mount(DATASET_VOLUME, dataset, DATASET_DIR, read_only=True)
+        return mount, f"{DATASET_DIR}/{OCI_DATASET_FILE}"
     directory = dataset.parent()
-    return (
-        volume(DATASET_VOLUME, directory, read_only=True),
-        volume_mount(DATASET_VOLUME, directory, DATASET_DIR, read_only=True),
-        f"{DATASET_DIR}/{dataset.name}",
-    )
+    mount = volumes.mount(DATASET_VOLUME, directory, DATASET_DIR, read_only=True)
+    return mount, f"{DATASET_DIR}/{dataset.name}"
 
 
-def _output_mount(plan: TrainingPlan) -> Mounted:
+def _output_mount(plan: TrainingPlan, volumes: _Volumes) -> tuple[dict[str, Any], str]:
     directory = plan.output.parent()
-    return (
-        volume(OUTPUT_VOLUME, directory, read_only=False, host_path_type="DirectoryOrCreate"),
-        volume_mount(OUTPUT_VOLUME, directory, OUTPUT_DIR, read_only=False),
-        f"{OUTPUT_DIR}/{plan.output.name}",
+    mount = volumes.mount(
+        OUTPUT_VOLUME, directory, OUTPUT_DIR, read_only=False, host_path_type="DirectoryOrCreate"
     )
+    return mount, f"{OUTPUT_DIR}/{plan.output.name}"
+
+
+def _lora_args(lora: Lora) -> list[str]:
+    # alpha is always explicit (2 * rank by default), so the pod spec says what trains.
+    alpha = lora.alpha if lora.alpha is not None else str(2 * lora.rank)
+    args = ["--lora-base", LORA_BASE_DIR, "--lora-rank", str(lora.rank), "--lora-alpha", alpha]
+    if lora.target_modules is not None:
+        args += ["--lora-targets", ",".join(lora.target_modules)]
+    return args
 
 
 def trainer_args(
@@ -120,8 +180,6 @@ def trainer_args(
 ) -> list[str]:
     retraining = _retraining(model)
     delta = retraining.delta or retraining.next_budget.delta
-    # The trainer completes the architecture (inputDim, numClasses) from the dataset.
-    architecture = {"type": "mlp", "hiddenDims": list(retraining.hidden_dims)}
     args = [
         "--dataset", dataset_path,
         "--output", output_path,
@@ -130,9 +188,15 @@ def trainer_args(
         "--epochs", str(retraining.epochs),
         "--batch-size", str(retraining.batch_size),
         "--max-grad-norm", retraining.max_grad_norm,
-        "--architecture", canonical_json(architecture),
-        "--mode", retraining.mode,
     ]  # fmt: skip
+    if retraining.lora is None:
+        # The trainer completes the architecture (inputDim, numClasses) from the dataset.
+        architecture = {"type": "mlp", "hiddenDims": list(retraining.hidden_dims)}
+        args += ["--architecture", canonical_json(architecture)]
+    args += ["--mode", retraining.mode]
+    if retraining.lora is not None:
+        # The base gives the architecture; the data must fit it.
+        args += _lora_args(retraining.lora)
     if retraining.mode == "pate" and retraining.teachers is not None:
         args += ["--teachers", str(retraining.teachers)]
     args += ["--max-epsilon", retraining.next_budget.epsilon, "--version", plan.version]
@@ -142,8 +206,15 @@ def trainer_args(
 def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
     plan = training_plan(model, ctx)
     name = model_name(model)
-    dataset_volume, dataset_mount, dataset_path = _dataset_mount(plan, ctx)
-    output_volume, output_mount, output_path = _output_mount(plan)
+    volumes = _Volumes(ctx.image_pull_policy)
+    dataset_mount, dataset_path = _dataset_mount(plan, volumes)
+    output_mount, output_path = _output_mount(plan, volumes)
+    mounts = [dataset_mount, output_mount]
+    if plan.lora_base is not None:
+        mounts.append(
+            volumes.mount(LORA_BASE_VOLUME, plan.lora_base, LORA_BASE_DIR, read_only=True)
+        )
+    mounts.append({"name": TRAIN_TMP_VOLUME, "mountPath": TMP_DIR})
     serving = model.spec.serving.resources
     resources = ctx.training_resources or ResourceSpec(cpu=serving.cpu, memory=serving.memory)
     container = {
@@ -160,11 +231,7 @@ def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            dataset_mount,
-            output_mount,
-            {"name": TRAIN_TMP_VOLUME, "mountPath": TMP_DIR},
-        ],
+        "volumeMounts": mounts,
     }
     pod_spec = {
         "restartPolicy": "Never",
@@ -172,7 +239,7 @@ def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [dataset_volume, output_volume, tmp_volume(TRAIN_TMP_VOLUME)],
+        "volumes": [*volumes.items, tmp_volume(TRAIN_TMP_VOLUME)],
         **confidential.pod_placement(ctx.confidential),
     }
     return finalize(

@@ -105,6 +105,7 @@ FILTER_TMP_VOLUME = "filter-tmp"
 TRAIN_TMP_VOLUME = "train-tmp"
 DATASET_VOLUME = "dataset"
 OUTPUT_VOLUME = "output"
+LORA_BASE_VOLUME = "lora-base"
 
 ARTIFACT_MOUNT = "/models/current"
 FILTER_CONFIG_DIR = "/etc/dpserve"
@@ -120,6 +121,7 @@ FINGERPRINT_PATH = f"{ARTIFACT_MOUNT}/{FINGERPRINT_FILE}"
 DATASET_DIR = "/data"
 OCI_DATASET_FILE = "dataset.npz"  # convention for oci:// datasets: the image's root holds it
 OUTPUT_DIR = "/output"
+LORA_BASE_DIR = "/base"  # the frozen base artifact of a LoRA retrain, read-only
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 MODEL_HOST = "127.0.0.1"
