@@ -46,6 +46,7 @@ from dpserve_runtime.train.datasets import Dataset, export_dataset, split_indice
 from dpserve_runtime.train.dpsgd import DPSGDConfig, train_dpsgd
 from dpserve_runtime.train.loop import accuracy, train_nonprivate
 from dpserve_runtime.train.lora import LoraSpec, build_lora_model, merged, parameter_counts
+from dpsgd import measure  # bench/ is the script's directory: same timing loop
 
 ARCH: dict[str, Any] = {"type": "mlp", "inputDim": 64, "hiddenDims": [64], "numClasses": 10}
 # Throughput only (synthetic inputs): where per-sample gradients of the full model get costly.
@@ -99,20 +100,6 @@ def _dp_step(model: nn.Module, data: TensorDataset, batch: int) -> Step:
     return step
 
 
-def _rate(step: Step, batches: list[tuple[torch.Tensor, torch.Tensor]], seconds: float) -> float:
-    """Samples per second of ``step`` over ``seconds`` (after two warm-up steps)."""
-    for x, y in batches[:2]:
-        step(x, y)
-    samples, i = 0, 0
-    started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or i < 3:
-        x, y = batches[i % len(batches)]
-        step(x, y)
-        samples += x.shape[0]
-        i += 1
-    return samples / elapsed
-
-
 def throughput(
     architecture: dict[str, Any],
     X: torch.Tensor,
@@ -139,7 +126,7 @@ def throughput(
     rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, step in steps.items():
-            rates[name].append(_rate(step, batches, seconds))
+            rates[name].append(measure(step, batches, seconds))
     return {name: (statistics.median(rates[name]), trainable[name]) for name in models}
 
 
