@@ -199,7 +199,7 @@ def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """The stack on one container runtime."""
     podman_image = None
     if request.param == "podman":
-        build_images(timeout=1500)  # a no-op when the image tests already built them
+        build_images(timeout=1500)  # seconds when the images are current (layer cache)
         podman_image = INFERENCE_IMAGE
     stack = LocalStack(tmp_path_factory.mktemp(f"stack-{request.param}"),
                        podman_image=podman_image, containers_conf=CONTAINERS_CONF)

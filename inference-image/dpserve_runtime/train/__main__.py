@@ -212,13 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_architecture(text: str, dataset: Dataset | None = None) -> Architecture:
+def _architecture_object(text: str) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--architecture: not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise InvalidInput("--architecture: must be a JSON object")
+    return raw
+
+
+def _parse_architecture(text: str, dataset: Dataset | None = None) -> Architecture:
+    raw = _architecture_object(text)
     if dataset is not None:
         raw = _complete_architecture(raw, dataset)
     try:
@@ -343,12 +348,7 @@ def _lora_architecture(text: str | None, base: LoraBase) -> Architecture:
     if text is None:
         return base.architecture
     expected = base.architecture.model_dump(by_alias=True)
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"--architecture: not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InvalidInput("--architecture: must be a JSON object")
+    raw = _architecture_object(text)
     given = raw if raw.get("type", "mlp") != expected["type"] else {**expected, **raw}
     try:
         architecture = parse_architecture(given)

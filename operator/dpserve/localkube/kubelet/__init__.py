@@ -27,8 +27,13 @@ counts, back-off and termination messages), Deployments and Jobs get the status 
 controllers would write (rolling updates with ``maxUnavailable: 0``: old pods go once the
 new ones are ready; Jobs retry failed pods up to ``backoffLimit``).
 
+With :class:`.podman.PodmanRuntime` the same kubelet runs each container as a podman
+container of the manifest's image instead (real mounts, securityContext and limits
+enforced; still the host network, with the pod's own loopback address).
+
 Modules: :mod:`.runner` (the sync loop, :class:`LocalKubelet`), :mod:`.mapping` (paths,
-addresses, env), :mod:`.containers` (a container spec as a process), :mod:`.volumes`,
+addresses, env), :mod:`.containers` (a container spec as a process; the runtime seam),
+:mod:`.podman` (the podman runtime), :mod:`.volumes`,
 :mod:`.pods` (process state and the Pod status), :mod:`.workloads` (Deployment and Job
 status), :mod:`.serviceaccount` (tokens), :mod:`.thread` (:class:`KubeletThread`).
 """

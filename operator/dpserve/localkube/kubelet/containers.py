@@ -1,4 +1,9 @@
-"""A container spec as a local process: argv, environment, mounts, config files."""
+"""A container spec as a local process: argv, environment, mounts, config files.
+
+Also the :class:`ContainerRuntime` seam: :class:`ProcessRuntime` (here) runs a container as
+a process of this Python environment, :class:`dpserve.localkube.kubelet.podman.PodmanRuntime`
+as a podman container of its image; both share the mount and env resolution below.
+"""
 
 from __future__ import annotations
 
