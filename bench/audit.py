@@ -1,7 +1,8 @@
 """Utility vs privacy vs membership leakage on scikit-learn digits.
 
 Trains, on the same private records: a non-private MLP, DP-SGD models at several target ε,
-and PATE students (teachers on disjoint partitions, GNMax-labelled public queries), then
+DP-LoRA adapters on a base pre-trained on the public split (``--lora-epsilons``), and PATE
+students (teachers on disjoint partitions, GNMax-labelled public queries), then
 runs a loss-threshold membership-inference attack on each. Repeats for ``--trials`` fresh
 splits (seed, seed+1, ...) and prints mean ± standard deviation over trials, then one line
 per method ``audit <method>: epsilon=.. accuracy=.. mia_auc=..``; the last line is
@@ -36,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pate-teachers", type=int, default=defaults.pate_teachers)
     parser.add_argument("--pate-sigmas", type=float, nargs="+", default=list(defaults.pate_sigmas))
     parser.add_argument("--pate-queries", type=int, default=defaults.pate_queries)
+    parser.add_argument("--lora-epsilons", type=float, nargs="*",
+                        default=list(defaults.lora_epsilons),
+                        help="DP-LoRA rows (public base, adapters on the private records)")
+    parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--verbose", action="store_true", help="JSON progress on stderr")
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         pate_teachers=args.pate_teachers,
         pate_sigmas=tuple(args.pate_sigmas),
         pate_queries=args.pate_queries,
+        lora_epsilons=tuple(args.lora_epsilons),
+        lora_rank=args.lora_rank,
         seed=args.seed,
     )
 

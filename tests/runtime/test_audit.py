@@ -87,6 +87,8 @@ def test_small_audit_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> Non
         pate_queries=40,
         teacher_epochs=60,
         student_epochs=60,
+        lora_epsilons=(2.0,),
+        lora_rank=4,
     )
     events: list[dict[str, object]] = []
     rows = run_audit(config, data=data, progress=events.append)
@@ -95,6 +97,8 @@ def test_small_audit_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> Non
         "non-private",
         "null control",
         "DP-SGD (target ε=2)",
+        "public base alone",
+        "DP-LoRA r=4 (target ε=2)",
         "PATE student (σ=2)",
     ]
     assert len(events) == len(rows)
@@ -110,6 +114,12 @@ def test_small_audit_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> Non
     dp = by_method["DP-SGD (target ε=2)"]
     assert dp.epsilon is not None and dp.epsilon <= 2.0
     assert dp.details["steps"] > 0 and dp.details["noiseMultiplier"] > 0
+    base = by_method["public base alone"]
+    # The base never saw a private record: no membership signal beyond sampling error.
+    assert abs(base.mia_auc - 0.5) < 4 * base.mia_auc_stderr
+    lora = by_method["DP-LoRA r=4 (target ε=2)"]
+    assert lora.epsilon is not None and 0 < lora.epsilon <= 2.0
+    assert lora.details["steps"] == dp.details["steps"]  # same data size, epochs, batch
     pate = by_method["PATE student (σ=2)"]
     assert pate.epsilon == pytest.approx(gnmax_epsilon(2.0, 40, config.delta))
     assert pate.details["queries"] == 40 and pate.details["teachers"] == 5
