@@ -111,6 +111,18 @@ def _init(architecture: MlpArchitecture, seed: int) -> nn.Module:
         return build_model(architecture)
 
 
+def _dpsgd_config(config: AuditConfig, epsilon: float) -> DPSGDConfig:
+    """The audit's DP-SGD settings (full models and LoRA adapters alike) at ``epsilon``."""
+    return DPSGDConfig(
+        target_epsilon=epsilon,
+        delta=config.delta,
+        epochs=config.dpsgd_epochs,
+        batch_size=config.dpsgd_batch_size,
+        max_grad_norm=config.max_grad_norm,
+        learning_rate=config.dpsgd_learning_rate,
+    )
+
+
 def run_audit(
     config: AuditConfig, *, data: Dataset | None = None, progress: ProgressFn | None = None
 ) -> list[AuditRow]:
@@ -200,16 +212,7 @@ def run_audit(
     for epsilon in config.epsilons:
         started = time.perf_counter()
         result = train_dpsgd(
-            _init(architecture, config.seed),
-            private,
-            DPSGDConfig(
-                target_epsilon=epsilon,
-                delta=config.delta,
-                epochs=config.dpsgd_epochs,
-                batch_size=config.dpsgd_batch_size,
-                max_grad_norm=config.max_grad_norm,
-                learning_rate=config.dpsgd_learning_rate,
-            ),
+            _init(architecture, config.seed), private, _dpsgd_config(config, epsilon)
         )
         auc, stderr = membership_auc(result.model, private, held_out)
         record(
@@ -303,18 +306,7 @@ def _lora_rows(
     for epsilon in config.lora_epsilons:
         started = time.perf_counter()
         adapted = build_lora_model(base, LoraSpec(rank=config.lora_rank), seed=config.seed)
-        result = train_dpsgd(
-            adapted,
-            private,
-            DPSGDConfig(
-                target_epsilon=epsilon,
-                delta=config.delta,
-                epochs=config.dpsgd_epochs,
-                batch_size=config.dpsgd_batch_size,
-                max_grad_norm=config.max_grad_norm,
-                learning_rate=config.dpsgd_learning_rate,
-            ),
-        )
+        result = train_dpsgd(adapted, private, _dpsgd_config(config, epsilon))
         released = merged(result.model)
         auc, stderr = membership_auc(released, private, held_out)
         record(
