@@ -105,10 +105,10 @@ def test_standby_pauses_and_takes_over_when_the_active_replica_dies(pair: Pair) 
     assert RESUMED in pair.log(pair.standby)
     # Not before the dead replica's record expired (it kept serving until the kill).
     assert took >= LIFETIME_S - 2, took
-    # The take-over reconciles what the dead replica left, too: its model reaches Ready.
-    wait_until(lambda: any(c["type"] == "Ready" for c in (cluster.api.get(
-        cluster.pm(ns, "first")).get("status") or {}).get("conditions") or []),
-        what="the first model's conditions")
+    # The standby now also owns what the dead replica had created: an edit is carried out.
+    cluster.api.merge(cluster.pm(ns, "first"), {"spec": {"serving": {"replicas": 2}}})
+    wait_until(lambda: (deployment(cluster, ns, "first") or {})["spec"]["replicas"] == 2,
+               what="the first model's Deployment scaled by the standby")
 
 
 def test_a_cleanly_stopped_active_replica_hands_over_at_once(pair: Pair) -> None:
