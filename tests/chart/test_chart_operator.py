@@ -114,6 +114,8 @@ def test_standby_runs_two_peered_deployments_with_distinct_priorities(
         assert _flag(args, "--peering") == [f"{release_name}-dpserve"]
         (priorities[name],) = (int(p) for p in _flag(args, "--priority"))
         assert _env(deployment)["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        # Both replicas state the heartbeat lifetime (the standby waits out the active's).
+        assert _env(deployment)["DPSERVE_PEERING_LIFETIME_S"] == "60"
     assert priorities[active] > priorities[standby]
     # Distinct Deployments must not select each other's pods.
     selectors = [tuple(sorted(d["spec"]["selector"]["matchLabels"].items()))
@@ -121,6 +123,17 @@ def test_standby_runs_two_peered_deployments_with_distinct_priorities(
     assert len(set(selectors)) == 2
     peering = _kind(objects, "ClusterKopfPeering")
     assert [p["metadata"]["name"] for p in peering] == [f"{release_name}-dpserve"]
+
+
+def test_standby_lifetime_is_passed_and_bounded(render: Render) -> None:
+    objects = render({"standby": {"enabled": True, "lifetimeSeconds": 20}})
+    for deployment in _kind(objects, "Deployment"):
+        assert _env(deployment)["DPSERVE_PEERING_LIFETIME_S"] == "20"
+    with pytest.raises(helm.HelmValuesError, match="lifetimeSeconds"):
+        render({"standby": {"enabled": True, "lifetimeSeconds": 1}})
+    # Without the standby there is no peering, and no lifetime to state.
+    (single,) = _kind(render({}), "Deployment")
+    assert "DPSERVE_PEERING_LIFETIME_S" not in _env(single)
 
 
 def test_standby_priority_must_be_lower(render: Render) -> None:
