@@ -27,6 +27,7 @@ from dpserve_runtime.artifact import (
     save_pate_ensemble,
     save_state_dict_artifact,
 )
+from dpserve_runtime.filter.verbatim import VerbatimGuard, write_fingerprint_file
 from dpserve_runtime.train.__main__ import main
 from dpserve_runtime.train.datasets import Dataset, export_dataset, save_dataset, split_indices
 from dpserve_runtime.train.dpsgd import DPSGDConfig, train_dpsgd
@@ -382,3 +383,43 @@ def test_dp_lora_learns_what_the_public_base_never_saw(digits: dict[str, Dataset
     adapted = accuracy(merged(result.model), digits["test"])
     assert adapted >= base_accuracy + 0.10, (adapted, base_accuracy)
     assert adapted >= 0.80, adapted
+
+
+# --- the verbatim guard follows the weights ---------------------------------------------------
+
+BASE_RECORD = ("patient admitted on monday with chest pain after a long run in the park and "
+               "discharged two days later with a referral to cardiology")
+NEW_RECORD = ("follow up visit in march showed normal blood pressure and the patient reported "
+              "no further episodes of pain during exercise or rest")
+
+
+def test_a_lora_version_guards_what_its_base_was_trained_on(
+    digits: dict[str, Dataset], tmp_path: Path, termination: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The base saw BASE_RECORD; its artifact carries the fingerprints of it.
+    base = tmp_path / "v1"
+    save_state_dict_artifact(base, _seeded(ARCH), ARCH, version="v1", labels=LABELS,
+                             fingerprints="fingerprints.json")
+    write_fingerprint_file([BASE_RECORD], base / "fingerprints.json", window_tokens=8)
+    window = tmp_path / "window.npz"
+    save_dataset(Dataset(X=digits["train"].X, y=digits["train"].y, texts=(NEW_RECORD,)), window)
+    args = ["--dataset", str(window), "--lora-base", str(base), "--lora-rank", "2",
+            "--target-epsilon", "3", "--delta", "1e-5", "--epochs", "1",
+            "--fingerprint-window-tokens", "8"]
+    assert main([*args, "--output", str(tmp_path / "v2"), "--version", "v2"]) == 0
+    capsys.readouterr()
+    manifest = load_manifest(tmp_path / "v2")
+    assert manifest.fingerprints == "fingerprints.json"
+    guard = VerbatimGuard.load(tmp_path / "v2" / "fingerprints.json")
+    # v2 keeps v1's weights (plus adapters), so it is guarded against both data windows.
+    assert guard.check(f"the model said: {BASE_RECORD}")
+    assert guard.check(NEW_RECORD.upper())
+    assert not guard.check("an unrelated sentence about the weather in spring and autumn")
+    assert guard.salt == VerbatimGuard.load(base / "fingerprints.json").salt
+
+    # Windows of another size cannot be merged: refused, naming the flag, nothing written.
+    code = main([*args[:-1], "12", "--output", str(tmp_path / "v2b"), "--version", "v2"])
+    assert code == 2
+    assert "--fingerprint-window-tokens" in json.loads(termination.read_text())["message"]
+    assert not (tmp_path / "v2b" / "manifest.json").exists()

@@ -93,18 +93,30 @@ def _encode(hashes: npt.NDArray[np.uint64]) -> str:
 
 
 def write_fingerprint_file(
-    texts: Iterable[str], path: str | Path, window_tokens: int
+    texts: Iterable[str], path: str | Path, window_tokens: int, *,
+    inherit: VerbatimGuard | None = None,
 ) -> int:
     """Write the fingerprints of every ``window_tokens``-window of ``texts`` to ``path``.
 
     Returns the number of distinct window hashes written. The file is JSON: format, version,
     scheme, window size, salt (hex) and the sorted hashes (base64 of little-endian uint64).
     Written atomically (temporary file + rename).
+
+    ``inherit``: the guard of the model this one derives from (a LoRA version keeps its
+    base's weights, hence what the base could reproduce): its salt is reused and its hashes
+    are kept, so one file guards both training sets. Its window must be ``window_tokens``.
     """
     if window_tokens < 1:
         raise ValueError(f"window_tokens must be >= 1, got {window_tokens}")
-    salt = secrets.token_bytes(SALT_BYTES)
     collected: set[int] = set()
+    if inherit is None:
+        salt = secrets.token_bytes(SALT_BYTES)
+    else:
+        if inherit.window_tokens != window_tokens:
+            raise ValueError(f"the inherited fingerprints use {inherit.window_tokens}-token "
+                             f"windows, not {window_tokens}")
+        salt = inherit.salt
+        collected.update(int(h) for h in inherit.hashes)
     for text in texts:
         collected.update(window_hashes(normalise_tokens(text), window_tokens, key=salt))
     hashes = np.fromiter(sorted(collected), dtype=np.uint64, count=len(collected))
@@ -142,6 +154,13 @@ class VerbatimGuard:
 
     def __len__(self) -> int:
         return int(self._hashes.size)
+
+    @property
+    def hashes(self) -> npt.NDArray[np.uint64]:
+        """The sorted window hashes (read-only view)."""
+        view = self._hashes.view()
+        view.flags.writeable = False
+        return view
 
     @classmethod
     def load(cls, path: str | Path) -> VerbatimGuard:

@@ -43,7 +43,11 @@ from dpserve_runtime.artifact import (
     save_pate_ensemble,
     save_state_dict_artifact,
 )
-from dpserve_runtime.filter.verbatim import write_fingerprint_file
+from dpserve_runtime.filter.verbatim import (
+    FingerprintFileError,
+    VerbatimGuard,
+    write_fingerprint_file,
+)
 from dpserve_runtime.train.datasets import (
     Dataset,
     DatasetError,
@@ -362,6 +366,18 @@ def _lora_architecture(text: str | None, base: LoraBase) -> Architecture:
     return base.architecture
 
 
+def _base_fingerprints(base: LoraBase) -> VerbatimGuard | None:
+    """The base's verbatim guard: a LoRA version can reproduce what its frozen base could,
+    so its fingerprint file carries the base's windows too."""
+    name = base.manifest.fingerprints
+    if name is None:
+        return None
+    try:
+        return VerbatimGuard.load(base.directory / name)
+    except FingerprintFileError as exc:
+        raise InvalidInput(f"--lora-base: {exc}") from exc
+
+
 def _adapter_card(base: LoraBase, spec: LoraSpec, version: str) -> str:
     return (
         f"# dpserve LoRA adapter ({version})\n\n"
@@ -426,11 +442,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     output.mkdir(parents=True, exist_ok=True)
     fingerprints: str | None = None
-    if dataset.texts is not None:
+    inherited = _base_fingerprints(lora_setup[0]) if lora_setup is not None else None
+    if dataset.texts is not None or inherited is not None:
         # Written before the manifest: a directory with a manifest is complete.
-        count = write_fingerprint_file(
-            dataset.texts, output / FINGERPRINTS_NAME, args.fingerprint_window_tokens
-        )
+        try:
+            count = write_fingerprint_file(
+                dataset.texts if dataset.texts is not None else [],
+                output / FINGERPRINTS_NAME, args.fingerprint_window_tokens, inherit=inherited,
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"--fingerprint-window-tokens: {exc}") from exc
         # The writer's temporary file is 0600; the sidecar may run as another uid.
         (output / FINGERPRINTS_NAME).chmod(0o644)
         fingerprints = FINGERPRINTS_NAME
