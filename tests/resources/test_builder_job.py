@@ -57,8 +57,15 @@ def test_trainer_arguments(make_model, make_ctx):
         "--teachers": "50",
         "--max-epsilon": "8",  # the next budget's epsilon
         "--version": "v2",
+        "--fingerprint-window-tokens": "50",  # outputFilter.verbatimGuard.windowTokens
     }
     assert json.loads(args["--architecture"]) == {"type": "mlp", "hiddenDims": [128]}
+
+
+def test_fingerprint_window_follows_the_output_filter(make_model, make_ctx):
+    model = make_model(spec={"outputFilter": {"verbatimGuard": {"windowTokens": 24}}})
+    args = arg_map(train_container(build_job(model, make_ctx(model)))["args"])
+    assert args["--fingerprint-window-tokens"] == "24"
 
 
 def test_pate_mode_and_explicit_delta(make_model, make_ctx):

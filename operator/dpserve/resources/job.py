@@ -200,6 +200,10 @@ def trainer_args(
     if retraining.mode == "pate" and retraining.teachers is not None:
         args += ["--teachers", str(retraining.teachers)]
     args += ["--max-epsilon", retraining.next_budget.epsilon, "--version", plan.version]
+    # The verbatim guard of the new version compares windows of the spec's size (the
+    # sidecar reads the size from the fingerprint file the trainer writes).
+    window = model.spec.output_filter.verbatim_guard.window_tokens
+    args += ["--fingerprint-window-tokens", str(window)]
     return args
 
 
