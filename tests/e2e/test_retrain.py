@@ -85,6 +85,10 @@ def test_retrain_policy_trains_v2_with_dpsgd_and_serving_resumes(e2e: E2E, kind:
         assert lora["rank"] == 4 and lora["base"]["version"] == v1["version"], lora
         assert manifest["architecture"] == v1["architecture"]
         assert (v2_dir / "adapter").is_dir()
+        # v2 keeps v1's weights: its verbatim guard keeps v1's fingerprints (same salt).
+        salts = [json.loads((d / "fingerprints.json").read_text("utf-8"))["salt"]
+                 for d in (v2_dir.parent / "v1", v2_dir)]
+        assert salts[0] == salts[1]
     else:
         assert lora is None
 
