@@ -24,6 +24,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from dpserve_runtime.filter.verbatim import (
 from dpserve_runtime.train.datasets import (
     Dataset,
     DatasetError,
+    check_labels,
     load_dataset,
     train_test_split,
 )
@@ -401,11 +403,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if lora_setup is None and args.architecture is None:
         raise InvalidInput("--architecture: required (unless --lora-base gives it)")
     try:
+        dataset = load_dataset(args.dataset)
         if lora_setup is not None:
             architecture = _lora_architecture(args.architecture, lora_setup[0])
         else:
-            architecture = _parse_architecture(args.architecture, load_dataset(args.dataset))
-        dataset = load_dataset(args.dataset, num_classes=architecture.num_classes)
+            architecture = _parse_architecture(args.architecture, dataset)
+        check_labels(dataset.y, architecture.num_classes, source=str(args.dataset))
     except DatasetError as exc:
         raise InvalidInput(str(exc)) from exc
     labels = _parse_labels(args.labels, architecture)
@@ -463,113 +466,129 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
 
-    report: dict[str, Any]
+    written = Written(output, architecture, labels, fingerprints)
     if args.mode == "dpsgd":
-        config = DPSGDConfig(
-            target_epsilon=args.target_epsilon,
-            delta=args.delta,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_grad_norm=args.max_grad_norm,
-            learning_rate=learning_rate,
-            fast_clipping=args.fast_clipping,
-        )
-        if lora_setup is not None:
-            base, spec = lora_setup
-            # Only the adapters train: the base's weights are frozen inside the peft model.
-            initial = build_lora_model(base.model, spec, seed=args.seed)
-        else:
-            initial = _init_model(architecture, args.seed)
-        result = train_dpsgd(initial, train, config, progress=log_event)
-        if args.max_epsilon is not None and result.epsilon > args.max_epsilon:
-            # Opacus picks σ so that ε stays below the target; this guards that promise.
-            raise TrainingRefused(
-                f"achieved ε={result.epsilon:.4f} exceeds --max-epsilon {args.max_epsilon:g}; "
-                "the model was not written"
-            )
-        lora_block: dict[str, Any] | None = None
-        final = result.model
-        if lora_setup is not None:
-            base, spec = lora_setup
-            lora_block = lora_summary(result.model, spec, base)
-            # The adapter first (provenance), then the merged model the server loads.
-            card = _adapter_card(base, spec, args.version)
-            save_adapter(result.model, output / ADAPTER_DIR, description=card)
-            final = merged(result.model)
-        acc = accuracy(final, test) if test is not None else None
-        training = result.training_spend(accuracy=acc)
-        if lora_block is not None:
-            training["lora"] = lora_block
-        save_state_dict_artifact(
-            output,
-            final,
-            architecture,
-            version=args.version,
-            labels=labels,
-            training=training,
-            fingerprints=fingerprints,
-        )
-        report = {
-            key: training.get(key)
-            for key in ("noiseMultiplier", "sampleRate", "steps", "sampling", "epsilon", "delta")
-        }
-        if lora_block is not None:
-            report["lora"] = lora_block
+        report, acc = _train_dpsgd(args, train, test, learning_rate, written, lora_setup)
     else:
-        if args.teachers > len(train):
-            raise InvalidInput(
-                f"--teachers: {args.teachers} teachers need at least as many training "
-                f"records, the data set has {len(train)} after the test split"
-            )
-        teachers, partitions = train_teachers(
-            train,
-            architecture,
-            args.teachers,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=learning_rate,
-            seed=args.seed,
-        )
-        log_event(
-            {
-                "event": "teachers",
-                "teachers": len(teachers),
-                "partitionSizes": [len(p) for p in partitions],
-            }
-        )
-        acc = (
-            plurality_accuracy(teachers, test, architecture.num_classes)
-            if test is not None
-            else None
-        )
-        # No DP-SGD: the teachers' privacy comes from GNMax noise on every answered query.
-        training = {"steps": 0, "epsilon": 0.0, "teachers": len(teachers), "accountant": "rdp"}
-        if args.delta is not None:
-            training["delta"] = args.delta
-        if acc is not None:
-            training["accuracy"] = acc
-        save_pate_ensemble(
-            output,
-            teachers,
-            architecture,
-            version=args.version,
-            labels=labels,
-            training=training,
-            fingerprints=fingerprints,
-        )
-        report = {
-            "noiseMultiplier": None,
-            "sampleRate": None,
-            "steps": 0,
-            "sampling": "poisson",
-            "epsilon": 0.0,
-            "delta": args.delta,
-            "teachers": len(teachers),
-        }
+        report, acc = _train_pate(args, train, test, learning_rate, written)
     report.update(
         {"accuracy": acc, "version": args.version, "artifact": str(output), "mode": args.mode}
     )
     return report
+
+
+@dataclass(frozen=True)
+class Written:
+    """What every artifact of this run shares: where, which model, labels, fingerprints."""
+
+    output: Path
+    architecture: Architecture
+    labels: list[str] | None
+    fingerprints: str | None
+
+
+def _train_dpsgd(
+    args: argparse.Namespace, train: Dataset, test: Dataset | None, learning_rate: float,
+    written: Written, lora_setup: tuple[LoraBase, LoraSpec] | None,
+) -> tuple[dict[str, Any], float | None]:
+    """DP-SGD (full, or LoRA adapters on the frozen base); returns (report, accuracy)."""
+    config = DPSGDConfig(
+        target_epsilon=args.target_epsilon,
+        delta=args.delta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_grad_norm=args.max_grad_norm,
+        learning_rate=learning_rate,
+        fast_clipping=args.fast_clipping,
+    )
+    # With LoRA only the adapters train: the base's weights are frozen inside the peft model.
+    initial = (build_lora_model(lora_setup[0].model, lora_setup[1], seed=args.seed)
+               if lora_setup is not None else _init_model(written.architecture, args.seed))
+    result = train_dpsgd(initial, train, config, progress=log_event)
+    if args.max_epsilon is not None and result.epsilon > args.max_epsilon:
+        # Opacus picks σ so that ε stays below the target; this guards that promise.
+        raise TrainingRefused(
+            f"achieved ε={result.epsilon:.4f} exceeds --max-epsilon {args.max_epsilon:g}; "
+            "the model was not written"
+        )
+    final, lora_block = result.model, None
+    if lora_setup is not None:
+        base, spec = lora_setup
+        lora_block = lora_summary(result.model, spec, base)
+        # The adapter first (provenance), then the merged model the server loads.
+        card = _adapter_card(base, spec, args.version)
+        save_adapter(result.model, written.output / ADAPTER_DIR, description=card)
+        final = merged(result.model)
+    acc = accuracy(final, test) if test is not None else None
+    training = result.training_spend(accuracy=acc)
+    if lora_block is not None:
+        training["lora"] = lora_block
+    save_state_dict_artifact(
+        written.output, final, written.architecture, version=args.version,
+        labels=written.labels, training=training, fingerprints=written.fingerprints,
+    )
+    report = {
+        key: training.get(key)
+        for key in ("noiseMultiplier", "sampleRate", "steps", "sampling", "epsilon", "delta")
+    }
+    if lora_block is not None:
+        report["lora"] = lora_block
+    return report, acc
+
+
+def _train_pate(
+    args: argparse.Namespace, train: Dataset, test: Dataset | None, learning_rate: float,
+    written: Written,
+) -> tuple[dict[str, Any], float | None]:
+    """K teachers on disjoint partitions, no noise here; returns (report, accuracy)."""
+    if args.teachers > len(train):
+        raise InvalidInput(
+            f"--teachers: {args.teachers} teachers need at least as many training "
+            f"records, the data set has {len(train)} after the test split"
+        )
+    architecture = written.architecture
+    teachers, partitions = train_teachers(
+        train,
+        architecture,
+        args.teachers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=learning_rate,
+        seed=args.seed,
+    )
+    log_event(
+        {
+            "event": "teachers",
+            "teachers": len(teachers),
+            "partitionSizes": [len(p) for p in partitions],
+        }
+    )
+    acc = (
+        plurality_accuracy(teachers, test, architecture.num_classes)
+        if test is not None
+        else None
+    )
+    # No DP-SGD: the teachers' privacy comes from GNMax noise on every answered query.
+    training: dict[str, Any] = {
+        "steps": 0, "epsilon": 0.0, "teachers": len(teachers), "accountant": "rdp"}
+    if args.delta is not None:
+        training["delta"] = args.delta
+    if acc is not None:
+        training["accuracy"] = acc
+    save_pate_ensemble(
+        written.output, teachers, architecture, version=args.version, labels=written.labels,
+        training=training, fingerprints=written.fingerprints,
+    )
+    report = {
+        "noiseMultiplier": None,
+        "sampleRate": None,
+        "steps": 0,
+        "sampling": "poisson",
+        "epsilon": 0.0,
+        "delta": args.delta,
+        "teachers": len(teachers),
+    }
+    return report, acc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

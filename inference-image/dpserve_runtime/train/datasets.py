@@ -85,6 +85,17 @@ def load_dataset(path: str | Path, *, num_classes: int | None = None) -> Dataset
     return validate_arrays(arrays, source=str(source), num_classes=num_classes)
 
 
+def check_labels(
+    labels: npt.NDArray[np.int64], num_classes: int, *, source: str = "dataset"
+) -> None:
+    """The labels fit a model with ``num_classes`` outputs (0..num_classes-1)."""
+    if labels.size and labels.max() >= num_classes:
+        raise DatasetError(
+            f"{source}: field 'y' has label {int(labels.max())} but the model has "
+            f"{num_classes} classes (labels must be 0..{num_classes - 1})"
+        )
+
+
 def validate_arrays(
     arrays: dict[str, npt.NDArray[np.generic]],
     *,
@@ -125,11 +136,8 @@ def validate_arrays(
     labels = y.astype(np.int64)
     if labels.min() < 0:
         raise DatasetError(f"{source}: field 'y' has negative label {int(labels.min())}")
-    if num_classes is not None and labels.max() >= num_classes:
-        raise DatasetError(
-            f"{source}: field 'y' has label {int(labels.max())} but the model has "
-            f"{num_classes} classes (labels must be 0..{num_classes - 1})"
-        )
+    if num_classes is not None:
+        check_labels(labels, num_classes, source=source)
 
     texts: tuple[str, ...] | None = None
     if "texts" in arrays:
