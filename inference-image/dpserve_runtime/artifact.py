@@ -275,6 +275,32 @@ def _training(training: TrainingSpend | Mapping[str, Any] | None) -> TrainingSpe
     return TrainingSpend.model_validate(dict(training))
 
 
+def _new_manifest(
+    directory: str | Path,
+    format: ArtifactFormat,
+    architecture: MlpArchitecture | CnnArchitecture | None,
+    *,
+    version: str,
+    labels: Sequence[str] | None,
+    training: TrainingSpend | Mapping[str, Any] | None,
+    fingerprints: str | None,
+    **files: Any,
+) -> tuple[Path, Manifest]:
+    """The artifact directory (created) and the manifest every save_* writes last."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(
+        format=format,
+        version=version,
+        architecture=architecture,
+        labels=list(labels) if labels is not None else None,
+        training=_training(training),
+        fingerprints=fingerprints,
+        **files,
+    )
+    return root, manifest
+
+
 def save_state_dict_artifact(
     directory: str | Path,
     model: nn.Module,
@@ -286,17 +312,10 @@ def save_state_dict_artifact(
     fingerprints: str | None = None,
 ) -> Manifest:
     """Write a ``state-dict`` artifact (``weights.pt`` + manifest) and return its manifest."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     arch = parse_architecture(architecture)
-    manifest = Manifest(
-        format="state-dict",
-        version=version,
-        architecture=arch,
-        weights=WEIGHTS_NAME,
-        labels=list(labels) if labels is not None else None,
-        training=_training(training),
-        fingerprints=fingerprints,
+    root, manifest = _new_manifest(
+        directory, "state-dict", arch, version=version, labels=labels, training=training,
+        fingerprints=fingerprints, weights=WEIGHTS_NAME,
     )
     _save_state_dict(model, arch, root / WEIGHTS_NAME)
     _write_manifest(root, manifest)
@@ -315,19 +334,12 @@ def save_pate_ensemble(
 ) -> Manifest:
     """Write a ``pate-ensemble`` artifact (``teachers/NNN.pt`` + manifest): the teachers
     must have been trained on disjoint partitions of the protected data."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     arch = parse_architecture(architecture)
     width = max(3, len(str(len(teachers) - 1)))
     files = [f"{TEACHERS_DIR}/{i:0{width}d}.pt" for i in range(len(teachers))]
-    manifest = Manifest(
-        format="pate-ensemble",
-        version=version,
-        architecture=arch,
-        teachers=files,
-        labels=list(labels) if labels is not None else None,
-        training=_training(training),
-        fingerprints=fingerprints,
+    root, manifest = _new_manifest(
+        directory, "pate-ensemble", arch, version=version, labels=labels, training=training,
+        fingerprints=fingerprints, teachers=files,
     )
     for teacher, name in zip(teachers, files, strict=True):
         _save_state_dict(teacher, arch, root / name)
@@ -349,17 +361,10 @@ def save_torchscript_artifact(
     """Write a ``torchscript`` artifact (``model.ts`` + manifest). ``model`` may already be
     scripted; otherwise it is scripted, or traced on ``example_input`` if scripting fails.
     ``architecture`` is optional; when given, the server checks input sizes against it."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     arch = parse_architecture(architecture) if architecture is not None else None
-    manifest = Manifest(
-        format="torchscript",
-        version=version,
-        architecture=arch,
-        weights=TORCHSCRIPT_NAME,
-        labels=list(labels) if labels is not None else None,
-        training=_training(training),
-        fingerprints=fingerprints,
+    root, manifest = _new_manifest(
+        directory, "torchscript", arch, version=version, labels=labels, training=training,
+        fingerprints=fingerprints, weights=TORCHSCRIPT_NAME,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated
