@@ -14,26 +14,9 @@ import textwrap
 from typing import Any
 
 import pytest
+from resources_support import BUILDERS
 
 from dpserve.api.privatemodel import PrivateModel
-from dpserve.resources.configmap import build_configmap
-from dpserve.resources.deployment import build_deployment
-from dpserve.resources.job import build_job
-from dpserve.resources.networkpolicy import build_networkpolicy, build_training_networkpolicy
-from dpserve.resources.poddisruptionbudget import build_poddisruptionbudget
-from dpserve.resources.service import build_service
-from dpserve.resources.serviceaccount import build_serviceaccount
-
-BUILDERS = [
-    build_deployment,
-    build_service,
-    build_configmap,
-    build_serviceaccount,
-    build_networkpolicy,
-    build_training_networkpolicy,
-    build_poddisruptionbudget,
-    build_job,
-]
 
 RICH_SPEC = {
     "confidential": {"profile": "aks-kata-cc", "required": True},

@@ -6,26 +6,12 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
+from resources_support import BUILDERS
 
-from dpserve.resources.configmap import build_configmap
 from dpserve.resources.deployment import build_deployment
 from dpserve.resources.job import build_job
-from dpserve.resources.networkpolicy import build_networkpolicy, build_training_networkpolicy
-from dpserve.resources.poddisruptionbudget import build_poddisruptionbudget
-from dpserve.resources.service import build_service
-from dpserve.resources.serviceaccount import build_serviceaccount
 
 LATEST = latest_version()
-BUILDERS = [
-    build_deployment,
-    build_service,
-    build_configmap,
-    build_serviceaccount,
-    build_networkpolicy,
-    build_training_networkpolicy,
-    build_poddisruptionbudget,
-    build_job,
-]
 ARTIFACTS = {
     "pvc": ("pvc://models/triage/v1", "pvc://datasets/triage/q1.npz"),
     "file": ("file:///srv/models/triage", "file:///srv/data/q1.npz"),

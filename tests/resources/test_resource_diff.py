@@ -6,27 +6,13 @@ import copy
 from decimal import Decimal
 
 import pytest
+from resources_support import BUILDERS
 
-from dpserve.resources.configmap import build_configmap
 from dpserve.resources.deployment import build_deployment
 from dpserve.resources.diff import merge_for_update, needs_update, parse_quantity
 from dpserve.resources.job import build_job
 from dpserve.resources.labels import DESIRED_HASH
-from dpserve.resources.networkpolicy import build_networkpolicy, build_training_networkpolicy
-from dpserve.resources.poddisruptionbudget import build_poddisruptionbudget
 from dpserve.resources.service import build_service
-from dpserve.resources.serviceaccount import build_serviceaccount
-
-BUILDERS = [
-    build_deployment,
-    build_service,
-    build_configmap,
-    build_serviceaccount,
-    build_networkpolicy,
-    build_training_networkpolicy,
-    build_poddisruptionbudget,
-    build_job,
-]
 
 
 @pytest.mark.parametrize("builder", BUILDERS, ids=lambda b: b.__name__)
