@@ -67,12 +67,6 @@ class Run:
     trainable: int
 
 
-def _init(seed: int) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # initialisation only; DP noise stays unseeded
-        return build_model(ARCH)
-
-
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
@@ -113,9 +107,7 @@ def throughput(
     batch = 64
     data = TensorDataset(X, y)
     batches = [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(X) - batch + 1, batch)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # benchmark initialisation only
-        full = build_model(architecture)
+    full = build_model(architecture, seed=0)
     adapted = build_lora_model(full, LoraSpec(rank=rank))
     models = {"full DP-SGD": full, "DP-LoRA": adapted}
     trainable = {
@@ -140,7 +132,8 @@ def run_trial(data: Dataset, seed: int, epsilons: list[float], rank: int, epochs
         if scenario == "label-shift":
             source = public.subset(np.flatnonzero(public.y < SHIFT_KEEP).astype(np.int64))
         base = train_nonprivate(
-            _init(seed), source, epochs=30, batch_size=64, learning_rate=1e-2, seed=seed
+            build_model(ARCH, seed=seed), source, epochs=30, batch_size=64, learning_rate=1e-2,
+            seed=seed,
         )
         full_params = sum(p.numel() for p in base.parameters())
         runs.append(Run(scenario, "frozen base", None, accuracy(base, test), 0))
@@ -153,7 +146,7 @@ def run_trial(data: Dataset, seed: int, epsilons: list[float], rank: int, epochs
                 max_grad_norm=1.0,
                 learning_rate=1e-2,
             )
-            full = train_dpsgd(_init(seed + 1), private, config).model
+            full = train_dpsgd(build_model(ARCH, seed=seed + 1), private, config).model
             runs.append(Run(scenario, "full DP-SGD", epsilon, accuracy(full, test), full_params))
             adapted = build_lora_model(base, LoraSpec(rank=rank), seed=seed)
             trainable, _ = parameter_counts(adapted)

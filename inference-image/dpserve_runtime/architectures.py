@@ -110,8 +110,19 @@ class ConvNet(nn.Module):
 
 def build_model(
     architecture: dict[str, Any] | MlpArchitecture | CnnArchitecture,
+    *,
+    seed: int | None = None,
 ) -> nn.Module:
-    """A freshly initialised module for ``architecture`` (wire dict or parsed model)."""
+    """A freshly initialised module for ``architecture`` (wire dict or parsed model).
+
+    ``seed`` makes the initial weights reproducible without reseeding torch's global
+    generator: Opacus draws Poisson batches and DP noise from it, and those must stay
+    unpredictable.
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(architecture)
     arch = parse_architecture(architecture)
     if isinstance(arch, CnnArchitecture):
         return ConvNet(arch)

@@ -37,12 +37,6 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Dataset]:
     return data.subset(train[:400]), data.subset(test[:400])
 
 
-def _seeded_model(seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(ARCH)
-
-
 def _config(**overrides: object) -> DPSGDConfig:
     values: dict[str, object] = {
         "target_epsilon": 4.0,
@@ -72,7 +66,7 @@ def test_recorded_spend_matches_independent_accounting(
 ) -> None:
     train, test = digits
     config = _config(fast_clipping=fast_clipping)
-    result = train_dpsgd(_seeded_model(), train, config)
+    result = train_dpsgd(build_model(ARCH, seed=0), train, config)
 
     batches = math.ceil(len(train) / config.batch_size)
     assert result.sample_rate == pytest.approx(1 / batches)
@@ -115,8 +109,8 @@ def test_recorded_spend_matches_independent_accounting(
 
 def test_seed_fixes_initialisation_not_noise(digits: tuple[Dataset, Dataset]) -> None:
     train, _ = digits
-    first = train_dpsgd(_seeded_model(3), train, _config(epochs=1))
-    second = train_dpsgd(_seeded_model(3), train, _config(epochs=1))
+    first = train_dpsgd(build_model(ARCH, seed=3), train, _config(epochs=1))
+    second = train_dpsgd(build_model(ARCH, seed=3), train, _config(epochs=1))
     # Same initial weights, same σ, but fresh Poisson batches and noise each run.
     assert first.noise_multiplier == second.noise_multiplier
     w1 = torch.cat([p.detach().flatten() for p in first.model.parameters()])
@@ -126,10 +120,10 @@ def test_seed_fixes_initialisation_not_noise(digits: tuple[Dataset, Dataset]) ->
     # Non-private training, by contrast, is fully determined by its seed.
     small = train.subset(np.arange(100, dtype=np.int64))
     a = train_nonprivate(
-        _seeded_model(1), small, epochs=2, batch_size=20, learning_rate=1e-2, seed=5
+        build_model(ARCH, seed=1), small, epochs=2, batch_size=20, learning_rate=1e-2, seed=5
     )
     b = train_nonprivate(
-        _seeded_model(1), small, epochs=2, batch_size=20, learning_rate=1e-2, seed=5
+        build_model(ARCH, seed=1), small, epochs=2, batch_size=20, learning_rate=1e-2, seed=5
     )
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
@@ -137,8 +131,8 @@ def test_seed_fixes_initialisation_not_noise(digits: tuple[Dataset, Dataset]) ->
 
 def test_more_privacy_means_more_noise(digits: tuple[Dataset, Dataset]) -> None:
     train, _ = digits
-    strict = train_dpsgd(_seeded_model(), train, _config(target_epsilon=1.0, epochs=1))
-    loose = train_dpsgd(_seeded_model(), train, _config(target_epsilon=8.0, epochs=1))
+    strict = train_dpsgd(build_model(ARCH, seed=0), train, _config(target_epsilon=1.0, epochs=1))
+    loose = train_dpsgd(build_model(ARCH, seed=0), train, _config(target_epsilon=8.0, epochs=1))
     assert strict.noise_multiplier > loose.noise_multiplier
     assert strict.epsilon <= 1.0 < loose.epsilon <= 8.0
 

@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -48,12 +47,6 @@ ARCH = {"type": "mlp", "inputDim": 64, "hiddenDims": [32], "numClasses": 10}
 LABELS = [f"digit-{i}" for i in range(10)]
 
 
-def _seeded(architecture: dict[str, Any], seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(architecture)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -81,7 +74,8 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory, digits: dict[str, Dataset
     torch.set_num_threads(1)
     try:
         model = train_nonprivate(
-            _seeded(ARCH), digits["public"], epochs=5, batch_size=64, learning_rate=1e-2, seed=0
+            build_model(ARCH, seed=0), digits["public"], epochs=5, batch_size=64,
+            learning_rate=1e-2, seed=0,
         )
     finally:
         torch.set_num_threads(threads)
@@ -195,7 +189,7 @@ def test_lora_run_writes_the_merged_base_architecture_and_declares_the_spend(
 
 
 def test_adapters_train_the_base_stays_frozen(digits: dict[str, Dataset]) -> None:
-    base = _seeded(ARCH, seed=3)
+    base = build_model(ARCH, seed=3)
     original = {k: v.clone() for k, v in base.state_dict().items()}
     model = build_lora_model(base, LoraSpec(rank=2, targets=("3",)))
     assert parameter_counts(model) == (2 * (32 + 10), 2410 + 2 * (32 + 10))
@@ -222,7 +216,7 @@ def test_adapters_train_the_base_stays_frozen(digits: dict[str, Dataset]) -> Non
 
 def test_cnn_base_adapts_every_conv_and_linear_layer(digits: dict[str, Dataset]) -> None:
     cnn = {"type": "cnn", "inputShape": [1, 8, 8], "channels": [4, 8], "numClasses": 10}
-    base = _seeded(cnn)
+    base = build_model(cnn, seed=0)
     assert adaptable_modules(base) == ["features.0", "features.4", "head"]
     images = Dataset(X=digits["train"].X[:200].reshape(-1, 1, 8, 8), y=digits["train"].y[:200])
     config = DPSGDConfig(
@@ -241,7 +235,7 @@ def test_cnn_base_adapts_every_conv_and_linear_layer(digits: dict[str, Dataset])
 
 def test_unknown_target_is_refused_with_the_candidates() -> None:
     with pytest.raises(LoraError, match=r"'2' is not a Linear or Conv2d layer.*1, 3"):
-        build_lora_model(_seeded(ARCH), LoraSpec(targets=("2",)))
+        build_lora_model(build_model(ARCH, seed=0), LoraSpec(targets=("2",)))
     with pytest.raises(LoraError, match="rank must be >= 1"):
         LoraSpec(rank=0)
 
@@ -252,7 +246,8 @@ def test_unknown_target_is_refused_with_the_candidates() -> None:
 @pytest.fixture(scope="module")
 def pate_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pate") / "v1"
-    save_pate_ensemble(root, [_seeded(ARCH, 1), _seeded(ARCH, 2)], ARCH, version="v1")
+    teachers = [build_model(ARCH, seed=1), build_model(ARCH, seed=2)]
+    save_pate_ensemble(root, teachers, ARCH, version="v1")
     return root
 
 
@@ -370,7 +365,7 @@ def test_dp_lora_learns_what_the_public_base_never_saw(digits: dict[str, Dataset
     public = digits["public"]
     public = public.subset(np.flatnonzero(public.y < 7).astype(np.int64))
     base = train_nonprivate(
-        _seeded(ARCH), public, epochs=30, batch_size=64, learning_rate=1e-2, seed=0
+        build_model(ARCH, seed=0), public, epochs=30, batch_size=64, learning_rate=1e-2, seed=0
     )
     base_accuracy = accuracy(base, digits["test"])
     assert base_accuracy < 0.75  # it has never seen three of the ten classes
@@ -399,7 +394,7 @@ def test_a_lora_version_guards_what_its_base_was_trained_on(
 ) -> None:
     # The base saw BASE_RECORD; its artifact carries the fingerprints of it.
     base = tmp_path / "v1"
-    save_state_dict_artifact(base, _seeded(ARCH), ARCH, version="v1", labels=LABELS,
+    save_state_dict_artifact(base, build_model(ARCH, seed=0), ARCH, version="v1", labels=LABELS,
                              fingerprints="fingerprints.json")
     write_fingerprint_file([BASE_RECORD], base / "fingerprints.json", window_tokens=8)
     window = tmp_path / "window.npz"

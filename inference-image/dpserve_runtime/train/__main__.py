@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 
 from dpserve_runtime.architectures import (
@@ -286,14 +285,6 @@ def _check_fit(dataset: Dataset, architecture: Architecture, source: Path) -> No
         )
 
 
-def _init_model(architecture: Architecture, seed: int) -> torch.nn.Module:
-    # Seed initialisation without reseeding the global generator: Opacus draws Poisson
-    # batches and noise from it, and those must stay unpredictable.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(architecture)
-
-
 def _check_privacy_args(args: argparse.Namespace) -> None:
     if args.mode != "dpsgd":
         return
@@ -503,7 +494,7 @@ def _train_dpsgd(
     )
     # With LoRA only the adapters train: the base's weights are frozen inside the peft model.
     initial = (build_lora_model(lora_setup[0].model, lora_setup[1], seed=args.seed)
-               if lora_setup is not None else _init_model(written.architecture, args.seed))
+               if lora_setup is not None else build_model(written.architecture, seed=args.seed))
     result = train_dpsgd(initial, train, config, progress=log_event)
     if args.max_epsilon is not None and result.epsilon > args.max_epsilon:
         # Opacus picks σ so that ε stays below the target; this guards that promise.

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -105,12 +104,6 @@ def membership_auc(model: nn.Module, members: Dataset, non_members: Dataset) -> 
     return auc, auc_standard_error(auc, len(member_loss), len(other_loss))
 
 
-def _init(architecture: MlpArchitecture, seed: int) -> nn.Module:
-    with torch.random.fork_rng():  # seeded initialisation, global generator untouched
-        torch.manual_seed(seed)
-        return build_model(architecture)
-
-
 def _dpsgd_config(config: AuditConfig, epsilon: float) -> DPSGDConfig:
     """The audit's DP-SGD settings (full models and LoRA adapters alike) at ``epsilon``."""
     return DPSGDConfig(
@@ -168,7 +161,7 @@ def run_audit(
 
     started = time.perf_counter()
     baseline = train_nonprivate(
-        _init(architecture, config.seed),
+        build_model(architecture, seed=config.seed),
         private,
         epochs=config.nonprivate_epochs,
         batch_size=config.nonprivate_batch_size,
@@ -212,7 +205,7 @@ def run_audit(
     for epsilon in config.epsilons:
         started = time.perf_counter()
         result = train_dpsgd(
-            _init(architecture, config.seed), private, _dpsgd_config(config, epsilon)
+            build_model(architecture, seed=config.seed), private, _dpsgd_config(config, epsilon)
         )
         auc, stderr = membership_auc(result.model, private, held_out)
         record(
@@ -252,7 +245,7 @@ def run_audit(
         started = time.perf_counter() - teacher_seconds  # each row reports the teachers' time
         noisy_labels = GNMax(sigma, num_classes).labels(histograms)
         student = train_nonprivate(
-            _init(architecture, config.seed),
+            build_model(architecture, seed=config.seed),
             Dataset(X=queries.X, y=noisy_labels),
             epochs=config.student_epochs,
             batch_size=config.nonprivate_batch_size,
@@ -292,7 +285,7 @@ def _lora_rows(
 
     started = time.perf_counter()
     base = train_nonprivate(
-        _init(architecture, config.seed),
+        build_model(architecture, seed=config.seed),
         public,
         epochs=config.dpsgd_epochs,
         batch_size=config.dpsgd_batch_size,

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from torch import nn
 
 from dpserve.accounting import GNMaxQuery, epsilon_spent
@@ -54,9 +53,7 @@ def train_teachers(
     partitions = partition_indices(len(dataset), teachers, seed=seed)
     models: list[nn.Module] = []
     for k, rows in enumerate(partitions):
-        with torch.random.fork_rng():  # seeded initialisation without touching global state
-            torch.manual_seed(seed + k)
-            model = build_model(architecture)
+        model = build_model(architecture, seed=seed + k)
         models.append(
             train_nonprivate(
                 model,
