@@ -55,21 +55,12 @@ from presidio_anonymizer.entities import RecognizerResult as AnonymizerResult
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
+from dpserve.api.outputfilter import NER_ENTITIES, PATTERN_ENTITIES
 from dpserve_runtime.filter.phone import FastPhoneRecognizer
 
 logger = logging.getLogger(__name__)
 
 LANGUAGE: Final = "en"
-PATTERN_ENTITIES: Final = (
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "US_SSN",
-    "IP_ADDRESS",
-    "IBAN_CODE",
-    "URL",
-)
-NER_ENTITIES: Final = ("PERSON", "LOCATION")
 # Installed spaCy packages tried in order when env DPSERVE_SPACY_MODEL names none.
 SPACY_MODEL_CANDIDATES: Final = ("en_core_web_lg", "en_core_web_md", "en_core_web_sm")
 
@@ -291,7 +282,9 @@ class PiiAnalyzer:
 
     def candidate_entities(self, text: str) -> list[str]:
         """The requested entities whose recognizers can possibly match ``text``."""
-        chosen = [e for e in self.pattern_entities if REQUIRED[e].search(text) is not None]
+        chosen: list[str] = [
+            e for e in self.pattern_entities if REQUIRED[e].search(text) is not None
+        ]
         chosen.extend(self.ner_entities)
         return chosen
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field
 
@@ -10,8 +10,8 @@ from dpserve.api.base import ApiModel, Decimal, defaulted
 from dpserve.api.cel import CelRule
 from dpserve.api.validation import CelModel
 
-# Entities the offline pattern recognizers detect; spaCy NER adds PERSON/LOCATION when the
-# image ships a model.
+# Entities the offline pattern recognizers detect, plus NER_ENTITIES, which spaCy NER adds
+# when the image ships a model. The sidecar's recognizers are keyed by these names.
 PiiEntity = Literal[
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
@@ -23,6 +23,10 @@ PiiEntity = Literal[
     "PERSON",
     "LOCATION",
 ]
+NER_ENTITIES: tuple[PiiEntity, ...] = ("PERSON", "LOCATION")
+PATTERN_ENTITIES: tuple[PiiEntity, ...] = tuple(
+    e for e in get_args(PiiEntity) if e not in NER_ENTITIES
+)
 DEFAULT_ENTITIES: list[PiiEntity] = [
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
