@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -40,25 +40,31 @@ def _cache_key(raw: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def _remember(cache: OrderedDict[tuple[str, int], Any], key: tuple[str, int] | None,
-              value: Any) -> None:
-    if key is None:
-        return
-    cache[key] = value
-    while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
+SpecT = TypeVar("SpecT", PrivateModelSpec, PrivacyBudgetSpec)
+
+
+def _validated_spec(
+    raw: dict[str, Any], model: type[SpecT], cache: OrderedDict[tuple[str, int], SpecT]
+) -> SpecT:
+    """``raw["spec"]`` validated (CEL included), from the cache when uid and generation match."""
+    key = _cache_key(raw)
+    spec = cache.get(key) if key is not None else None
+    if spec is not None:
+        return spec
+    try:
+        spec = model.model_validate(raw.get("spec"))
+    except ValidationError as exc:
+        raise InvalidSpec(describe(exc, "spec.")) from exc
+    if key is not None:
+        cache[key] = spec
+        while len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    return spec
 
 
 def parse_model(raw: dict[str, Any]) -> PrivateModel:
     """The PrivateModel with its spec validated; a status the model cannot read is dropped."""
-    key = _cache_key(raw)
-    spec = _SPECS.get(key) if key is not None else None
-    if spec is None:
-        try:
-            spec = PrivateModelSpec.model_validate(raw.get("spec"))
-        except ValidationError as exc:
-            raise InvalidSpec(describe(exc, "spec.")) from exc
-        _remember(_SPECS, key, spec)
+    spec = _validated_spec(raw, PrivateModelSpec, _SPECS)
     return PrivateModel.model_construct(
         api_version=raw.get("apiVersion", "dpserve.io/v1alpha1"),
         kind="PrivateModel",
@@ -78,15 +84,7 @@ def parse_model_status(raw: Any) -> PrivateModelStatus:
 
 
 def parse_budget_spec(raw: dict[str, Any]) -> PrivacyBudgetSpec:
-    key = _cache_key(raw)
-    spec = _BUDGET_SPECS.get(key) if key is not None else None
-    if spec is None:
-        try:
-            spec = PrivacyBudgetSpec.model_validate(raw.get("spec"))
-        except ValidationError as exc:
-            raise InvalidSpec(describe(exc, "spec.")) from exc
-        _remember(_BUDGET_SPECS, key, spec)
-    return spec
+    return _validated_spec(raw, PrivacyBudgetSpec, _BUDGET_SPECS)
 
 
 def parse_budget(raw: dict[str, Any]) -> PrivacyBudget:

@@ -21,8 +21,13 @@ def _details(kind: str, name: str | None, group: str = "", **extra: Any) -> dict
     return out
 
 
+def _qualified(resource: str, group: str) -> str:
+    """``<plural>.<group>`` as the API server names a resource in messages (core: plural)."""
+    return f"{resource}.{group}" if group else resource
+
+
 def not_found(plural: str, group: str, name: str) -> ApiError:
-    qualified = f"{plural}.{group}" if group else plural
+    qualified = _qualified(plural, group)
     return ApiError(
         status=404,
         reason="NotFound",
@@ -32,7 +37,7 @@ def not_found(plural: str, group: str, name: str) -> ApiError:
 
 
 def already_exists(plural: str, group: str, name: str) -> ApiError:
-    qualified = f"{plural}.{group}" if group else plural
+    qualified = _qualified(plural, group)
     return ApiError(
         status=409,
         reason="AlreadyExists",
@@ -42,7 +47,7 @@ def already_exists(plural: str, group: str, name: str) -> ApiError:
 
 
 def conflict(plural: str, group: str, name: str) -> ApiError:
-    qualified = f"{plural}.{group}" if group else plural
+    qualified = _qualified(plural, group)
     return ApiError(
         status=409,
         reason="Conflict",
@@ -56,7 +61,7 @@ def conflict(plural: str, group: str, name: str) -> ApiError:
 
 def invalid(kind: str, group: str, name: str, causes: list[str]) -> ApiError:
     """422 Invalid; each cause is ``"<field path>: <message>"`` as crdvalidation writes them."""
-    qualified = f"{kind}.{group}" if group else kind
+    qualified = _qualified(kind, group)
     parsed = []
     for cause in causes:
         field, _, message = cause.partition(": ")
