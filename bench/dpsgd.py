@@ -46,11 +46,11 @@ Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 def make_step(mode: str, architecture: dict[str, Any], data: TensorDataset, batch: int) -> Step:
     """A closure taking one training step of ``mode`` on a given batch."""
-    torch.manual_seed(0)  # benchmark initialisation only; no privacy claim is made here
-    model = build_model(architecture)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    criterion = nn.CrossEntropyLoss()
+    # Benchmark initialisation only; no privacy claim is made here.
+    model = build_model(architecture, seed=0)
     if mode == "non-private":
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        criterion = nn.CrossEntropyLoss()
 
         def plain(x: torch.Tensor, y: torch.Tensor) -> None:
             optimizer.zero_grad()
@@ -58,9 +58,16 @@ def make_step(mode: str, architecture: dict[str, Any], data: TensorDataset, batc
             optimizer.step()
 
         return plain
+    return private_step(model, data, batch, "ghost" if mode == "dp-sgd ghost" else "hooks")
 
-    engine = PrivacyEngine(accountant="rdp")
-    prepared = engine.make_private(
+
+def private_step(model: nn.Module, data: TensorDataset, batch: int,
+                 grad_sample_mode: str = "hooks") -> Step:
+    """One Opacus DP-SGD step (per-sample gradients, clipping, noise) on ``model``'s
+    trainable parameters, for fixed-size batches (also used by bench/lora.py)."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    criterion = nn.CrossEntropyLoss()
+    prepared = PrivacyEngine(accountant="rdp").make_private(
         module=model,
         optimizer=optimizer,
         criterion=criterion,
@@ -68,9 +75,9 @@ def make_step(mode: str, architecture: dict[str, Any], data: TensorDataset, batc
         noise_multiplier=1.0,
         max_grad_norm=1.0,
         poisson_sampling=False,
-        grad_sample_mode="ghost" if mode == "dp-sgd ghost" else "hooks",
+        grad_sample_mode=grad_sample_mode,
     )
-    if len(prepared) == 4:
+    if len(prepared) == 4:  # ghost clipping wraps the loss too
         private_model, dp_optimizer, loss_fn, _ = prepared
     else:
         private_model, dp_optimizer, _ = prepared

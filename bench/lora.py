@@ -29,7 +29,6 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -37,16 +36,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from dpserve_runtime.architectures import build_model
 from dpserve_runtime.train.datasets import Dataset, export_dataset, split_indices
 from dpserve_runtime.train.dpsgd import DPSGDConfig, train_dpsgd
 from dpserve_runtime.train.loop import accuracy, train_nonprivate
 from dpserve_runtime.train.lora import LoraSpec, build_lora_model, merged, parameter_counts
-from dpsgd import measure  # bench/ is the script's directory: same timing loop
+from dpsgd import measure, private_step  # bench/ is the script's directory
 
 ARCH: dict[str, Any] = {"type": "mlp", "inputDim": 64, "hiddenDims": [64], "numClasses": 10}
 # Throughput only (synthetic inputs): where per-sample gradients of the full model get costly.
@@ -67,31 +64,6 @@ class Run:
     trainable: int
 
 
-Step = Callable[[torch.Tensor, torch.Tensor], None]
-
-
-def _dp_step(model: nn.Module, data: TensorDataset, batch: int) -> Step:
-    """One DP-SGD step (Opacus hooks: per-sample gradients, clipping, noise) on ``model``'s
-    trainable parameters; fixed-size batches, so both methods see the same data."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=1e-2)
-    criterion = nn.CrossEntropyLoss()
-    private_model, dp_optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
-        module=model,
-        optimizer=optimizer,
-        criterion=criterion,
-        data_loader=DataLoader(data, batch_size=batch),
-        noise_multiplier=1.0,
-        max_grad_norm=1.0,
-        poisson_sampling=False,
-    )
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        dp_optimizer.zero_grad()
-        criterion(private_model(x), y).backward()
-        dp_optimizer.step()
-
-    return step
 
 
 def throughput(
@@ -114,7 +86,7 @@ def throughput(
         name: sum(p.numel() for p in m.parameters() if p.requires_grad)
         for name, m in models.items()
     }
-    steps = {name: _dp_step(m, data, batch) for name, m in models.items()}
+    steps = {name: private_step(m, data, batch) for name, m in models.items()}
     rates: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, step in steps.items():
