@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from ledger_helpers import FREE, GAUSS, LAPLACE, NS, PATE, T0, mechanism, spec
 
-from dpserve.accounting.events import GNMaxQuery, LaplaceQuery
+from dpserve.accounting.events import GaussianQuery, GNMaxQuery, LaplaceQuery
 from dpserve.api.privacybudget import (
     LeaseRecord,
     LedgerEntry,
@@ -243,11 +243,13 @@ def test_exhausted_means_no_mechanism_in_use_fits(accounting: LedgerAccounting) 
         )
     )
     assert conditions(pate.status)["Exhausted"][0] == "True"
-    cheap = {"type": "laplace-embedding", "epsilon": "0.0001"}
+    # A dataset-side mechanism (a tenant-side one is never charged here: no partitions).
+    cheap = {"type": "gaussian", "noiseMultiplier": "10000", "clipNorm": "1",
+             "sensitivity": "1"}
     assert state.query_fits(budget, pate.status, mechanism(cheap), accounting=accounting)
     assert not state.query_fits(budget, pate.status, mechanism(PATE), accounting=accounting)
     probed = state.compute_status(
-        budget, 1, pate.status, T0, accounting=accounting, probes=[LaplaceQuery(0.0001)]
+        budget, 1, pate.status, T0, accounting=accounting, probes=[GaussianQuery(10000.0)]
     )
     assert conditions(probed.status)["Exhausted"][0] == "False"
 
@@ -328,22 +330,17 @@ def test_tenants_compose_in_parallel_on_their_own_sub_ledgers(
     }
 
 
-def test_without_partitions_tenant_side_queries_charge_the_main_ledger(
+def test_without_partitions_tenant_side_queries_are_refused(
     accounting: LedgerAccounting,
 ) -> None:
-    g = granted(
-        state.grant(
-            spec(),
-            1,
-            None,
-            request("lease-1", mech=LAPLACE, partition="acme"),
-            T0,
-            accounting=accounting,
-        )
-    )
-    assert g.lease.partition is None
-    assert float(g.status.epsilon_spent or 0) > 0
-    assert g.status.partitions == []
+    # A tenant's query-text spend is never debited from the dataset's ledger.
+    for partition in ("acme", None):
+        refused = state.grant(spec(), 1, None,
+                              request("lease-1", mech=LAPLACE, partition=partition), T0,
+                              accounting=accounting)
+        assert isinstance(refused, state.Refusal), refused
+        assert "never to the dataset's ledger" in refused.message
+    assert not state.query_fits(spec(), None, mechanism(LAPLACE), accounting=accounting)
 
 
 # --------------------------------------------------------------------------- leases

@@ -92,6 +92,11 @@ class LedgerEntry(ApiModel):
     training: TrainingSpend | None = None  # kind=training
     partition: TenantName | None = None
     count: Annotated[int, Field(ge=0)]
+    run: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="kind=training of a retraining: the uid of the Job that "
+        "trained. Every run that touched the data is charged: a second run of one version "
+        "is a second entry."
+    )
 
 
 class LeaseRecord(ApiModel):

@@ -36,6 +36,8 @@ class OperatorContext:
     _locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
     # Last budget state seen per budget: which changes matter to its models.
     budget_seen: dict[ModelKey, tuple[Any, ...]] = field(default_factory=dict)
+    # PrivateModel status fields the API server pruned (its CRD is older than this operator).
+    pruned_status_paths: set[tuple[str | int, ...]] = field(default_factory=set)
 
     def lock(self, key: Hashable) -> asyncio.Lock:
         """One reconcile at a time per object, whichever path (kopf handler or queue) runs it."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dpserve.api.privacybudget import PrivacyBudgetSpec, PrivacyBudgetStatus
-from dpserve.api.privatemodel import Phase, PrivateModel, PrivateModelStatus
+from dpserve.api.privatemodel import PrivateModel
 from dpserve.controllers import modelstatus as ms
-from dpserve.controllers import retrain
+from dpserve.controllers import retrain, retrainstate, servingstate, statusfields
 from dpserve.controllers.children import NotOwned, apply_serving
 from dpserve.controllers.context import ModelKey, OperatorContext, now
 from dpserve.controllers.kubeapi import PODS, PRIVACYBUDGETS, PRIVATEMODELS, ApiError
@@ -25,7 +24,6 @@ from dpserve.controllers.parse import InvalidSpec, parse_budget_spec, parse_mode
 from dpserve.controllers.readiness import serving_readiness
 from dpserve.ledger import events as ledger_events
 from dpserve.ledger import state as ledger_state
-from dpserve.ledger.rounding import format_up
 from dpserve.resources import build_context
 from dpserve.resources.confidential import ConfidentialDecision
 from dpserve.resources.labels import INFERENCE, selector_labels
@@ -80,17 +78,57 @@ async def _write_status(ctx: OperatorContext, raw: Obj, status: Obj) -> Obj:
     return written
 
 
+async def _update_status(ctx: OperatorContext, raw: Obj, status: Obj) -> bool:
+    """Write ``status`` if it changed; report fields an older CRD made the server prune.
+
+    Fields once pruned are no longer written by this process: the comparison would differ
+    on every reconcile and rewrite the status forever (a CRD older than the operator).
+    """
+    status = statusfields.without_paths(status, ctx.pruned_status_paths)
+    if status == (raw.get("status") or {}):
+        return False
+    written = await _write_status(ctx, raw, status)
+    pruned = {statusfields.generic(p) for p in
+              statusfields.missing_paths(status, written.get("status") or {})}
+    new = pruned - ctx.pruned_status_paths
+    if new:
+        ctx.pruned_status_paths |= new
+        fields = ", ".join(sorted(statusfields.dotted(p) for p in new))
+        message = (f"the API server dropped {fields}: the PrivateModel CRD is older than "
+                   "this operator; install the operator's CRDs (dpserve crds)")
+        logger.warning("%s", message)
+        await ctx.api.event(raw, type="Warning", reason="StatusFieldsPruned", message=message,
+                            now=_stamp())
+    return True
+
+
+async def _status_unreadable(ctx: OperatorContext, raw: Obj, problem: str) -> None:
+    """Fail closed: change nothing, keep the status, say why (condition + Warning Event)."""
+    ctx.metrics.reconcile_errors.labels("PrivateModel", statusfields.STATUS_UNREADABLE).inc()
+    found = raw.get("status")
+    raw_status: Obj = found if isinstance(found, dict) else {}
+    new = statusfields.unreadable(raw_status, problem, raw["metadata"].get("generation"),
+                                  now())
+    if new is not None and new == raw_status:
+        return  # already surfaced
+    if new is not None:
+        await _write_status(ctx, raw, new)
+    await ctx.api.event(raw, type="Warning", reason=statusfields.STATUS_UNREADABLE,
+                        message=f"status kept as it is, nothing reconciled: {problem}",
+                        now=_stamp())
+
+
 async def _invalid(ctx: OperatorContext, raw: Obj, message: str) -> None:
     """Surface an invalid spec: Ready False + phase Failed + one Warning Event; no children."""
-    from dpserve.controllers.parse import parse_model_status
-
-    previous = parse_model_status(raw.get("status"))
-    sb = ms.StatusBuilder(previous, raw["metadata"].get("generation"), now())
+    read = statusfields.read_model_status(raw.get("status"))
+    if read.problem is not None:
+        await _status_unreadable(ctx, raw, read.problem)
+        return
+    sb = ms.StatusBuilder(read.status, raw["metadata"].get("generation"), now())
     sb.set(ms.READY, "False", "InvalidSpec", message[:32768])
     sb.status.phase = "Failed"
-    new = sb.finish().wire()
-    if new != (raw.get("status") or {}):
-        await _write_status(ctx, raw, new)
+    new = statusfields.with_extras(sb.finish().wire(), read)
+    if await _update_status(ctx, raw, new):
         await ctx.api.event(raw, type="Warning", reason="InvalidSpec", message=message,
                             now=_stamp())
 
@@ -136,20 +174,6 @@ def _fits(ctx: OperatorContext, model: PrivateModel, budget: BudgetView) -> bool
                                    accounting=ctx.accounting)
 
 
-def _lifetime(versions_spent: list[str | None], current: str | None) -> str | None:
-    total = Decimal(0)
-    seen = False
-    for text in [*versions_spent, current]:
-        if text is None:
-            continue
-        try:
-            total += Decimal(text)
-            seen = True
-        except InvalidOperation:
-            continue
-    return format_up(total) if seen else None
-
-
 async def _charge_declared_training(
     ctx: OperatorContext, model: PrivateModel, budget: BudgetView, version: str
 ) -> str | None:
@@ -179,9 +203,13 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     except InvalidSpec as exc:
         await _invalid(ctx, raw, str(exc))
         raise
+    read = statusfields.read_model_status(raw.get("status"))
+    if read.problem is not None:
+        await _status_unreadable(ctx, raw, read.problem)
+        return
     meta = raw["metadata"]
     generation = meta.get("generation")
-    sb = ms.StatusBuilder(model.status or PrivateModelStatus(), generation, now())
+    sb = ms.StatusBuilder(read.status, generation, now())
     status = sb.status
     spec = model.spec
     uid = str(meta.get("uid", ""))
@@ -240,23 +268,15 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
                f"PrivacyBudget {budget.name}: ε spent {spent or '0'} of "
                f"{budget.spec.epsilon if budget.spec else '?'}")
 
-    phase: Phase
-    if not decision.ok:
-        replicas, phase = 0, "Blocked"
-    elif budget.problem is not None:
-        replicas, phase = 0, "Pending"
-    elif training_refusal is not None:
-        replicas, phase = 0, "BudgetExhausted"
-    elif not fits:
-        replicas = 0
-        phase = "Retraining" if in_retraining else "BudgetExhausted"
-        status.restore_replicas = desired_replicas
-        if ms_phase(sb.previous) not in ("BudgetExhausted", "Retraining"):
-            ctx.metrics.models_stopped_total.labels(
-                namespace, name, spec.on_budget_exhausted).inc()
-    else:
-        replicas, phase = desired_replicas, "Progressing"
-        status.restore_replicas = None
+    plan = servingstate.serving_plan(
+        placement_ok=decision.ok, budget_problem=budget.problem is not None,
+        training_refused=training_refusal is not None, fits=fits,
+        in_retraining=in_retraining, desired_replicas=desired_replicas)
+    replicas, phase = plan.replicas, plan.phase
+    if plan.restore_replicas != "keep":
+        status.restore_replicas = plan.restore_replicas
+    if servingstate.newly_stopped(ms_phase(sb.previous), plan):
+        ctx.metrics.models_stopped_total.labels(namespace, name, spec.on_budget_exhausted).inc()
 
     # Owned objects, rendered from the status' version / artifact / budget.
     status.budget = budget.name
@@ -279,22 +299,17 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         ready_replicas = 0
     elif replicas == 0:
         ready_replicas = 0
-        reasons: dict[str, str] = {"Blocked": decision.reason,
-                                   "Pending": (budget.problem or ("", ""))[0],
-                                   "BudgetExhausted": "BudgetExhausted",
-                                   "Retraining": "Retraining"}
-        reason = reasons.get(phase, "ScaledToZero")
-        sb.set(ms.READY, "False", reason or "ScaledToZero",
-               f"no replicas run (phase {phase})" if phase != "Progressing"
-               else "spec.serving.replicas is 0")
-        status.phase = phase if phase != "Progressing" else "Pending"
+        zero = servingstate.scaled_to_zero(phase, blocked_reason=decision.reason,
+                                           pending_reason=(budget.problem or ("", ""))[0])
+        sb.set(ms.READY, "False", zero.reason, zero.message)
+        status.phase = zero.phase
     else:
         pods = await ctx.api.list(PODS, namespace, label_selector=_selector(name))
         readiness = serving_readiness(replicas, deployment, pods)
         ready_replicas = readiness.ready_replicas
         sb.set(ms.READY, "True" if readiness.ready else "False", readiness.reason,
                readiness.message)
-        status.phase = "Serving" if readiness.ready else phase
+        status.phase = servingstate.running_phase(phase, readiness.ready)
 
     status.replicas = replicas
     status.ready_replicas = ready_replicas
@@ -302,11 +317,10 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     status.endpoint = f"http://{service_name(name)}.{namespace}.svc:{FILTER_PORT}"
     status.epsilon_spent = budget.status.epsilon_spent if budget.status else None
     status.epsilon_limit = budget.spec.epsilon if budget.spec else None
-    status.lifetime_epsilon = _lifetime([v.epsilon_spent for v in status.versions],
-                                        status.epsilon_spent)
-    new = sb.finish().wire()
-    if new != (raw.get("status") or {}):
-        await _write_status(ctx, raw, new)
+    status.lifetime_epsilon = retrainstate.lifetime_epsilon(
+        status.versions, budget.name, status.epsilon_spent, status.dropped_versions_epsilon)
+    new = statusfields.with_extras(sb.finish().wire(), read)
+    if await _update_status(ctx, raw, new):
         for t in sb.transitions():
             await ctx.api.event(raw, type=t.type, reason=t.reason, message=t.message,
                                 now=_stamp())

@@ -19,6 +19,10 @@ CONDITION_TYPES = (READY, BUDGET_AVAILABLE, CONFIDENTIAL, RETRAINING)
 _HEALTHY: dict[str, ConditionStatus] = {
     READY: "True", BUDGET_AVAILABLE: "True", CONFIDENTIAL: "True", RETRAINING: "False",
 }
+REPORT_MISMATCH = "ReportMismatch"
+# Retraining=False for these reasons is not "idle": the retrain was refused, or the Job's
+# report disagreed with what was charged (a Warning Event each time).
+REFUSED_REASONS = frozenset({"NextBudgetSpent", "NextBudgetExhausted", REPORT_MISMATCH})
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class StatusBuilder:
             if before is not None and before.status == after.status and \
                     before.reason == after.reason:
                 continue
-            healthy = after.status == _HEALTHY[kind]
+            healthy = after.status == _HEALTHY[kind] and after.reason not in REFUSED_REASONS
             known_before = before is not None and before.status != "Unknown"
             # Ready follows the phase (which has its own Event) except when it breaks; other
             # conditions are announced when they turn bad, or recover from a known state.

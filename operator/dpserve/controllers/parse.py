@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from dpserve.api.privacybudget import PrivacyBudget, PrivacyBudgetSpec
-from dpserve.api.privatemodel import PrivateModel, PrivateModelSpec, PrivateModelStatus
+from dpserve.api.privatemodel import PrivateModel, PrivateModelSpec
 
 
 class InvalidSpec(Exception):
@@ -63,24 +63,19 @@ def _validated_spec(
 
 
 def parse_model(raw: dict[str, Any]) -> PrivateModel:
-    """The PrivateModel with its spec validated; a status the model cannot read is dropped."""
+    """The PrivateModel with its spec validated; ``status`` is left None.
+
+    The status is read by :func:`dpserve.controllers.statusfields.read_model_status`, which
+    keeps what it cannot parse instead of replacing it with an empty status.
+    """
     spec = _validated_spec(raw, PrivateModelSpec, _SPECS)
     return PrivateModel.model_construct(
         api_version=raw.get("apiVersion", "dpserve.io/v1alpha1"),
         kind="PrivateModel",
         metadata=dict(raw.get("metadata") or {}),
         spec=spec.model_copy(deep=True),
-        status=parse_model_status(raw.get("status")),
+        status=None,
     )
-
-
-def parse_model_status(raw: Any) -> PrivateModelStatus:
-    if not isinstance(raw, dict):
-        return PrivateModelStatus()
-    try:
-        return PrivateModelStatus.model_validate(raw)
-    except ValidationError:
-        return PrivateModelStatus()
 
 
 def parse_budget_spec(raw: dict[str, Any]) -> PrivacyBudgetSpec:

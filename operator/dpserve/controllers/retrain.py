@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
-from dpserve.api.privacybudget import TrainingSpend
-from dpserve.api.privatemodel import PrivateModel, VersionRecord
+from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
+from dpserve.api.privatemodel import PrivateModel, PrivateModelStatus, VersionRecord
 from dpserve.controllers import modelstatus as ms
+from dpserve.controllers import retrainstate as rs
 from dpserve.controllers.children import apply
 from dpserve.controllers.context import OperatorContext
 from dpserve.controllers.kubeapi import JOBS, PODS, PRIVACYBUDGETS, ApiError, Conflict
+from dpserve.controllers.parse import InvalidSpec, parse_budget_spec
 from dpserve.ledger import state as ledger_state
 from dpserve.ledger.conditions import get_condition, parse_rfc3339, rfc3339
 from dpserve.resources import BuildContext, build_job, build_training_networkpolicy
@@ -45,21 +46,16 @@ class RetrainStep:
     requeue_after_s: float | None = None
 
 
-def next_budget_name(model: PrivateModel, current_budget: str, version: str) -> str:
+def next_budget_name(model: PrivateModel, version: str) -> str:
+    """``nextBudget.name``, else ``<spec.budgetRef.name>-<version>``: one budget per version.
+
+    The default is built on the model's first budget, not the current one: names do not
+    grow with every retrain (``b-v2``, ``b-v3``, ... rather than ``b-v2-v3``), so they stay
+    within the 63 characters of a name.
+    """
     retraining = model.spec.retraining
     assert retraining is not None
-    return retraining.next_budget.name or f"{current_budget}-{version}"
-
-
-def _job_state(job: Obj) -> str:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("status") != "True":
-            continue
-        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "Complete"
-        if cond.get("type") in ("Failed", "FailureTarget"):
-            return "Failed"
-    return "Running"
+    return retraining.next_budget.name or f"{model.spec.budget_ref.name}-{version}"
 
 
 def parse_report(pods: list[Obj]) -> dict[str, Any]:
@@ -84,17 +80,30 @@ def parse_report(pods: list[Obj]) -> dict[str, Any]:
     raise BadReport("no succeeded train container with a termination message")
 
 
-def report_spend(report: dict[str, Any]) -> TrainingSpend | None:
-    """The DP-SGD run to charge, or None for PATE teachers.
+@dataclass(frozen=True)
+class ReportSpend:
+    spend: TrainingSpend | None  # the DP-SGD run to charge; None: PATE teachers
+    mismatch: str | None = None  # the report disagrees with the spec (charged by the spec)
 
-    PATE teachers are trained without noise on disjoint partitions: the teachers release
-    nothing, every answer is a GNMax release charged by the ledger per query, so the
-    training itself has no spend to record.
+
+def report_spend(report: dict[str, Any], mode: str) -> ReportSpend:
+    """What to charge for a finished Job, decided by the spec's ``retraining.mode``.
+
+    The trainer's own ``mode`` never decides: a report saying ``pate`` for a ``dpsgd``
+    retrain is still charged its DP-SGD run (a report without one is unusable), and the
+    disagreement is returned to be surfaced. PATE teachers are trained without noise on
+    disjoint partitions: they release nothing, every answer is a GNMax release charged by
+    the ledger per query, so a ``pate`` retrain has no training spend to record.
     """
-    if report.get("mode") == "pate":
-        return None
+    reported = report.get("mode")
+    mismatch = None
+    if reported is not None and reported != mode:
+        mismatch = (f"the trainer reported mode {reported!r} but spec.retraining.mode is "
+                    f"{mode!r}: charged as {mode}")
+    if mode == "pate":
+        return ReportSpend(None, mismatch)
     try:
-        return TrainingSpend(
+        spend = TrainingSpend(
             noise_multiplier=repr(float(report["noiseMultiplier"])),
             sample_rate=repr(float(report["sampleRate"])),
             steps=int(report["steps"]),
@@ -102,10 +111,40 @@ def report_spend(report: dict[str, Any]) -> TrainingSpend | None:
         )
     except (ValidationError, TypeError, ValueError) as exc:
         raise BadReport(f"report has an invalid DP-SGD run: {exc}") from exc
+    return ReportSpend(spend, mismatch)
 
 
-def _backoff_s(ctx: OperatorContext, attempts: int) -> float:
-    return float(ctx.settings.retrain_backoff_s * 2 ** max(attempts - 1, 0))
+async def _next_budget_refusal(
+    ctx: OperatorContext, model: PrivateModel, status: PrivateModelStatus, version: str,
+) -> rs.Refusal | None:
+    """Read the next budget and decide (purely) whether it may pay for ``version``."""
+    namespace = str(model.metadata["namespace"])
+    current_budget = status.budget or model.spec.budget_ref.name
+    next_name = next_budget_name(model, version)
+    raw = await ctx.api.get(PRIVACYBUDGETS, namespace, next_name)
+    next_status: PrivacyBudgetStatus | None = None
+    next_fits: bool | None = None
+    if raw is not None:
+        try:
+            next_status = PrivacyBudgetStatus.model_validate(raw.get("status") or {})
+            next_fits = ledger_state.query_fits(
+                parse_budget_spec(raw), next_status, model.spec.serving.mechanism,
+                accounting=ctx.accounting)
+        except (InvalidSpec, ValueError) as exc:
+            return rs.Refusal(rs.NEXT_BUDGET_EXHAUSTED,
+                              f"PrivacyBudget {next_name} cannot be read: {exc}")
+    return rs.next_budget_refusal(
+        next_name=next_name, version=version, current_budget=current_budget,
+        current_version=status.model_version or model.spec.model.version,
+        retired=status.versions, consumer=model_key(namespace, str(model.metadata["name"])),
+        next_status=next_status, next_fits=next_fits)
+
+
+def _refuse(sb: ms.StatusBuilder, refusal: rs.Refusal) -> RetrainStep:
+    """Stop retraining with a condition (its Warning Event comes with the transition)."""
+    sb.set(ms.RETRAINING, "False", refusal.reason, refusal.message)
+    sb.status.retrain_job = None
+    return RetrainStep(rolled=False, in_progress=False)
 
 
 async def step(
@@ -120,19 +159,24 @@ async def step(
     plan = training_plan(model, bctx)
     attempts = status.retrain_attempts or 0
     job = await ctx.api.get(JOBS, namespace, plan.job_name)
+    state = rs.job_state(job)
 
-    if job is None:
-        if attempts >= ctx.settings.retrain_max_attempts:
+    if state == "Absent":
+        refusal = await _next_budget_refusal(ctx, model, status, plan.version)
+        if refusal is not None:  # checked before any training: nothing is spent or started
+            return _refuse(sb, refusal)
+        cond = get_condition(status.conditions, ms.RETRAINING)
+        start = rs.start_decision(
+            attempts=attempts, max_attempts=ctx.settings.retrain_max_attempts,
+            backoff_base_s=ctx.settings.retrain_backoff_s,
+            last_transition=parse_rfc3339(cond.last_transition_time) if cond else None,
+            now=sb.now)
+        if start.action == "give-up":
             sb.set(ms.RETRAINING, "False", "RetrainFailed",
                    f"gave up training {plan.version} after {attempts} failed attempts")
             return RetrainStep(rolled=False, in_progress=False)
-        if attempts > 0:
-            cond = get_condition(status.conditions, ms.RETRAINING)
-            since = parse_rfc3339(cond.last_transition_time) if cond else sb.now
-            wait = since + timedelta(seconds=_backoff_s(ctx, attempts)) - sb.now
-            if wait.total_seconds() > 0:
-                return RetrainStep(rolled=False, in_progress=True,
-                                   requeue_after_s=wait.total_seconds())
+        if start.action == "wait":
+            return RetrainStep(rolled=False, in_progress=True, requeue_after_s=start.wait_s)
         await apply(ctx.api, "NetworkPolicy", build_training_networkpolicy(model, bctx), uid,
                     ctx.metrics)
         try:
@@ -146,7 +190,7 @@ async def step(
         ctx.metrics.retrains_total.labels(namespace, name, "started").inc()
         return RetrainStep(rolled=False, in_progress=True)
 
-    state = _job_state(job)
+    assert job is not None
     status.retrain_job = plan.job_name
     if state == "Running":
         sb.set(ms.RETRAINING, "True", "JobRunning",
@@ -158,39 +202,44 @@ async def step(
         pods = await ctx.api.list(PODS, namespace, label_selector=f"job-name={plan.job_name}")
         try:
             report = parse_report(pods)
-            spend = report_spend(report)
+            assert model.spec.retraining is not None
+            charge = report_spend(report, model.spec.retraining.mode)
         except BadReport as exc:
             failure = f"Job {plan.job_name} succeeded but its report is unusable: {exc}"
         else:
-            failure = await _roll(ctx, model, sb, budget_raw, plan.version, plan.artifact,
-                                  report, spend)
+            refusal = await _next_budget_refusal(ctx, model, status, plan.version)
+            if refusal is not None:  # e.g. the Job of an operator that did not check yet
+                failure = refusal.message
+            else:
+                run = str((job.get("metadata") or {}).get("uid") or plan.job_name)
+                failure = await _roll(ctx, model, sb, budget_raw, plan.version, plan.artifact,
+                                      report, charge, run)
             if failure is None:
                 ctx.metrics.retrains_total.labels(namespace, name, "succeeded").inc()
                 return RetrainStep(rolled=True, in_progress=False)
     else:
-        failure = f"Job {plan.job_name} failed: " + "; ".join(
-            c.get("message", c.get("reason", "")) for c in
-            (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"
-        )
+        failure = rs.job_failure_message(job, plan.job_name)
 
-    attempts += 1
-    status.retrain_attempts = attempts
+    decision = rs.after_failure(attempts=attempts,
+                                max_attempts=ctx.settings.retrain_max_attempts,
+                                backoff_base_s=ctx.settings.retrain_backoff_s)
+    status.retrain_attempts = decision.attempts
     status.retrain_job = None
-    sb.set(ms.RETRAINING, "False", "JobFailed", f"{failure} (attempt {attempts})")
+    sb.set(ms.RETRAINING, "False", "JobFailed", f"{failure} (attempt {decision.attempts})")
     ctx.metrics.retrains_total.labels(namespace, name, "failed").inc()
     try:  # the next attempt reuses the deterministic name
         await ctx.api.delete(JOBS, namespace, plan.job_name)
         ctx.metrics.api_writes.labels("Job", "delete").inc()
     except ApiError:
         pass
-    if attempts >= ctx.settings.retrain_max_attempts:
+    if decision.gave_up:
         return RetrainStep(rolled=False, in_progress=False)
-    return RetrainStep(rolled=False, in_progress=True, requeue_after_s=_backoff_s(ctx, attempts))
+    return RetrainStep(rolled=False, in_progress=True, requeue_after_s=decision.requeue_after_s)
 
 
 async def _roll(
     ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder, budget_raw: Obj,
-    version: str, artifact: str, report: dict[str, Any], spend: TrainingSpend | None,
+    version: str, artifact: str, report: dict[str, Any], charge: ReportSpend, run: str,
 ) -> str | None:
     """Create the next budget, charge the run to it, switch the status. None = success."""
     status = sb.status
@@ -201,7 +250,7 @@ async def _roll(
     old_budget = status.budget or model.spec.budget_ref.name
     old_version = status.model_version or model.spec.model.version
     old_artifact = status.artifact or model.spec.model.artifact
-    new_budget = next_budget_name(model, old_budget, version)
+    new_budget = next_budget_name(model, version)
     if await ctx.api.get(PRIVACYBUDGETS, namespace, new_budget) is None:
         accountant = ((budget_raw.get("spec") or {}).get("accountant")) or "rdp"
         body = {
@@ -218,19 +267,36 @@ async def _roll(
             ctx.metrics.api_writes.labels("PrivacyBudget", "create").inc()
         except Conflict:
             pass
+    spend = charge.spend
+    notes = [charge.mismatch] if charge.mismatch else []
     if spend is not None:
         recorded = await ctx.ledger.record_training(
             namespace, new_budget, consumer=model_key(namespace, name), model_version=version,
-            spend=spend,
+            spend=spend, run=run,
         )
         if isinstance(recorded, ledger_state.Refusal):
             return f"budget {new_budget} refused the DP-SGD run of {version}: {recorded.message}"
+        differing = [t for t in recorded.earlier_runs if t != spend]
+        if differing:
+            notes.append(
+                f"budget {new_budget} already held {len(differing)} other DP-SGD run(s) of "
+                f"{version} (" + "; ".join(
+                    f"σ={t.noise_multiplier}, q={t.sample_rate}, steps={t.steps}"
+                    for t in differing) + "): every run is charged")
+        kept = recorded.existing
+        if kept is not None:
+            notes.append(f"Job run {run} was recorded earlier with σ={kept.noise_multiplier}, "
+                         f"q={kept.sample_rate}, steps={kept.steps}; that record is kept")
     old_spent = ((budget_raw.get("status") or {}).get("epsilonSpent"))
-    status.versions = [
-        *status.versions,
+    retired = rs.retire(
+        status.versions,
         VersionRecord(version=old_version, budget=old_budget, artifact=old_artifact,
                       epsilon_spent=old_spent, retired_at=rfc3339(sb.now)),
-    ][-64:]
+        current_budget=new_budget, dropped_versions=status.dropped_versions or 0,
+        dropped_epsilon=status.dropped_versions_epsilon)
+    status.versions = retired.versions
+    status.dropped_versions = retired.dropped_versions or None
+    status.dropped_versions_epsilon = retired.dropped_epsilon
     status.model_version = version
     status.artifact = artifact
     status.budget = new_budget
@@ -244,7 +310,10 @@ async def _roll(
         else f"{version}: {report.get('teachers')} PATE teachers trained (answers are charged "
         "per query)"
     )
-    sb.set(ms.RETRAINING, "False", "Retrained",
-           trained + (f", accuracy {accuracy}" if accuracy is not None else "")
-           + f"; serving from budget {new_budget}")
+    message = (trained + (f", accuracy {accuracy}" if accuracy is not None else "")
+               + f"; serving from budget {new_budget}")
+    if notes:  # charged by the spec, never dropped; said with a Warning (the transition)
+        sb.set(ms.RETRAINING, "False", ms.REPORT_MISMATCH, message + "; " + "; ".join(notes))
+    else:
+        sb.set(ms.RETRAINING, "False", "Retrained", message)
     return None

@@ -73,6 +73,8 @@ STATUS_OF_REASON: dict[LeaseErrorReason, int] = {
 }
 RETRY_AFTER_S = "1"
 MAX_BATCH = 64  # decisions carried by one status write (group commit)
+# The durable watermark of recorded spend (an annotation) is raised at most this often.
+WATERMARK_INTERVAL_S = 5.0
 
 T = TypeVar("T")
 
@@ -191,6 +193,13 @@ class LedgerService:
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stopped = False
         self._budgets: dict[tuple[str, str], Budget] = {}
+        # Evidence of recorded spend: per budget (and its uid), the most this process has
+        # written or read. Held here, out of reach of a status patch: a status that holds
+        # less lost spend and is restored before anything is granted from it.
+        self._evidence: dict[tuple[str, str], tuple[str, PrivacyBudgetStatus]] = {}
+        # When each budget's durable watermark (an annotation) was last raised.
+        self._watermarked: dict[tuple[str, str], float] = {}
+        self._lost_reported: set[tuple[str, str]] = set()
         self._specs: dict[tuple[str, int], tuple[PrivacyBudgetSpec | None, str | None]] = {}
         self._models: dict[tuple[str, str], tuple[float, ModelView]] = {}
         self._model_specs: dict[tuple[str, int], PrivateModelSpec] = {}
@@ -436,7 +445,85 @@ class LedgerService:
     # ------------------------------------------------------------------ read/compute/write
 
     async def _read(self, namespace: str, name: str) -> Budget:
-        return self._parse_budget(await self.store.get_budget(namespace, name))
+        budget = self._parse_budget(await self.store.get_budget(namespace, name))
+        return await self._verify(namespace, name, budget)
+
+    async def _raise_watermark(self, key: tuple[str, str], status: PrivacyBudgetStatus) -> None:
+        """Raise the durable watermark at most every WATERMARK_INTERVAL_S per budget.
+
+        It lags the status by up to that interval: after a restart, spend recorded in the
+        last interval and then erased is not detected (the in-process evidence covers it
+        while the process lives). Best effort: a failed patch is retried on a later write.
+        """
+        last = self._watermarked.get(key)
+        if last is not None and time.monotonic() - last < WATERMARK_INTERVAL_S:
+            return
+        self._watermarked[key] = time.monotonic()
+        mark = state.format_watermark(state.watermark(status))
+        try:
+            await self.store.annotate_budget(*key, {state.WATERMARK_ANNOTATION: mark})
+        except Exception:
+            self._watermarked.pop(key, None)
+            log.warning("could not record the watermark of %s/%s", *key, exc_info=True)
+            return
+        # The cached copy's resourceVersion is now stale: its next write gets one 409 and
+        # re-reads, as after any foreign write.
+
+    def _remember(self, key: tuple[str, str], budget: Budget) -> None:
+        uid = str(budget.raw.get("metadata", {}).get("uid") or "")
+        if budget.status is not None:
+            self._evidence[key] = (uid, budget.status)
+
+    async def _verify(self, namespace: str, name: str, budget: Budget) -> Budget:
+        """Restore spend the status lost relative to the evidence; never grant from less.
+
+        A budget deleted and created again (another uid) starts from its own status.
+        """
+        key = (namespace, name)
+        uid = str(budget.raw.get("metadata", {}).get("uid") or "")
+        held = self._evidence.get(key)
+        if held is None or held[0] != uid or budget.spec is None:
+            # No evidence in this process (it just started): the durable watermark decides.
+            annotations = budget.raw.get("metadata", {}).get("annotations") or {}
+            below = state.below_watermark(budget.status,
+                                          annotations.get(state.WATERMARK_ANNOTATION))
+            if below is not None:
+                message = (f"PrivacyBudget {namespace}/{name} lost recorded spend: {below}; "
+                           "nothing is granted from it until status.ledger is restored (or "
+                           "the annotation removed, accepting the status as it is)")
+                if key not in self._lost_reported:
+                    self._lost_reported.add(key)
+                    log.error("%s", message)
+                    await self._emit(namespace, budget.raw, [
+                        state.BudgetEvent("Warning", "RecordedSpendLost", message)])
+                raise Unavailable(message)
+            self._lost_reported.discard(key)
+            self._remember(key, budget)
+            return budget
+        lost = state.lost_spend(held[1], budget.status)
+        if not lost:
+            self._remember(key, budget)
+            return budget
+        self.metrics.status_writes.labels("restore").inc()
+        restored = state.restore_spend(budget.spec, budget.generation, held[1], budget.status,
+                                       self.clock(), accounting=self.accounting)
+        body = dict(budget.raw)
+        body["status"] = restored.status.wire()
+        try:
+            written = await self.store.replace_budget_status(namespace, name, body)
+        except Conflict as exc:  # written again meanwhile: the caller re-reads and re-checks
+            raise Unavailable(f"PrivacyBudget {namespace}/{name} lost recorded spend and "
+                              "changed while it was restored; retry") from exc
+        message = (f"the status lost recorded spend ({'; '.join(lost[:8])}"
+                   + (f"; {len(lost) - 8} more" if len(lost) > 8 else "")
+                   + "): restored from the ledger's evidence; nothing was granted from it")
+        log.warning("PrivacyBudget %s/%s: %s", namespace, name, message)
+        await self._emit(namespace, written, [
+            state.BudgetEvent("Warning", "RecordedSpendRestored", message),
+            *restored.events])
+        budget = replace(budget, raw=written, status=restored.status)
+        self._remember(key, budget)
+        return budget
 
     def _parse_budget(self, raw: Obj) -> Budget:
         meta = raw.get("metadata", {})
@@ -558,6 +645,7 @@ class LedgerService:
                     raise
                 self.metrics.status_writes.labels("ok").inc()
                 self._budgets[key] = replace(budget, raw=written, status=write)
+                self._remember(key, self._budgets[key])
                 for job in jobs:
                     if job.on_persist is not None:
                         job.on_persist()
@@ -571,6 +659,8 @@ class LedgerService:
                     job.future.set_exception(outcome)
                 else:
                     job.future.set_result(outcome.result)
+            if write is not None:  # after the answers: the watermark never delays a grant
+                await self._raise_watermark(key, write)
             return
         raise Unavailable(
             f"gave up after {self.settings.max_write_attempts} conflicting status writes"
@@ -656,8 +746,12 @@ class LedgerService:
         consumer: str,
         model_version: str,
         spend: TrainingSpend,
+        run: str | None = None,
     ) -> state.TrainingRecorded | state.Refusal:
         """Charge one DP-SGD run of ``consumer``'s ``model_version`` once, persisted.
+
+        ``run`` (a retraining Job's uid): every distinct run is charged, see
+        :func:`dpserve.ledger.state.record_training`.
 
         Returns the (persisted) outcome, or a Refusal when the run does not fit. Raises
         :class:`~dpserve.ledger.store.NotFound` / ``Unavailable`` from the store.
@@ -679,6 +773,7 @@ class LedgerService:
                 spend=spend,
                 now=now,
                 accounting=self.accounting,
+                run=run,
             )
             if isinstance(result, state.Refusal) or not result.changed:
                 return _Outcome(result)

@@ -31,6 +31,7 @@ whenever one more query fits at all: progress is always possible.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -188,6 +189,9 @@ class TrainingRecorded:
     # first record wins) and nothing is charged.
     existing: TrainingSpend | None = None
     events: tuple[BudgetEvent, ...] = field(default=())
+    # With a run id: the differing runs of this version recorded before this one (this run
+    # was charged as well: every run that touched the data is on the ledger).
+    earlier_runs: tuple[TrainingSpend, ...] = ()
 
     @property
     def matches(self) -> bool:
@@ -586,6 +590,14 @@ def grant(
 
     partition: str | None = None
     limit = limits.epsilon
+    if event is not None and ev.is_tenant_side(request.mechanism) and not limits.partition_epsilon:
+        # A tenant's query-text spend is never debited from the dataset's ledger.
+        return Refusal(
+            "BadRequest",
+            f"partition: {request.mechanism.type} queries protect the tenant's query text and "
+            "are charged to a tenant partition, never to the dataset's ledger; the budget has "
+            "no spec.partitions",
+        )
     if event is not None and ev.is_tenant_side(request.mechanism) and limits.partition_epsilon:
         if request.partition is None:
             return Refusal(
@@ -748,9 +760,11 @@ def _charge_training(
     version: str,
     spend: TrainingSpend,
     accounting: Accounting,
+    run: str | None = None,
 ) -> list[LedgerEntry] | Refusal:
     entry = LedgerEntry(
-        consumer=consumer, model_version=version, kind="training", training=spend, count=1
+        consumer=consumer, model_version=version, kind="training", training=spend, count=1,
+        run=run,
     )
     try:
         after = accounting.epsilon(
@@ -780,14 +794,30 @@ def record_training(
     spend: TrainingSpend,
     now: datetime,
     accounting: Accounting,
+    run: str | None = None,
 ) -> TrainingRecorded | Refusal:
     """Charge one DP-SGD run of ``consumer``'s ``model_version`` once (idempotent).
 
-    A run already recorded for that version is never charged again; if the recorded run
-    differs from ``spend``, it is kept (first wins) and reported in ``existing``.
+    Without ``run`` (the model's declared training): a run already recorded for that
+    version is never charged again; if the recorded run differs from ``spend``, it is kept
+    (first wins) and reported in ``existing``. With ``run`` (a retraining Job's uid): the
+    same run is charged once; a *different* run of the same version is charged too (it
+    trained on the data as well) and the earlier differing runs are reported in
+    ``earlier_runs``.
     """
     previous = status if status is not None else PrivacyBudgetStatus()
-    found = _training_entry(previous.ledger, consumer, model_version)
+    earlier: tuple[TrainingSpend, ...] = ()
+    if run is not None:
+        runs = [e for e in previous.ledger if e.kind == "training" and e.consumer == consumer
+                and e.model_version == model_version and e.training is not None]
+        mine = next((e for e in runs if e.run == run), None)
+        if mine is not None:
+            assert mine.training is not None
+            same = ev.training_event(mine.training) == ev.training_event(spend)
+            return TrainingRecorded(previous, changed=False,
+                                    existing=None if same else mine.training)
+        earlier = tuple(e.training for e in runs if e.training is not None)
+    found = _training_entry(previous.ledger, consumer, model_version) if run is None else None
     if found is not None:
         same = found.training is not None and ev.training_event(
             found.training
@@ -798,7 +828,7 @@ def record_training(
     except ValueError as exc:
         return Refusal("Unavailable", f"the budget spec is invalid: {exc}")
     charged = _charge_training(
-        limits, list(previous.ledger), consumer, model_version, spend, accounting
+        limits, list(previous.ledger), consumer, model_version, spend, accounting, run
     )
     if isinstance(charged, Refusal):
         return charged
@@ -809,7 +839,8 @@ def record_training(
         now,
         accounting=accounting,
     )
-    return TrainingRecorded(update.status, changed=True, events=update.events)
+    return TrainingRecorded(update.status, changed=True, events=update.events,
+                            earlier_runs=earlier)
 
 
 def query_fits(
@@ -828,7 +859,111 @@ def query_fits(
     entries = status.ledger if status is not None else []
     limit = limits.epsilon
     target: str | None = None
-    if ev.is_tenant_side(mechanism) and limits.partition_epsilon and partition is not None:
-        target, limit = partition, limits.partition_epsilon
+    if ev.is_tenant_side(mechanism):
+        if not limits.partition_epsilon:
+            return False  # never charged to the dataset's ledger: no partitions, no query fits
+        if partition is not None:
+            target, limit = partition, limits.partition_epsilon
     spends = ev.spends(_entries(entries, target))
     return accounting.max_additional(spends, event, limit, limits.delta, limits.kind, 1) >= 1
+
+
+# --------------------------------------------------------------------------- tampering
+#
+# Recorded spend is monotone: counts only grow, entries are never removed. A status that
+# holds less than a ledger process last wrote or read (an edit through the status
+# subresource, a restore from an old backup) lost spend; grants must not start from it.
+
+
+def _spend_key(entry: LedgerEntry) -> tuple[object, ...]:
+    if entry.kind == "training":
+        detail: object = ev.training_event(entry.training) if entry.training else None
+    else:
+        detail = ev.canonical_mechanism(entry.mechanism) if entry.mechanism else None
+    return (entry.consumer, entry.model_version, entry.kind, entry.partition, entry.run,
+            detail)
+
+
+def lost_spend(
+    evidence: PrivacyBudgetStatus, current: PrivacyBudgetStatus | None
+) -> list[str]:
+    """The ledger entries ``current`` holds less of than ``evidence`` (empty: nothing lost)."""
+    counts: dict[tuple[object, ...], int] = {}
+    for entry in current.ledger if current is not None else []:
+        key = _spend_key(entry)
+        counts[key] = counts.get(key, 0) + entry.count
+    lost: list[str] = []
+    for entry in evidence.ledger:
+        have = counts.get(_spend_key(entry), 0)
+        if have < entry.count:
+            what = "training" if entry.kind == "training" else (
+                entry.mechanism.type if entry.mechanism else entry.kind)
+            lost.append(f"{entry.consumer} {entry.model_version} {what}"
+                        + (f" [{entry.partition}]" if entry.partition else "")
+                        + f": count {have} < {entry.count}")
+    return lost
+
+
+def restore_spend(
+    spec: PrivacyBudgetSpec,
+    generation: int | None,
+    evidence: PrivacyBudgetStatus,
+    current: PrivacyBudgetStatus | None,
+    now: datetime,
+    *,
+    accounting: Accounting,
+) -> StatusUpdate:
+    """``current`` with every entry and lease record of ``evidence`` put back (max counts).
+
+    Spend recorded since the evidence (entries only in ``current``, larger counts) is kept:
+    the result holds at least what either holds, and its numbers are recomputed.
+    """
+    base = current if current is not None else PrivacyBudgetStatus()
+    entries = [entry.model_copy() for entry in base.ledger]
+    index = {_spend_key(e): i for i, e in enumerate(entries)}
+    for entry in evidence.ledger:
+        i = index.get(_spend_key(entry))
+        if i is None:
+            index[_spend_key(entry)] = len(entries)
+            entries.append(entry.model_copy())
+        elif entries[i].count < entry.count:
+            entries[i] = entries[i].model_copy(update={"count": entry.count})
+    lease_ids = {lease.lease_id for lease in base.leases}
+    leases = [*base.leases, *(lease for lease in evidence.leases
+                              if lease.lease_id not in lease_ids)]
+    # Alerts already fired stay fired: an erased list must not fire them all again.
+    alerts = sorted(set(base.alerts_fired) | set(evidence.alerts_fired), key=float)
+    merged = base.model_copy(update={"ledger": entries, "leases": leases,
+                                     "alerts_fired": alerts})
+    return compute_status(spec, generation, merged, now, accounting=accounting)
+
+
+# A durable lower bound of the recorded spend, kept in the budget's metadata (a status write
+# cannot change it): after a restart, when no process holds the evidence, a status below it
+# is refused rather than granted from.
+WATERMARK_ANNOTATION = "dpserve.io/recorded-spend"
+
+
+def watermark(status: PrivacyBudgetStatus) -> dict[str, int]:
+    return {"entries": len(status.ledger), "count": sum(e.count for e in status.ledger)}
+
+
+def format_watermark(mark: dict[str, int]) -> str:
+    return json.dumps(mark, sort_keys=True, separators=(",", ":"))
+
+
+def below_watermark(status: PrivacyBudgetStatus | None, text: str | None) -> str | None:
+    """Why ``status`` holds less than the watermark ``text``, or None (also: no watermark)."""
+    if not text:
+        return None
+    try:
+        mark = json.loads(text)
+        entries, count = int(mark["entries"]), int(mark["count"])
+    except (ValueError, KeyError, TypeError):
+        return f"the annotation {WATERMARK_ANNOTATION} is not readable: {text[:100]!r}"
+    have = watermark(status) if status is not None else {"entries": 0, "count": 0}
+    if have["entries"] < entries or have["count"] < count:
+        return (f"status.ledger holds {have['entries']} entries / {have['count']} counted "
+                f"releases, fewer than the {entries} / {count} recorded in "
+                f"metadata.annotations[{WATERMARK_ANNOTATION}]")
+    return None

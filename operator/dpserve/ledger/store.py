@@ -69,6 +69,11 @@ class Store(Protocol):
         """
         ...
 
+    async def annotate_budget(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge ``annotations`` into the PrivacyBudget's metadata (not the status subresource:
+        a status write cannot change them)."""
+        ...
+
     async def emit_event(self, namespace: str, involved: Obj, event: BudgetEvent) -> None:
         """Record a Kubernetes Event about ``involved`` (best effort)."""
         ...
@@ -139,6 +144,18 @@ class KubeStore:
             )
         )
         return result
+
+    async def annotate_budget(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        # A merge patch (the client would pick JSON Patch for a dict body); the generated
+        # signature does not declare _content_type, which the client reads from kwargs.
+        options: dict[str, Any] = {"_content_type": "application/merge-patch+json",
+                                   "_request_timeout": self.timeout_s}
+        await self._call(
+            self._custom.patch_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, privacybudget.PLURAL, name,
+                {"metadata": {"annotations": annotations}}, **options,
+            )
+        )
 
     async def emit_event(self, namespace: str, involved: Obj, event: BudgetEvent) -> None:
         body: Any = event_body(
@@ -307,6 +324,14 @@ class MemoryStore:
             self.lost_replies -= 1
             raise Unavailable("status write persisted but the reply was lost (injected)")
         return copy.deepcopy(obj)
+
+    async def annotate_budget(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        await self._enter()
+        obj = self.objects.get((privacybudget.PLURAL, namespace, name))
+        if obj is None:
+            raise NotFound(f"privacybudgets {namespace}/{name} not found")
+        obj["metadata"].setdefault("annotations", {}).update(annotations)
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
 
     async def emit_event(self, namespace: str, involved: Obj, event: BudgetEvent) -> None:
         await self._enter()

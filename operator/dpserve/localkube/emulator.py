@@ -28,10 +28,19 @@ import kmock
 from kmock import KubernetesScaffold, RawHandler
 from kmock import Response as KResponse  # type: ignore[attr-defined]  # exported, not in __all__
 
-from dpserve.localkube import errors, selectors, tables
+from dpserve.localkube import errors, protobuf, selectors, tables
 from dpserve.localkube.kinds import Kind, KindRegistry
 from dpserve.localkube.store import Obj, Store, Watcher, WatchEvent
 from dpserve.localkube.tokens import TokenRegistry
+
+
+def _is_json(content_type: str) -> bool:
+    """JSON and its patch dialects (``application/merge-patch+json``, ...); not protobuf."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -279,6 +288,15 @@ class LocalKube(kmock.KubernetesEmulator):
     def _body(request: kmock.Request) -> Any:
         if not request.body:
             return None
+        content_type = request.headers.get("Content-Type", "application/json")
+        if content_type.split(";", 1)[0].strip() == PROTOBUF:
+            # kubectl's typed generators (create namespace, configmap, ...) send protobuf.
+            try:
+                return protobuf.decode_object(request.body)
+            except protobuf.ProtobufError as exc:
+                raise errors.unsupported_media_type(f"{content_type} ({exc})") from exc
+        if not _is_json(content_type):
+            raise errors.unsupported_media_type(content_type)
         try:
             return json.loads(request.body)
         except ValueError as exc:

@@ -199,6 +199,9 @@ class Store:
                     "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown)
                 )
         if status_only:
+            # A status write is pruned like any other write of the object (a CRD older
+            # than its writer drops the fields it does not declare; 200, not 422).
+            obj = crdvalidation.prune_unknown_fields(obj, kind.crd)
             errs = crdvalidation.status_errors(obj, kind.crd)
             return obj if not errs else self._invalid(kind, name, errs)
         # Without strict field validation the API server silently prunes unknown fields.

@@ -1,17 +1,20 @@
 """How a container of a manifest maps onto a local process: paths, addresses, env, names.
 
-Pure functions and small classes, no I/O: what the kubelet rewrites and why is here.
+Pure functions and small classes: what the kubelet rewrites and why is here (the address
+pool's block locks are its only I/O).
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,17 +72,51 @@ class AddressPool:
     """Loopback addresses for pods: 127.0.<n>.<m> with n >= 1 (127.0.0.x stays the host's).
 
     Addresses are not reused: a new pod never inherits sockets of a pod that just went.
+    Several stacks can run on one machine (two demos, parallel tests): each pool claims whole
+    blocks 127.0.<n>.0/24 by an exclusive ``flock`` on ``<lock_dir>/<n>.lock``, held until
+    :meth:`close` or the process' exit (the kernel drops the lock of a killed process), so
+    no two live stacks hand out the same address and one stack's traffic never reaches the
+    other's pods.
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, lock_dir: Path | None = None) -> None:
+        self._lock_dir = lock_dir or Path(tempfile.gettempdir()) / "dpserve-localkube-addresses"
+        self._blocks: list[tuple[int, int]] = []  # (n, fd of the held lock)
+        self._next_m = 250  # the current block is used up: claim one on the first take
 
     def take(self) -> str:
-        self._next += 1
-        n, m = divmod(self._next - 1, 250)
-        if n >= 254:
-            raise RuntimeError("out of loopback pod addresses")
-        return f"127.0.{n + 1}.{m + 2}"
+        if self._next_m >= 250:
+            self._claim_block()
+            self._next_m = 0
+        self._next_m += 1
+        return f"127.0.{self._blocks[-1][0]}.{self._next_m + 1}"
+
+    def _claim_block(self) -> None:
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        held = {n for n, _ in self._blocks}
+        for n in range(1, 255):
+            if n in held:
+                continue
+            fd = os.open(self._lock_dir / f"{n}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # another live stack holds this block
+            self._blocks.append((n, fd))
+            return
+        raise RuntimeError("out of loopback pod addresses")
+
+    @property
+    def blocks(self) -> list[int]:
+        return [n for n, _ in self._blocks]
+
+    def close(self) -> None:
+        """Release the blocks (their pods must be gone: another stack may reuse them)."""
+        for _, fd in self._blocks:
+            os.close(fd)
+        self._blocks = []
+        self._next_m = 250
 
 
 class Rewriter:

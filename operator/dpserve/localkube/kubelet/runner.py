@@ -129,6 +129,7 @@ class LocalKubelet:
         await asyncio.gather(*(self._kill(pod) for pod in live))
         for pod in live:
             self._revoke_tokens(pod)
+        self._addresses.close()
         if self._session is not None:
             await self._session.close()
 
