@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from dpserve.api.mechanism import Mechanism, is_tenant_side, privacy_unit
 from dpserve.localkube.crdvalidation import validate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -100,5 +101,18 @@ def test_references_resolve_within_the_examples() -> None:
             continue
         key = (doc["metadata"]["namespace"], doc["spec"]["budgetRef"]["name"])
         assert key in budgets, f"{doc['metadata']['name']}: budget {key} is not in examples/"
-        if doc["spec"]["serving"]["mechanism"]["type"] == "laplace-embedding":
-            assert "partitions" in budgets[key], "laplace-embedding charges a tenant partition"
+        if is_tenant_side(Mechanism.model_validate(doc["spec"]["serving"]["mechanism"])):
+            assert "partitions" in budgets[key], "a query-text mechanism charges a tenant partition"
+
+
+def test_examples_cover_the_text_tasks_and_their_privacy_units() -> None:
+    text = [m for m in _specs("PrivateModel") if m["model"]["format"] == "huggingface"]
+    by_task = {m["model"]["task"]: m for m in text}
+    assert {"text-generation", "feature-extraction"} <= set(by_task)
+    generator = by_task["text-generation"]
+    # A DP-fine-tuned generator: served for free, its training run is the spend.
+    assert generator["serving"]["mechanism"]["type"] == "none"
+    assert "training" in generator["model"]
+    embedder = Mechanism.model_validate(by_task["feature-extraction"]["serving"]["mechanism"])
+    assert privacy_unit(embedder) == "query-text"
+    assert any(m["serving"].get("resources", {}).get("gpu") for m in text)

@@ -12,10 +12,11 @@ from typing import Annotated, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from dpserve.api.base import ApiModel
+from dpserve.api.base import ApiModel, Name
 from dpserve.api.lease import MAX_REQUESTED, ModelKey, ModelVersion
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.outputfilter import OutputFilter
+from dpserve.api.text import GenerationLimits, ModelTask
 
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
                                            max_length=2048)]
@@ -71,6 +72,31 @@ class FilterConfig(ApiModel):
     ledger_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Longest time a client may take to send its request body.
     client_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # What a huggingface artifact does; None: a tensor model (state-dict, torchscript,
+    # pate-ensemble). Decides which protocol routes the sidecar serves (see filter/app.py).
+    task: ModelTask | None = None
+    # The name clients pass as ``model`` (OpenAI) or in the URL (Open Inference Protocol);
+    # None: the PrivateModel name, the part of ``model`` after the slash.
+    served_model_name: Name | None = None
+    # Bounds on max_tokens and n, checked before anything is forwarded or charged.
+    generation: GenerationLimits = Field(default_factory=GenerationLimits)
+
+    @property
+    def served_name(self) -> str:
+        """The model name requests must carry."""
+        return self.served_model_name or self.model.split("/", 1)[1]
+
+    @model_validator(mode="after")
+    def _generation_is_free(self) -> Self:
+        # A generator's privacy was paid for by its DP training run; a per-answer mechanism
+        # would charge a ledger for releases that no noise protects (a stream has no
+        # "queries" count the sidecar could check either).
+        if self.task == "text-generation" and self.mechanism.type != "none":
+            raise ValueError(
+                f"task text-generation is served with mechanism 'none' (its DP training is "
+                f"the spend), not {self.mechanism.type!r}"
+            )
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> FilterConfig:

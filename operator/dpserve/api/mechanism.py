@@ -9,6 +9,11 @@ from pydantic import Field
 from dpserve.api.base import ApiModel, Decimal
 
 MechanismType = Literal["none", "pate", "gaussian", "laplace-embedding"]
+# Whose privacy one query's noise protects, and so which ledger pays for it (docs/accounting.md,
+# "Text models"): a record of the protected dataset (the budget's main ledger) or the query
+# text of the tenant asking (that tenant's partition of the budget). The two are different
+# people's data: one unit's spend is never debited from the other's ledger.
+PrivacyUnit = Literal["training-record", "query-text"]
 
 
 class Mechanism(ApiModel):
@@ -23,6 +28,11 @@ class Mechanism(ApiModel):
       output to one record (for an average of K disjoint-partition teachers: 2*clipNorm/K).
     - ``laplace-embedding``: embedding clipped to L1 norm 1 plus Laplace noise, ``epsilon``
       per query (pure DP); protects the query text of one tenant.
+
+    ``privacyUnit`` states what the noise protects (default: query-text for
+    laplace-embedding, training-record otherwise). ``query-text`` makes the mechanism
+    tenant-side: its spend is charged to the asking tenant's partition, never to the
+    dataset's ledger.
     """
 
     type: MechanismType = "none"
@@ -31,3 +41,38 @@ class Mechanism(ApiModel):
     clip_norm: Decimal | None = None
     sensitivity: Decimal | None = None
     epsilon: Decimal | None = None
+    privacy_unit: PrivacyUnit | None = Field(
+        default=None,
+        description="What one query's noise protects: training-record (charged to the "
+        "budget's main ledger) or query-text (the asking tenant's query; charged to that "
+        "tenant's partition). Default: query-text for laplace-embedding, training-record "
+        "otherwise.",
+    )
+
+    def noise_parameters(self) -> dict[str, object]:
+        """The mechanism as the model server needs it: the noise, not whose ledger pays.
+
+        The privacy unit only decides which ledger is charged (the ledger and the sidecar's
+        partition header); the noise is calibrated from the other fields alone.
+        """
+        wire = self.wire()
+        wire.pop("privacyUnit", None)
+        return wire
+
+
+def privacy_unit(mechanism: Mechanism) -> PrivacyUnit:
+    """What one query's noise protects: the stated unit, else the mechanism's own.
+
+    laplace-embedding noises the tenant's own query embedding (its L1 sensitivity is over the
+    query text); pate and none protect the records the teachers or the DP-trained model were
+    trained on; gaussian, when not stated, keeps its original meaning (sensitivity to one
+    training record).
+    """
+    if mechanism.privacy_unit is not None:
+        return mechanism.privacy_unit
+    return "query-text" if mechanism.type == "laplace-embedding" else "training-record"
+
+
+def is_tenant_side(mechanism: Mechanism) -> bool:
+    """Whether a query's spend belongs to the asking tenant's partition (not the dataset)."""
+    return mechanism.type != "none" and privacy_unit(mechanism) == "query-text"

@@ -10,8 +10,10 @@ from dpserve.api.base import ApiModel, Decimal, defaulted
 from dpserve.api.cel import CelRule
 from dpserve.api.validation import CelModel
 
-# Entities the offline pattern recognizers detect, plus NER_ENTITIES, which spaCy NER adds
-# when the image ships a model. The sidecar's recognizers are keyed by these names.
+# Every entity the API accepts is detected by the shipped image (IMAGE_DETECTS); the sidecar
+# refuses to start on a config naming one it has no recognizer for (PiiAnalyzer raises
+# UndetectableEntityError), and tests/runtime/test_names.py checks that its recognizers cover
+# exactly this enum.
 PiiEntity = Literal[
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
@@ -23,10 +25,18 @@ PiiEntity = Literal[
     "PERSON",
     "LOCATION",
 ]
+# PERSON / LOCATION: the names gazetteer (public name and place lists plus context rules,
+# dpserve_runtime.filter.names), and spaCy NER as well when the image ships a trained model.
 NER_ENTITIES: tuple[PiiEntity, ...] = ("PERSON", "LOCATION")
+# Presidio's offline pattern recognizers.
 PATTERN_ENTITIES: tuple[PiiEntity, ...] = tuple(
     e for e in get_args(PiiEntity) if e not in NER_ENTITIES
 )
+# What the shipped inference image detects, by recognizer family.
+IMAGE_DETECTS: dict[str, tuple[PiiEntity, ...]] = {
+    "presidio-patterns": PATTERN_ENTITIES,
+    "names-gazetteer": NER_ENTITIES,
+}
 DEFAULT_ENTITIES: list[PiiEntity] = [
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
@@ -47,6 +57,8 @@ class VerbatimGuard(ApiModel):
 
 class OutputFilter(CelModel):
     action: FilterAction = "redact"
+    # At least one: an empty list would switch PII scanning off without saying so. Findings
+    # can be recorded without changing answers with action: log.
     entities: Annotated[list[PiiEntity], Field(max_length=16)] = defaulted(
         lambda: list(DEFAULT_ENTITIES)
     )
@@ -56,6 +68,10 @@ class OutputFilter(CelModel):
     verbatim_guard: VerbatimGuard = defaulted(VerbatimGuard)
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule("size(self.entities) >= 1",
+                "entities must name at least one entity: an empty list would turn PII "
+                "scanning off (to record findings without changing answers, use action: log)",
+                ".entities"),
         CelRule("double(self.scoreThreshold) >= 0.0 && double(self.scoreThreshold) <= 1.0",
                 "scoreThreshold must satisfy 0 <= scoreThreshold <= 1", ".scoreThreshold"),
         CelRule("self.entityThresholds.all(k, double(self.entityThresholds[k]) >= 0.0 && "

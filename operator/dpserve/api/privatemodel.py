@@ -11,6 +11,7 @@ from dpserve.api.cel import CelRule
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.outputfilter import OutputFilter
 from dpserve.api.privacybudget import Sampling
+from dpserve.api.text import GenerationLimits, ModelTask
 from dpserve.api.validation import CelModel
 
 KIND = "PrivateModel"
@@ -29,7 +30,9 @@ Version = Annotated[str, StringConstraints(pattern=r"^v[0-9]+$", max_length=16)]
 ModuleName = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", max_length=128)
 ]
-ModelFormat = Literal["state-dict", "torchscript", "pate-ensemble"]
+# huggingface: a transformers save_pretrained directory (config, tokenizer files, safetensors
+# weights only; pickled .bin refused, trust_remote_code never), loaded strictly offline.
+ModelFormat = Literal["state-dict", "torchscript", "pate-ensemble", "huggingface"]
 ConfidentialProfile = Literal[
     "none", "coco-snp", "coco-tdx", "aks-kata-cc", "aks-cvm", "gke-sev", "gke-sev-snp", "gke-tdx"
 ]
@@ -56,25 +59,54 @@ class DeclaredTraining(CelModel):
     )
 
 
-class ModelSource(ApiModel):
+class ModelSource(CelModel):
     artifact: ArtifactUri = Field(
         description="pvc://<claim>/<path>, oci://<image reference> (image volume) or "
         "file://<absolute path> (local development only)."
     )
-    format: ModelFormat
+    format: ModelFormat = Field(
+        description="state-dict, torchscript or pate-ensemble (dpserve's tensor models) or "
+        "huggingface (a transformers directory: safetensors weights only, loaded offline, "
+        "never remote code)."
+    )
+    task: ModelTask | None = Field(
+        default=None,
+        description="What a huggingface artifact does (required for huggingface, forbidden "
+        "otherwise): text-generation, text-classification or feature-extraction (sentence "
+        "embeddings, pooling stated in the artifact).",
+    )
     version: Version = "v1"
     training: DeclaredTraining | None = None
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule("self.format != 'huggingface' || has(self.task)",
+                "format huggingface requires task: text-generation, text-classification or "
+                "feature-extraction", ".task", "FieldValueRequired"),
+        CelRule("self.format == 'huggingface' || !has(self.task)",
+                "task applies to format huggingface only: tensor formats have no task",
+                ".task", "FieldValueForbidden"),
+    )
 
 
 class Resources(ApiModel):
     cpu: Quantity = "500m"
     memory: Quantity = "1Gi"  # requests == limits: a confidential VM's memory is fixed
+    gpu: Annotated[int, Field(ge=0, le=16)] | None = Field(
+        default=None,
+        description="NVIDIA GPUs for the model container (nvidia.com/gpu, requests == "
+        "limits); 0 or unset: none. huggingface models only.",
+    )
 
 
 class Serving(CelModel):
     replicas: Annotated[int, Field(ge=0, le=100)] = 1
     mechanism: Mechanism = defaulted(Mechanism)
     resources: Resources = defaulted(Resources)
+    generation: GenerationLimits | None = Field(
+        default=None,
+        description="Bounds on one request (task text-generation only); default maxTokens "
+        "256, maxChoices 4.",
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule("self.mechanism.type != 'pate' || "
@@ -88,8 +120,28 @@ class Serving(CelModel):
                 "mechanism laplace-embedding requires epsilon", ".mechanism"),
         CelRule("self.mechanism.type != 'none' || (!has(self.mechanism.teachers) && "
                 "!has(self.mechanism.noiseMultiplier) && !has(self.mechanism.clipNorm) && "
-                "!has(self.mechanism.sensitivity) && !has(self.mechanism.epsilon))",
+                "!has(self.mechanism.sensitivity) && !has(self.mechanism.epsilon) && "
+                "!has(self.mechanism.privacyUnit))",
                 "mechanism none takes no parameters", ".mechanism"),
+        # The privacy unit decides the ledger (docs/accounting.md, "Text models").
+        CelRule("self.mechanism.type != 'laplace-embedding' || "
+                "!has(self.mechanism.privacyUnit) || "
+                "self.mechanism.privacyUnit == 'query-text'",
+                "mechanism laplace-embedding noises the tenant's own query: privacyUnit must "
+                "be query-text", ".mechanism.privacyUnit"),
+        CelRule("self.mechanism.type != 'pate' || !has(self.mechanism.privacyUnit) || "
+                "self.mechanism.privacyUnit == 'training-record'",
+                "mechanism pate protects the teachers' training records: privacyUnit must be "
+                "training-record", ".mechanism.privacyUnit"),
+        # One query text can move a clipped output anywhere in the clipNorm ball, whatever
+        # the model: replace-one L2 sensitivity 2 * clipNorm (teachers do not divide it).
+        CelRule("self.mechanism.type != 'gaussian' || !has(self.mechanism.privacyUnit) || "
+                "self.mechanism.privacyUnit != 'query-text' || "
+                "!has(self.mechanism.sensitivity) || !has(self.mechanism.clipNorm) || "
+                "double(self.mechanism.sensitivity) >= 2.0 * double(self.mechanism.clipNorm)",
+                "privacyUnit query-text: one query text moves the clipped output by up to "
+                "2 * clipNorm, so sensitivity must be >= 2 * clipNorm",
+                ".mechanism.sensitivity"),
         CelRule("!has(self.mechanism.noiseMultiplier) || "
                 "double(self.mechanism.noiseMultiplier) > 0.0",
                 "noiseMultiplier must be > 0", ".mechanism.noiseMultiplier"),
@@ -188,6 +240,43 @@ class Retraining(CelModel):
     )
 
 
+# Text models (format huggingface): which task is served with which mechanism, and why.
+# The rules come first so that a text model gets the text-specific message.
+_TEXT_RULES: tuple[CelRule, ...] = (
+    CelRule("self.model.format != 'huggingface' || self.serving.mechanism.type != 'pate'",
+            "PATE over transformer classifiers is not served: the model server has no "
+            "huggingface teacher ensemble; serve a DP-fine-tuned classifier with mechanism "
+            "none", ".serving.mechanism.type"),
+    # A generator's or classifier's answers are functions of its weights: their DP spend is
+    # the DP fine-tuning (model.training, charged once); per-answer noise is not offered.
+    CelRule("!has(self.model.task) || self.model.task == 'feature-extraction' || "
+            "self.serving.mechanism.type == 'none'",
+            "text-generation and text-classification are served with mechanism none: the "
+            "DP fine-tuning (model.training) is what the budget pays",
+            ".serving.mechanism.type"),
+    CelRule("!has(self.model.task) || self.model.task != 'feature-extraction' || "
+            "self.serving.mechanism.type != 'gaussian' || "
+            "!has(self.serving.mechanism.sensitivity) || "
+            "!has(self.serving.mechanism.clipNorm) || "
+            "double(self.serving.mechanism.sensitivity) >= "
+            "2.0 * double(self.serving.mechanism.clipNorm)",
+            "gaussian on sentence embeddings of one model: any change (one query text, one "
+            "training record) moves the clipped vector by up to 2 * clipNorm, so sensitivity "
+            "must be >= 2 * clipNorm", ".serving.mechanism.sensitivity"),
+    CelRule("!has(self.serving.generation) || "
+            "(has(self.model.task) && self.model.task == 'text-generation')",
+            "serving.generation applies to task text-generation only",
+            ".serving.generation", "FieldValueForbidden"),
+    CelRule("!has(self.serving.resources.gpu) || self.serving.resources.gpu == 0 || "
+            "self.model.format == 'huggingface'",
+            "serving.resources.gpu: only the huggingface model server uses a GPU; tensor "
+            "formats run on CPU", ".serving.resources.gpu", "FieldValueForbidden"),
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface'",
+            "retraining of huggingface models is not supported yet: the retraining Job "
+            "trains dpserve's tensor models only", ".retraining", "FieldValueForbidden"),
+)
+
+
 class PrivateModelSpec(CelModel):
     budget_ref: BudgetRef
     model: ModelSource
@@ -198,6 +287,7 @@ class PrivateModelSpec(CelModel):
     retraining: Retraining | None = None
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        *_TEXT_RULES,
         CelRule("self.onBudgetExhausted != 'Retrain' || has(self.retraining)",
                 "onBudgetExhausted Retrain requires a retraining section", ".retraining",
                 "FieldValueRequired"),
@@ -261,6 +351,14 @@ class PrivateModelStatus(ApiModel):
     retrain_job: str | None = None
     retrain_attempts: int | None = None
     versions: Annotated[list[VersionRecord], Field(max_length=64)] = Field(default_factory=list)
+    dropped_versions: int | None = Field(
+        default=None, description="Retired versions no longer listed in versions (it keeps "
+        "the latest 64)."
+    )
+    dropped_versions_epsilon: str | None = Field(
+        default=None, description="ε the budgets of the dropped versions spent, each budget "
+        "once; part of lifetimeEpsilon."
+    )
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
 
 

@@ -18,14 +18,10 @@ from dpserve.accounting.events import (
     Spend,
     SubsampledGaussian,
 )
-from dpserve.api.mechanism import Mechanism
+from dpserve.api.mechanism import Mechanism, privacy_unit
+from dpserve.api.mechanism import is_tenant_side as _is_tenant_side
 from dpserve.api.privacybudget import LedgerEntry, TrainingSpend
 from dpserve.api.privatemodel import DeclaredTraining
-
-# Mechanisms whose noise protects the *query* (a tenant's input), not the protected dataset:
-# with partitions configured they are charged to the tenant's own sub-ledger (parallel
-# composition across tenants); every other mechanism is charged to the main ledger.
-TENANT_SIDE_MECHANISMS = frozenset({"laplace-embedding"})
 
 
 def decimal_value(text: str, field: str) -> float:
@@ -72,9 +68,11 @@ def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | N
 
 
 def canonical_mechanism(mechanism: Mechanism) -> tuple[tuple[str, str], ...]:
-    """The mechanism as a comparable key: decimals by value ("40" == "40.0"), unset dropped."""
+    """The mechanism as a comparable key: decimals by value ("40" == "40.0"), unset dropped,
+    the privacy unit as it applies (an omitted default equals the same unit stated)."""
+    wire = {**mechanism.wire(), "privacyUnit": privacy_unit(mechanism)}
     items: list[tuple[str, str]] = []
-    for key, value in sorted(mechanism.wire().items()):
+    for key, value in sorted(wire.items()):
         if isinstance(value, str) and key != "type":
             with contextlib.suppress(InvalidOperation):
                 value = str(Decimal(value).normalize())
@@ -83,8 +81,13 @@ def canonical_mechanism(mechanism: Mechanism) -> tuple[tuple[str, str], ...]:
 
 
 def is_tenant_side(mechanism: Mechanism) -> bool:
-    """Whether the mechanism protects a tenant's query rather than the dataset."""
-    return mechanism.type in TENANT_SIDE_MECHANISMS
+    """Whether the mechanism protects a tenant's query rather than the dataset.
+
+    Tenant-side: laplace-embedding, and gaussian with ``privacyUnit: query-text`` (noise on
+    an embedding of the tenant's text). Their queries are charged to the tenant's own
+    sub-ledger (tenants compose in parallel); every other spend goes to the main ledger.
+    """
+    return _is_tenant_side(mechanism)
 
 
 def training_spend(declared: DeclaredTraining | TrainingSpend) -> TrainingSpend:

@@ -5,6 +5,12 @@ same spec always gives the same bytes; its hash is a pod template annotation, so
 filter config rolls the pods (the sidecar reads the file once, at start). The config names
 the model version the pods serve, so the sidecar's leases are charged to that version's budget
 and a retrain (a new version) rolls the pods through the hash as well.
+
+A tenant-side mechanism (its noise protects the asking tenant's query text: laplace-embedding,
+gaussian with ``privacyUnit: query-text``) gets the budget's partition header, so each query is
+charged to the tenant's own partition. Without partitions on the budget it is refused here:
+charging the tenants' spend to the dataset's ledger would debit one privacy unit's spend from
+another's ledger (docs/accounting.md, "Text models").
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import json
 
 from dpserve.api.filterconfig import FilterConfig
+from dpserve.api.mechanism import is_tenant_side
 from dpserve.api.privatemodel import PrivateModel
+from dpserve.api.text import GenerationLimits
 from dpserve.resources.context import BuildContext, model_name, model_namespace
 from dpserve.resources.labels import Component
 from dpserve.resources.meta import finalize, object_meta
@@ -38,11 +46,19 @@ def filter_config(model: PrivateModel, ctx: BuildContext) -> FilterConfig:
         # Order of the entity list carries no meaning: sort it so equal specs render equal.
         update={"entities": sorted(set(spec.output_filter.entities))}
     )
-    partition_header = (
-        ctx.partition_header if spec.serving.mechanism.type == "laplace-embedding" else None
-    )
+    mechanism = spec.serving.mechanism
+    tenant_side = is_tenant_side(mechanism)
+    partition_header = ctx.partition_header if tenant_side else None
+    if tenant_side and partition_header is None:
+        raise ValueError(
+            f"spec.serving.mechanism: {mechanism.type} protects the asking tenant's query "
+            "text, so each query is charged to that tenant's partition, never to the "
+            f"dataset's ledger; PrivacyBudget {ctx.budget_name} has no spec.partitions "
+            "(or could not be read): add partitions with a header and a per-tenant epsilon"
+        )
+    name = model_name(model)
     return FilterConfig(
-        model=model_key(model_namespace(model), model_name(model)),
+        model=model_key(model_namespace(model), name),
         model_version=ctx.model_version,
         mechanism=spec.serving.mechanism,
         upstream=UPSTREAM_URL,
@@ -54,6 +70,9 @@ def filter_config(model: PrivateModel, ctx: BuildContext) -> FilterConfig:
         output_filter=output_filter,
         fingerprint_path=FINGERPRINT_PATH if output_filter.verbatim_guard.enabled else None,
         partition_header=partition_header,
+        task=spec.model.task,
+        served_model_name=name,
+        generation=spec.serving.generation or GenerationLimits(),
     )
 
 

@@ -11,6 +11,11 @@ Pod shape (see DESIGN.md, "The pod"):
   container (inside a confidential VM the guest memory is encrypted, a host disk is not),
   service links off (the environment must not depend on which Services exist: pod-level
   TEE policies pin the container environment).
+- ``format: huggingface``: the model server gets ``--task`` (and, for text-generation, the
+  request bounds ``--max-tokens`` / ``--max-choices`` of ``spec.serving.generation``) and the
+  Hugging Face libraries are told to stay offline (air-gapped clusters: a hub lookup must fail
+  at once, never hang or download); ``spec.serving.resources.gpu`` renders
+  ``nvidia.com/gpu`` in requests and limits.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from dpserve.api.privatemodel import PrivateModel
+from dpserve.api.text import GenerationLimits
 from dpserve.resources import confidential
 from dpserve.resources.configmap import filter_config_hash
 from dpserve.resources.context import BuildContext, model_name
@@ -64,6 +70,14 @@ from dpserve.resources.security import (
 from dpserve.resources.uris import parse_uri, volume, volume_mount
 
 TMP_SIZE_LIMIT = "64Mi"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Set for huggingface models: transformers / huggingface_hub never reach the network (the
+# server also loads with local_files_only; these make any other code path fail fast too).
+HF_OFFLINE_ENV = (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_HUB_DISABLE_TELEMETRY", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+)
 
 
 def tmp_volume(name: str) -> dict[str, Any]:
@@ -75,9 +89,49 @@ def base_env() -> list[dict[str, Any]]:
     return [{"name": "HOME", "value": TMP_DIR}]
 
 
+def text_args(model: PrivateModel) -> list[str]:
+    """The model server's text flags: only for huggingface artifacts (tensor models have no
+    task), the generation bounds only for text-generation (the one task they apply to)."""
+    source = model.spec.model
+    if source.format != "huggingface":
+        return []
+    if source.task is None:  # the CRD and the model's CEL rule make this unreachable
+        raise ValueError("spec.model.task: required for format huggingface")
+    args = ["--task", source.task]
+    if source.task == "text-generation":
+        limits = model.spec.serving.generation or GenerationLimits()
+        args += ["--max-tokens", str(limits.max_tokens),
+                 "--max-choices", str(limits.max_choices)]
+    return args
+
+
+def model_env(model: PrivateModel) -> list[dict[str, Any]]:
+    env = base_env()
+    if model.spec.model.format == "huggingface":
+        env += [{"name": name, "value": value} for name, value in HF_OFFLINE_ENV]
+    return env
+
+
+def model_resources(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
+    """requests == limits: cpu, memory, GPUs when asked for, the profile's device plugins.
+
+    A profile that itself needs ``nvidia.com/gpu`` (a confidential-GPU pool) and a spec
+    asking for GPUs would each claim the same key: refused rather than one silently winning.
+    """
+    resources = model.spec.serving.resources
+    extra = confidential.extra_resources(ctx.confidential)
+    if resources.gpu:
+        if GPU_RESOURCE in extra:
+            raise ValueError(
+                f"spec.serving.resources.gpu: confidential profile {ctx.confidential.profile} "
+                f"already sets {GPU_RESOURCE}"
+            )
+        extra = {**extra, GPU_RESOURCE: str(resources.gpu)}
+    return ResourceSpec(cpu=resources.cpu, memory=resources.memory).render(extra)
+
+
 def model_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
     location = parse_uri(ctx.artifact, "spec.model.artifact")
-    resources = model.spec.serving.resources
     return {
         "name": MODEL_CONTAINER,
         "image": ctx.image,
@@ -87,16 +141,16 @@ def model_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
             "--artifact",
             ARTIFACT_MOUNT,
             "--mechanism",
-            canonical_json(model.spec.serving.mechanism.wire()),
+            # The noise only: which ledger pays (privacyUnit) is the sidecar's and ledger's.
+            canonical_json(model.spec.serving.mechanism.noise_parameters()),
             "--host",
             MODEL_HOST,
             "--port",
             str(MODEL_PORT),
+            *text_args(model),
         ],
-        "env": base_env(),
-        "resources": ResourceSpec(cpu=resources.cpu, memory=resources.memory).render(
-            confidential.extra_resources(ctx.confidential)
-        ),
+        "env": model_env(model),
+        "resources": model_resources(model, ctx),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
