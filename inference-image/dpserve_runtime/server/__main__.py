@@ -2,6 +2,11 @@
 
 dpserve-server --artifact DIR --mechanism '{"type": "pate", "teachers": 50,
                "noiseMultiplier": "40"}' --host 127.0.0.1 --port 8081
+
+For a huggingface artifact (text routes, see dpserve_runtime.server.textapp)::
+
+dpserve-server --artifact DIR --mechanism '{"type": "none"}' --task text-generation \
+               --max-tokens 256 --max-choices 4 [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from pydantic import ValidationError
 
 from dpserve.api.mechanism import Mechanism
+from dpserve.api.text import TEXT_TASKS
 from dpserve_runtime.server.app import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
@@ -72,7 +78,32 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
         default=int(_env("DPSERVE_TORCH_THREADS", "1") or "1"),
         help="intra-op threads per inference (1 keeps batch-1 latency low)",
     )
+    parser.add_argument(
+        "--task",
+        choices=TEXT_TASKS,
+        default=_env("DPSERVE_TASK"),
+        help="huggingface artifacts: the task to serve (must match the manifest's)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=_env("DPSERVE_MAX_TOKENS"),  # argparse applies type= to a str default
+        help="text-generation: largest max_tokens a request may ask for (and the default)",
+    )
+    parser.add_argument(
+        "--max-choices",
+        type=_positive_int,
+        default=_env("DPSERVE_MAX_CHOICES"),
+        help="text-generation: largest n (completions per request)",
+    )
+    parser.add_argument(
+        "--device",
+        default=_env("DPSERVE_DEVICE", "auto"),
+        help="huggingface artifacts: auto (CUDA when visible, else CPU), cpu or cuda[:N]",
+    )
     args = parser.parse_args(argv)
+    if args.task is not None and args.task not in TEXT_TASKS:  # from DPSERVE_TASK
+        parser.error(f"--task: must be one of {', '.join(TEXT_TASKS)}, got {args.task!r}")
     if not args.artifact:
         parser.error("--artifact (or DPSERVE_ARTIFACT) is required")
     if not args.mechanism:
@@ -91,6 +122,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
         workers=args.workers,
+        task=args.task,
+        max_tokens=args.max_tokens,
+        max_choices=args.max_choices,
+        device=args.device,
     )
     return config, args.torch_threads
 
@@ -109,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     config, threads = parse_args(argv)
+    # Air-gapped clusters: any hub lookup must fail at once (the pod sets these too).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     torch.set_num_threads(threads)
     return asyncio.run(_run(config))
 

@@ -6,6 +6,10 @@ Routes (request/response schema in :mod:`dpserve_runtime.server.schema`):
 - ``GET /healthz``      200 while the process serves HTTP
 - ``GET /readyz``       200 once the artifact is loaded and the mechanism built, else 503
 
+A ``huggingface`` artifact (``manifest.json`` format) is served by
+:class:`dpserve_runtime.server.textapp.TextModelServer` instead: OpenAI-shaped text routes
+for its task; :func:`serve` picks the server from the manifest.
+
 The artifact is loaded after the socket is open, so probes answer during loading; a load
 or mechanism error ends the process (exit 1) so the pod never turns Ready with a bad model.
 Inference and noise run in a small thread pool, off the event loop (torch and OpenDP's
@@ -27,6 +31,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from dpserve.api.mechanism import Mechanism
+from dpserve.api.text import ModelTask
+from dpserve_runtime.hfartifact import read_format
 from dpserve_runtime.server.mechanisms import OutputMechanism, build_mechanism
 from dpserve_runtime.server.model import ModelOutputError, ServedModel
 from dpserve_runtime.server.schema import (
@@ -35,6 +41,7 @@ from dpserve_runtime.server.schema import (
     describe_validation_error,
     error_body,
 )
+from dpserve_runtime.server.textapp import TextModelServer
 
 log = logging.getLogger("dpserve.server")
 
@@ -63,6 +70,12 @@ class ServerConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     workers: int = 2
+    # huggingface artifacts only (None: not given; the text server then uses the manifest's
+    # task and the GenerationLimits defaults)
+    task: ModelTask | None = None
+    max_tokens: int | None = None
+    max_choices: int | None = None
+    device: str = "auto"  # auto | cpu | cuda[:N]
 
 
 class RequestError(Exception):
@@ -113,6 +126,12 @@ class ModelServer:
     def load_blocking(self) -> None:
         """Load the artifact and build the mechanism (raises ArtifactError or
         MechanismConfigError with a message naming the field)."""
+        config = self.config
+        for flag, value in (("--task", config.task), ("--max-tokens", config.max_tokens),
+                            ("--max-choices", config.max_choices)):
+            if value is not None:
+                raise ValueError(f"{flag}: applies to huggingface artifacts only; "
+                                 f"{config.artifact} is a tensor model")
         model = ServedModel.load(self.config.artifact)
         mechanism = build_mechanism(self.config.mechanism, model)
         self.model, self.mechanism = model, mechanism
@@ -210,9 +229,16 @@ class ModelServer:
         return web.json_response(response.wire())
 
 
+def build_server(config: ServerConfig) -> ModelServer | TextModelServer:
+    """The tensor or the text server, by the format the artifact's manifest names."""
+    if read_format(config.artifact) == "huggingface":
+        return TextModelServer(config)
+    return ModelServer(config)
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     """Open the socket, load the model, serve until ``stop`` is set; the exit code."""
-    server = ModelServer(config)
+    server = build_server(config)
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -24,13 +24,19 @@ ledger charges per query, and what the noise below is calibrated against:
                  Output ``{"embedding", "label", "text"?}``.
 
 Noise comes from :mod:`dpserve_runtime.noise` (OpenDP, exact samplers, CSPRNG) only.
+
+Sentence embeddings (huggingface feature-extraction, :mod:`dpserve_runtime.server.textmodels`)
+use the same classes through ``release_vectors``: the encoder's pooled, L2-normalised vector
+is the one member output (``none``: released as is; ``gaussian``: clipped to ``clipNorm``, the
+provable sensitivity then being 2·min(clipNorm, 1), since two unit vectors lie up to 2 apart;
+``laplace-embedding``: clipped to L1 ≤ 1, Laplace noise as above).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +60,32 @@ _CLIP_SHRINK = 1.0 - 2.0**-40
 # Relative slack when comparing a stated sensitivity with the computed bound (float noise).
 _BOUND_TOLERANCE = 1e-12
 LAPLACE_L1_SENSITIVITY = 2.0
+# Largest L2 distance between two softmax probability vectors.
+PROBABILITY_DIAMETER = math.sqrt(2.0)
+FloatArray = npt.NDArray[np.float64]
+
+
+class MechanismTarget(Protocol):
+    """What a mechanism is calibrated against: a tensor artifact (:class:`ServedModel`) or
+    a sentence encoder (``textmodels.SentenceEncoder``)."""
+
+    @property
+    def is_ensemble(self) -> bool: ...
+
+    @property
+    def member_count(self) -> int: ...
+
+    @property
+    def num_outputs(self) -> int | None: ...
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def output_diameter(self) -> float:
+        """Largest L2 distance between two member outputs as the mechanism receives them
+        (√2 for probability vectors, 2 for unit vectors)."""
+        ...
 
 
 class MechanismConfigError(ValueError):
@@ -89,6 +121,13 @@ def _clip_rows(vectors: npt.NDArray[np.float64], bound: float, ord: int) -> npt.
     return clipped
 
 
+def _served(model: MechanismTarget) -> ServedModel:
+    # release(x) runs a tensor artifact; a sentence encoder goes through release_vectors.
+    if not isinstance(model, ServedModel):
+        raise TypeError(f"release() needs a tensor artifact, got {type(model).__name__}")
+    return model
+
+
 def _label_output(model: ServedModel, label: int) -> Output:
     out: Output = {"label": label}
     text = model.label_text(label)
@@ -102,13 +141,20 @@ class OutputMechanism(ABC):
 
     type: ClassVar[str]
 
-    def __init__(self, spec: Mechanism, model: ServedModel) -> None:
+    def __init__(self, spec: Mechanism, model: MechanismTarget) -> None:
         self.spec = spec
         self.model = model
 
     @abstractmethod
     def release(self, x: torch.Tensor) -> list[Output]:
         """One output per input row of ``x`` (``[n, input_size]``), noise applied."""
+
+    def release_vectors(self, vectors: FloatArray) -> FloatArray:
+        """The vectors released for member outputs ``[members, n, dim]``: ``[n, dim]``."""
+        raise MechanismConfigError(
+            f"mechanism.type: {self.type!r} does not release vectors (use none, gaussian or "
+            "laplace-embedding)"
+        )
 
     def queries(self, answered: int) -> int:
         """DP releases charged for ``answered`` outputs: one each unless free."""
@@ -122,7 +168,7 @@ class OutputMechanism(ABC):
 class NoMechanism(OutputMechanism):
     type = "none"
 
-    def __init__(self, spec: Mechanism, model: ServedModel) -> None:
+    def __init__(self, spec: Mechanism, model: MechanismTarget) -> None:
         super().__init__(spec, model)
         _only(spec, set())
         if model.is_ensemble:
@@ -132,13 +178,18 @@ class NoMechanism(OutputMechanism):
             )
 
     def release(self, x: torch.Tensor) -> list[Output]:
-        probs = torch.softmax(self.model.outputs(x)[0], dim=-1).numpy()
+        model = _served(self.model)
+        probs = torch.softmax(model.outputs(x)[0], dim=-1).numpy()
         outputs = []
         for row in probs:
-            out = _label_output(self.model, int(np.argmax(row)))
+            out = _label_output(model, int(np.argmax(row)))
             out["probabilities"] = row.tolist()
             outputs.append(out)
         return outputs
+
+    def release_vectors(self, vectors: FloatArray) -> FloatArray:
+        released: FloatArray = np.asarray(vectors[0], dtype=np.float64)
+        return released
 
     def queries(self, answered: int) -> int:
         return 0
@@ -147,7 +198,7 @@ class NoMechanism(OutputMechanism):
 class PateMechanism(OutputMechanism):
     type = "pate"
 
-    def __init__(self, spec: Mechanism, model: ServedModel) -> None:
+    def __init__(self, spec: Mechanism, model: MechanismTarget) -> None:
         super().__init__(spec, model)
         _only(spec, {"teachers", "noiseMultiplier"})
         if spec.teachers is None:
@@ -156,25 +207,26 @@ class PateMechanism(OutputMechanism):
         if not model.is_ensemble:
             raise MechanismConfigError(
                 f"mechanism.type: 'pate' needs a pate-ensemble artifact, got format "
-                f"{model.manifest.format!r}"
+                f"{model.format!r}"
             )
-        if len(model.members) != spec.teachers:
+        if model.member_count != spec.teachers:
             raise MechanismConfigError(
                 f"mechanism.teachers: spec says {spec.teachers} teachers, the artifact has "
-                f"{len(model.members)}"
+                f"{model.member_count}"
             )
         classes = model.num_outputs
         assert classes is not None  # pate-ensemble manifests always carry an architecture
         self.sampler: DiscreteGaussianVotes = discrete_gaussian_votes(classes, sigma)
 
     def release(self, x: torch.Tensor) -> list[Output]:
-        votes = self.model.outputs(x).argmax(dim=-1).numpy()  # [teachers, n]
+        model = _served(self.model)
+        votes = model.outputs(x).argmax(dim=-1).numpy()  # [teachers, n]
         classes = self.sampler.num_classes
         outputs = []
         for column in votes.T:
             histogram = np.bincount(column, minlength=classes)
             noisy = self.sampler(histogram)
-            outputs.append(_label_output(self.model, argmax_uniform_ties(noisy)))
+            outputs.append(_label_output(model, argmax_uniform_ties(noisy)))
         return outputs
 
     def noise(self) -> dict[str, Any]:
@@ -184,24 +236,25 @@ class PateMechanism(OutputMechanism):
 class GaussianMechanism(OutputMechanism):
     type = "gaussian"
 
-    def __init__(self, spec: Mechanism, model: ServedModel) -> None:
+    def __init__(self, spec: Mechanism, model: MechanismTarget) -> None:
         super().__init__(spec, model)
         _only(spec, {"teachers", "noiseMultiplier", "clipNorm", "sensitivity"})
         multiplier = _positive(spec, "noise_multiplier", "noiseMultiplier")
         self.clip_norm = _positive(spec, "clip_norm", "clipNorm")
         self.sensitivity = _positive(spec, "sensitivity", "sensitivity")
-        members = len(model.members)
+        members = model.member_count
         if spec.teachers is not None and spec.teachers != members:
             raise MechanismConfigError(
                 f"mechanism.teachers: spec says {spec.teachers}, the artifact has {members} "
                 "member model(s)"
             )
-        bound = min(2.0 * self.clip_norm, math.sqrt(2.0)) / members
+        diameter = model.output_diameter
+        bound = min(2.0 * self.clip_norm, diameter) / members
         if self.sensitivity < bound * (1.0 - _BOUND_TOLERANCE):
             raise MechanismConfigError(
                 f"mechanism.sensitivity: {spec.sensitivity} is below the provable L2 "
                 f"sensitivity {bound:.6g} of {members} clipped member output(s) "
-                f"(min(2·clipNorm, √2)/{members})"
+                f"(min(2·clipNorm, {diameter:.6g})/{members})"
             )
         self.std = multiplier * self.clip_norm
         dim = model.num_outputs
@@ -212,16 +265,19 @@ class GaussianMechanism(OutputMechanism):
         return gaussian_vector(dim, self.std, self.sensitivity)
 
     def release(self, x: torch.Tensor) -> list[Output]:
-        probs = torch.softmax(self.model.outputs(x), dim=-1).numpy()  # [K, n, C]
-        mean = _clip_rows(probs, self.clip_norm, ord=2).mean(axis=0)
-        sampler = self._sampler or self._sampler_for(mean.shape[1])
+        model = _served(self.model)
+        probs = torch.softmax(model.outputs(x), dim=-1).numpy()  # [K, n, C]
         outputs = []
-        for row in mean:
-            noisy = sampler(row)
-            out = _label_output(self.model, int(np.argmax(noisy)))
+        for noisy in self.release_vectors(probs):
+            out = _label_output(model, int(np.argmax(noisy)))
             out["vector"] = noisy.tolist()
             outputs.append(out)
         return outputs
+
+    def release_vectors(self, vectors: FloatArray) -> FloatArray:
+        mean = _clip_rows(vectors, self.clip_norm, ord=2).mean(axis=0)
+        sampler = self._sampler or self._sampler_for(mean.shape[1])
+        return np.stack([sampler(row) for row in mean])
 
     def noise(self) -> dict[str, Any] | None:
         return None if self._sampler is None else self._sampler.describe()
@@ -230,7 +286,7 @@ class GaussianMechanism(OutputMechanism):
 class LaplaceEmbeddingMechanism(OutputMechanism):
     type = "laplace-embedding"
 
-    def __init__(self, spec: Mechanism, model: ServedModel) -> None:
+    def __init__(self, spec: Mechanism, model: MechanismTarget) -> None:
         super().__init__(spec, model)
         _only(spec, {"epsilon"})
         epsilon = _positive(spec, "epsilon", "epsilon")
@@ -246,15 +302,18 @@ class LaplaceEmbeddingMechanism(OutputMechanism):
         return laplace_vector(dim, self.scale, LAPLACE_L1_SENSITIVITY)
 
     def release(self, x: torch.Tensor) -> list[Output]:
-        embeddings = _clip_rows(self.model.outputs(x)[0].numpy(), 1.0, ord=1)
-        sampler = self._sampler or self._sampler_for(embeddings.shape[1])
+        model = _served(self.model)
         outputs = []
-        for row in embeddings:
-            noisy = sampler(row)
-            out = _label_output(self.model, int(np.argmax(noisy)))
+        for noisy in self.release_vectors(model.outputs(x).numpy()):
+            out = _label_output(model, int(np.argmax(noisy)))
             out["embedding"] = noisy.tolist()
             outputs.append(out)
         return outputs
+
+    def release_vectors(self, vectors: FloatArray) -> FloatArray:
+        embeddings = _clip_rows(np.asarray(vectors[0], dtype=np.float64), 1.0, ord=1)
+        sampler = self._sampler or self._sampler_for(embeddings.shape[1])
+        return np.stack([sampler(row) for row in embeddings])
 
     def noise(self) -> dict[str, Any] | None:
         return None if self._sampler is None else self._sampler.describe()
@@ -266,6 +325,6 @@ MECHANISMS: dict[str, type[OutputMechanism]] = {
 }
 
 
-def build_mechanism(spec: Mechanism, model: ServedModel) -> OutputMechanism:
+def build_mechanism(spec: Mechanism, model: MechanismTarget) -> OutputMechanism:
     """The mechanism for ``spec`` over ``model`` (MechanismConfigError if they do not fit)."""
     return MECHANISMS[spec.type](spec, model)

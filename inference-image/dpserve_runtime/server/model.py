@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,19 @@ class ServedModel:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def format(self) -> str:
+        return self.manifest.format
+
+    @property
+    def member_count(self) -> int:
+        return len(self.members)
+
+    @property
+    def output_diameter(self) -> float:
+        """The mechanisms see softmax probabilities: two lie at most √2 apart in L2."""
+        return math.sqrt(2.0)
 
     @property
     def input_size(self) -> int | None:

@@ -1,0 +1,265 @@
+"""``huggingface`` artifacts: a transformers model directory plus dpserve's ``manifest.json``.
+
+Layout::
+
+    <dir>/config.json            transformers config (no ``auto_map``: remote code is never run)
+    <dir>/*.safetensors          the weights: safetensors only
+    <dir>/tokenizer.json, tokenizer_config.json, ...   the tokenizer
+    <dir>/manifest.json          {"format": "huggingface", "task", "version", "pooling"?,
+                                  "labels"?, "training"?, "fingerprints"?}  (written last)
+
+Loading is strictly offline (``local_files_only=True``; the pod also sets ``HF_HUB_OFFLINE``)
+and never executes artifact code: ``trust_remote_code=False``, ``use_safetensors=True``, and a
+directory holding any pickle-format weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``,
+``*.ckpt``) is refused outright rather than skipped, so a model that only *looks* safe cannot
+be served. ``pooling`` (feature-extraction only) says how token vectors become one sentence
+vector: ``mean`` over the attention mask or the first (``cls``) token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from dpserve.api.text import ModelTask, Pooling
+from dpserve_runtime.artifact import MANIFEST_NAME, ArtifactError, TrainingSpend
+
+CONFIG_NAME = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Pickle-based weight formats: loading them can execute code, so their presence is an error.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class HfManifest(BaseModel):
+    """``manifest.json`` of a huggingface artifact."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    format: Literal["huggingface"]
+    task: ModelTask
+    version: Annotated[str, Field(min_length=1, max_length=63)] = "v1"
+    pooling: Pooling | None = None
+    labels: (
+        Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=100_000)] | None
+    ) = None
+    training: TrainingSpend | None = None
+    fingerprints: str | None = None
+
+    @field_validator("fingerprints")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in Path(value).parts):
+            raise ValueError(f"must be a relative path inside the artifact, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _pooling_for_embeddings(self) -> HfManifest:
+        if self.task == "feature-extraction" and self.pooling is None:
+            raise ValueError("pooling: required for task feature-extraction (mean or cls)")
+        if self.task != "feature-extraction" and self.pooling is not None:
+            raise ValueError(f"pooling: only valid for task feature-extraction, not {self.task}")
+        if self.labels is not None and self.task != "text-classification":
+            raise ValueError(f"labels: only valid for task text-classification, not {self.task}")
+        return self
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def read_format(directory: str | Path) -> str | None:
+    """The ``format`` named by ``<directory>/manifest.json`` (None if absent or unreadable):
+    how the server picks the tensor or the text code path before validating anything."""
+    try:
+        raw = json.loads((Path(directory) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = raw.get("format") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def load_hf_manifest(directory: str | Path) -> HfManifest:
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"no {MANIFEST_NAME} in artifact directory {directory}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
+    try:
+        return HfManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: invalid manifest: {_describe(exc)}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path.name}: unreadable: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{path.name}: expected a JSON object")
+    return raw
+
+
+def check_files(directory: str | Path) -> None:
+    """The directory's files are safe to load: config, tokenizer and safetensors weights
+    present, nothing pickled, no remote code, no link leaving the directory."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ArtifactError(f"artifact directory {root} does not exist")
+    resolved_root = root.resolve()
+    files = [p for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if not path.resolve().is_relative_to(resolved_root):
+            raise ArtifactError(f"{rel}: resolves outside the artifact directory")
+        if path.name.lower().endswith(PICKLE_SUFFIXES):
+            raise ArtifactError(
+                f"{rel}: pickle-format weights are refused (loading them can run code); "
+                "save the model with save_pretrained(dir, safe_serialization=True) and ship "
+                "only *.safetensors"
+            )
+    if not (root / CONFIG_NAME).is_file():
+        raise ArtifactError(f"{CONFIG_NAME}: missing from artifact directory {root}")
+    if not any(p.name.endswith(".safetensors") for p in root.iterdir()):
+        raise ArtifactError(f"no *.safetensors weights in artifact directory {root}")
+    if not any((root / name).is_file() for name in TOKENIZER_FILES):
+        raise ArtifactError(f"no tokenizer ({' or '.join(TOKENIZER_FILES)}) in {root}")
+    for name in (CONFIG_NAME, "tokenizer_config.json"):
+        if (root / name).is_file() and "auto_map" in _read_json(root / name):
+            raise ArtifactError(
+                f"{name}: auto_map names custom model code; remote code is never run "
+                "(trust_remote_code is off), use a built-in transformers architecture"
+            )
+
+
+def validate_hf_artifact(directory: str | Path, task: ModelTask | None = None) -> HfManifest:
+    """The manifest of a complete, safe artifact (ArtifactError naming the problem); with
+    ``task``, the manifest must declare that task."""
+    check_files(directory)
+    manifest = load_hf_manifest(directory)
+    if task is not None and manifest.task != task:
+        raise ArtifactError(
+            f"task: the artifact was saved for {manifest.task!r}, the server was asked to "
+            f"serve {task!r}"
+        )
+    return manifest
+
+
+def _auto_class(task: ModelTask) -> Any:
+    # Imported here: transformers takes seconds to import and tensor artifacts never need it.
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return {
+        "text-generation": AutoModelForCausalLM,
+        "text-classification": AutoModelForSequenceClassification,
+        "feature-extraction": AutoModel,
+    }[task]
+
+
+def class_labels(model: Any) -> list[str]:
+    """A classifier's labels in class-index order, from ``config.id2label``."""
+    id2label = getattr(model.config, "id2label", None) or {}
+    count = int(getattr(model.config, "num_labels", len(id2label)))
+    try:
+        return [str(id2label[i]) for i in range(count)]
+    except KeyError as exc:
+        raise ArtifactError(f"config.json: id2label has no label for class {exc}") from exc
+
+
+def load_hf_artifact(
+    directory: str | Path, task: ModelTask, *, device: str | torch.device = "cpu"
+) -> tuple[Any, Any, HfManifest]:
+    """``(model, tokenizer, manifest)``: the model in eval mode on ``device``, loaded offline
+    from safetensors only, with the class the task needs."""
+    from transformers import AutoTokenizer
+
+    root = Path(directory)
+    manifest = validate_hf_artifact(root, task)
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(root), **common)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
+        raise ArtifactError(f"tokenizer: cannot load from {root}: {exc}") from exc
+    try:
+        model = _auto_class(task).from_pretrained(str(root), use_safetensors=True, **common)
+    except Exception as exc:
+        raise ArtifactError(f"cannot load a {task} model from {root}: {exc}") from exc
+    if task == "text-classification" and manifest.labels is not None:
+        labels = class_labels(model)
+        if labels != manifest.labels:
+            raise ArtifactError(
+                f"labels: the manifest lists {manifest.labels}, config.json's id2label "
+                f"gives {labels}"
+            )
+    model.to(device)
+    model.eval()
+    return model, tokenizer, manifest
+
+
+def _write_manifest(directory: Path, manifest: HfManifest) -> None:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(manifest.wire(), handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the server may run as another uid
+        os.replace(tmp, directory / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_hf_artifact(
+    directory: str | Path,
+    model: Any,
+    tokenizer: Any,
+    *,
+    task: ModelTask,
+    pooling: Pooling | None = None,
+    training: TrainingSpend | Mapping[str, Any] | None = None,
+    version: str = "v1",
+    labels: Sequence[str] | None = None,
+    fingerprints: str | None = None,
+) -> HfManifest:
+    """Write model (safetensors) and tokenizer, check the result loads safely, then write
+    the manifest (last and atomically: a directory with a manifest is complete)."""
+    root = Path(directory)
+    try:
+        manifest = HfManifest(
+            format="huggingface",
+            task=task,
+            version=version,
+            pooling=pooling,
+            labels=list(labels) if labels is not None else None,
+            training=(
+                training
+                if training is None or isinstance(training, TrainingSpend)
+                else TrainingSpend.model_validate(dict(training))
+            ),
+            fingerprints=fingerprints,
+        )
+    except ValidationError as exc:
+        raise ArtifactError(f"invalid manifest: {_describe(exc)}") from exc
+    if getattr(getattr(model, "config", None), "auto_map", None):
+        raise ArtifactError("model.config.auto_map: custom model code cannot be served")
+    root.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(root))  # transformers 5 writes safetensors only
+    tokenizer.save_pretrained(str(root))
+    check_files(root)
+    _write_manifest(root, manifest)
+    return manifest
