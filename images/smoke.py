@@ -74,6 +74,11 @@ def check_native_inference() -> None:
     findings = PiiAnalyzer(["EMAIL_ADDRESS"]).analyze("write to jane.doe@example.org")
     if not findings:
         raise SystemExit("smoke: the PII scanner found no e-mail address")
+    # The PERSON/LOCATION gazetteer checks its data files' pinned digests: a missing or
+    # changed file fails the build here, not a pod at start.
+    from dpserve_runtime.filter.names import load_gazetteer
+
+    load_gazetteer()
 
 
 def main(argv: list[str]) -> int:

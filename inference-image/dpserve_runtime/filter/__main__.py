@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     # Imported after the config is valid: Presidio and spaCy take seconds to import.
     from dpserve_runtime.filter.app import create_app
     from dpserve_runtime.filter.auditlog import StreamAuditSink
+    from dpserve_runtime.filter.pii import UndetectableEntityError
     from dpserve_runtime.filter.verbatim import FingerprintFileError
 
     # Audit lines (one JSON object each) go to stdout; diagnostics to stderr.
     audit = StreamAuditSink(sys.stdout.buffer)
     try:
         app = create_app(config, pod_name, audit_sink=audit)
-    except FingerprintFileError as exc:
+    except (FingerprintFileError, UndetectableEntityError) as exc:
+        # A named entity this image cannot detect must stop the pod, never be ignored.
         print(f"dpserve-filter: {exc}", file=sys.stderr)
         return 2
     try:

@@ -1,31 +1,45 @@
-"""The filter sidecar: lease check, forward to the model, scan the answer, metrics, audit log.
+"""The filter sidecar: the app, its wiring, and the request path every protocol shares.
 
-Request path of ``POST /v1/predict``:
+Routes (the one public port; the model server listens on localhost only):
+
+- ``POST /v1/predict`` (today's clients; tensor models and text classifiers), here;
+- OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+  ``/v1/models``: :mod:`dpserve_runtime.filter.openai_api`;
+- Open Inference Protocol v2 ``/v2/...``: :mod:`dpserve_runtime.filter.oip`;
+- ``/healthz``, ``/readyz``, ``/metrics``.
+
+The shared request path (:func:`exchange`), used by ``/v1/predict``, embeddings and v2 infer:
 
 1. read the body (at most ``maxBodyBytes``, within ``clientTimeoutSeconds``), decode UTF-8,
-   parse JSON, count the inputs (the batch size);
+   parse JSON; the protocol module validates it and counts the inputs (the batch size);
 2. with ``partitionHeader`` set, the tenant comes from that header;
 3. reserve the batch size from the lease (the model never reports more than one query per
    input; an answer claiming more is refused) - or answer 429 / 503 without a lease;
-4. forward the original bytes to the model; 502 / 504 on errors and timeouts;
-5. validate the answer and its ``queries``, charge them, scan every string (verbatim guard,
-   PII), then send it redacted, or withhold it (451), or answer 500 if the filter failed:
-   the unfiltered body is never sent.
+4. forward to the model (never following redirects); 502 / 504 on errors and timeouts;
+5. validate the answer and its ``queries``, charge them; the caller scans every string it
+   releases (verbatim guard, PII), then sends it redacted, or withholds it (451), or answers
+   500 if the filter failed: the unfiltered body is never sent. Only a 200 of the model is
+   released as an answer; its 4xx/5xx become the sidecar's error in the protocol's shape.
 
-Every answer of the sidecar's own is JSON ``{"reason", "message"}``.
+Text generation (mechanism ``none``, enforced by :class:`FilterConfig`) is free: no lease.
+Errors are :class:`ProxyError`, rendered in the shape of the protocol the path belongs to
+(``/v1/predict``: ``{"reason", "message"}``; OpenAI: ``{"error": {"message", "type",
+"param", "code"}}``; v2: ``{"error": "..."}``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -43,6 +57,7 @@ from dpserve_runtime.filter.lease_client import (
 from dpserve_runtime.filter.metrics import DEFAULT_GROUP, FilterMetrics
 from dpserve_runtime.filter.pii import PiiAnalyzer
 from dpserve_runtime.filter.scan import OutputScanner, ScanResult
+from dpserve_runtime.filter.stream import StreamFilter
 from dpserve_runtime.filter.verbatim import VerbatimGuard
 
 logger = logging.getLogger(__name__)
@@ -58,17 +73,26 @@ CONFIG_KEY = web.AppKey("config", FilterConfig)
 
 
 class ProxyError(Exception):
-    """An answer of the sidecar's own: status + JSON {"reason", "message", ...}."""
+    """An answer of the sidecar's own: status, a reason and a message.
+
+    Each protocol renders it in its own error shape: ``/v1/predict`` as ``{"reason",
+    "message", ...extra}`` (:meth:`response`), OpenAI routes and Open Inference Protocol
+    routes through their modules. ``param`` names the offending request field and ``code``
+    a machine-readable code where the protocol has one (OpenAI's ``param`` and ``code``).
+    """
 
     def __init__(self, status: int, reason: str, message: str, *,
                  headers: dict[str, str] | None = None,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.headers = headers or {}
         self.extra = extra or {}
+        self.param = param
+        self.code = code
 
     def response(self) -> web.Response:
         return error_response(self.status, self.reason, self.message, self.headers, **self.extra)
@@ -88,7 +112,7 @@ class Audit:
 
     __slots__ = ("entities", "inputs", "outcome", "queries_charged", "queries_reserved",
                  "request_id", "started", "status", "tenant", "upstream_status",
-                 "verbatim_blocked")
+                 "verbatim_blocked", "written")
 
     def __init__(self, request_id: str, started: float) -> None:
         self.request_id = request_id  # validated or generated: [A-Za-z0-9._-] only
@@ -102,6 +126,7 @@ class Audit:
         self.upstream_status: int | None = None
         self.entities: Mapping[str, int] = _NO_ENTITIES
         self.verbatim_blocked = False
+        self.written = False
 
     def line(self, formatter: AuditFormatter, ended: float) -> str:
         return formatter.predict_line(
@@ -135,12 +160,16 @@ class SidecarState:
             guard = VerbatimGuard.load(config.fingerprint_path)
         self.scanner = OutputScanner(analyzer, of.action, guard)
         self.charged = config.mechanism.type != "none"
-        self.upstream_url = config.upstream.rstrip("/") + PREDICT_PATH
-        self.upstream_ready_url = config.upstream.rstrip("/") + "/readyz"
+        self.upstream_base = config.upstream.rstrip("/")
+        self.upstream_ready_url = self.upstream_base + "/readyz"
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan")
         self.upstream: aiohttp.ClientSession | None = None
         self.ledger: aiohttp.ClientSession | None = None
         self.leases: LeaseClient | None = None
+
+    def stream_filter(self) -> StreamFilter:
+        """A filter for one streamed text (one choice of a generation)."""
+        return StreamFilter(self.scanner)
 
     async def start(self) -> None:
         # Keep-alive pool to the model on loopback. No cookie jar: a cookie the model set
@@ -182,7 +211,7 @@ _ID_PREFIX = uuid.uuid4().hex[:12]
 _ID_COUNTER = itertools.count(1)
 
 
-def _request_id(request: web.Request) -> str:
+def request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID_RE.match(given):
         return given
@@ -190,7 +219,7 @@ def _request_id(request: web.Request) -> str:
     return f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
 
 
-async def _read_json_body(request: web.Request, config: FilterConfig) -> tuple[bytes, Any]:
+async def read_json_body(request: web.Request, config: FilterConfig) -> tuple[bytes, Any]:
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         raise ProxyError(413, "TooLarge",
                          f"request body over the limit of {config.max_body_bytes} bytes")
@@ -212,14 +241,17 @@ async def _read_json_body(request: web.Request, config: FilterConfig) -> tuple[b
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProxyError(400, "BadRequest", f"body is not valid UTF-8 (byte {exc.start})") from exc
+        raise ProxyError(400, "BadRequest", f"body is not valid UTF-8 (byte {exc.start})",
+                         code="invalid_encoding") from exc
     try:
         return raw, json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProxyError(400, "BadRequest", f"body is not valid JSON: {exc.msg} at "
-                                            f"line {exc.lineno} column {exc.colno}") from exc
+                                            f"line {exc.lineno} column {exc.colno}",
+                         code="invalid_json") from exc
     except RecursionError as exc:
-        raise ProxyError(400, "BadRequest", "body is nested too deeply") from exc
+        raise ProxyError(400, "BadRequest", "body is nested too deeply",
+                         code="invalid_json") from exc
 
 
 def _batch_size(body: Any, config: FilterConfig) -> int:
@@ -235,49 +267,78 @@ def _batch_size(body: Any, config: FilterConfig) -> int:
     return len(inputs)
 
 
-def _partition(request: web.Request, config: FilterConfig) -> str | None:
+def partition_of(request: web.Request, config: FilterConfig) -> str | None:
     header = config.partition_header
     if header is None:
         return None
     value = request.headers.get(header)
     if value is None:
-        raise ProxyError(400, "BadRequest", f"header {header} (tenant) is required")
+        raise ProxyError(400, "BadRequest", f"header {header} (tenant) is required",
+                         code="missing_tenant")
     if not _PARTITION_RE.match(value):
         raise ProxyError(400, "BadRequest",
-                         f"header {header} must be 1-63 characters of [A-Za-z0-9._-]")
+                         f"header {header} must be 1-63 characters of [A-Za-z0-9._-]",
+                         code="invalid_tenant")
     return value
 
 
-async def _forward(state: SidecarState, raw: bytes, request_id: str) -> tuple[int, bytes]:
+async def _forward(state: SidecarState, path: str, payload: bytes,
+                   request_id: str) -> tuple[int, bytes]:
+    """POST ``payload`` to the model's ``path``; its status and body (bounded in size).
+
+    Redirects are never followed: only the model's own 200 may be released.
+    """
     assert state.upstream is not None
     try:
         async with state.upstream.post(
-            state.upstream_url, data=raw,
+            state.upstream_base + path, data=payload, allow_redirects=False,
             headers={"Content-Type": "application/json", "X-Request-Id": request_id},
         ) as response:
-            length = response.content_length
-            if length is not None:
-                if length > MAX_UPSTREAM_BYTES:
-                    raise ProxyError(502, "UpstreamError", "model answer over the size limit")
-                return response.status, await response.read()
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > MAX_UPSTREAM_BYTES:
-                    raise ProxyError(502, "UpstreamError", "model answer over the size limit")
-                chunks.append(chunk)
-            return response.status, b"".join(chunks)
+            return response.status, await read_bounded(response)
     except TimeoutError as exc:
-        raise ProxyError(504, "UpstreamTimeout",
-                         f"model did not answer within {state.config.upstream_timeout_seconds}s"
-                         ) from exc
+        raise upstream_timeout(state) from exc
     except aiohttp.ClientError as exc:
-        raise ProxyError(502, "UpstreamError",
-                         f"model unreachable: {type(exc).__name__}") from exc
+        raise upstream_unreachable(exc) from exc
 
 
-def _decode_answer(raw: bytes) -> Any:
+async def read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refused (502) beyond ``MAX_UPSTREAM_BYTES``."""
+    length = response.content_length
+    if length is not None:
+        if length > MAX_UPSTREAM_BYTES:
+            raise ProxyError(502, "UpstreamError", "model answer over the size limit")
+        return await response.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_UPSTREAM_BYTES:
+            raise ProxyError(502, "UpstreamError", "model answer over the size limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upstream_message(document: Any, status: int) -> str:
+    """The message of a model server error: OpenAI's ``{"error": {"message"}}`` or the
+    tensor server's ``{"reason", "message"}`` (the caller scans it before sending)."""
+    source = document if isinstance(document, dict) else {}
+    error = source.get("error")
+    if isinstance(error, dict):
+        source = error
+    message = source.get("message")
+    return message if isinstance(message, str) else f"the model answered HTTP {status}"
+
+
+def upstream_timeout(state: SidecarState) -> ProxyError:
+    return ProxyError(504, "UpstreamTimeout",
+                      f"model did not answer within {state.config.upstream_timeout_seconds}s")
+
+
+def upstream_unreachable(exc: BaseException) -> ProxyError:
+    return ProxyError(502, "UpstreamError", f"model unreachable: {type(exc).__name__}")
+
+
+def decode_answer(raw: bytes) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -295,102 +356,177 @@ def _reported_queries(answer: Any, batch: int) -> int:
     return queries
 
 
-async def _scan(state: SidecarState, document: Any, size_hint: int) -> ScanResult:
+async def scan(state: SidecarState, document: Any, size_hint: int, *,
+               numbers: bool = True) -> ScanResult:
+    """The output filter over ``document``; 500 FilterError (nothing sent) if it fails.
+
+    ``numbers=False`` for OpenAI envelopes: their numbers (``created``, ``usage``, ``index``,
+    DP-noised vector coordinates) are not model text, and a 10-digit timestamp is a valid
+    phone number in some region. Every string is still scanned."""
     try:
         if size_hint > INLINE_SCAN_CHARS:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(state.executor, state.scanner.scan, document)
-        return state.scanner.scan(document)
+            return await loop.run_in_executor(
+                state.executor, functools.partial(state.scanner.scan, numbers=numbers),
+                document)
+        return state.scanner.scan(document, numbers=numbers)
     except Exception as exc:
         logger.exception("output filter failed")
         raise ProxyError(500, "FilterError",
                          "the output filter failed; the answer was withheld") from exc
 
 
-async def handle_predict(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    config = state.config
-    audit = Audit(_request_id(request), time.perf_counter())
-    reservation: Reservation | None = None
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The model's answer to one forwarded request (any status; see :func:`exchange`)."""
+
+    status: int
+    document: Any
+    raw: bytes
+
+
+async def reserve(state: SidecarState, audit: Audit, batch: int,
+                  partition: str | None) -> Reservation | None:
+    """Take ``batch`` queries from the leases (None when the mechanism is free).
+
+    429 BudgetExhausted / 503 LedgerUnavailable with Retry-After: fail closed, nothing sent.
+    """
+    if state.leases is None:
+        return None
+    try:
+        reservation = await state.leases.reserve(batch, partition)
+    except BudgetExhausted as exc:
+        raise ProxyError(
+            429, "BudgetExhausted", exc.message,
+            extra=_eps(spent=exc.epsilon_spent, remaining=exc.epsilon_remaining),
+        ) from exc
+    except LedgerUnavailable as exc:
+        retry = max(1, round(exc.retry_after))
+        raise ProxyError(503, "LedgerUnavailable", exc.message,
+                         headers={"Retry-After": str(retry)}) from exc
+    audit.queries_reserved = batch
+    return reservation
+
+
+async def exchange(state: SidecarState, audit: Audit, *, path: str, payload: bytes,
+                   batch: int, partition: str | None, metered: bool = True) -> Answer:
+    """The shared request path: reserve, forward, check the reported spend, charge.
+
+    ``batch`` queries are reserved BEFORE the model sees the request; the model's answer
+    must report an integer ``queries`` (0..batch) on a 200, which is charged and the rest
+    refunded. A 200 whose spend cannot be read is charged in full (the model may have
+    released); no answer at all, nothing. 4xx/5xx answers are returned for the caller to
+    relay (charged what they report, if anything); any other status (a redirect, a 2xx
+    that is not 200) is refused as 502. ``metered=False`` (free routes of a free mechanism,
+    e.g. text generation): no reservation and no ``queries`` field expected.
+
+    The answer is decoded but NOT scanned: the caller scans what it releases.
+    """
+    reservation = await reserve(state, audit, batch, partition) if metered else None
     charged = 0
     try:
-        try:
-            raw, body = await _read_json_body(request, config)
-            audit.inputs = batch = _batch_size(body, config)
-            audit.tenant = partition = _partition(request, config)
-            if state.leases is not None:
-                try:
-                    reservation = await state.leases.reserve(batch, partition)
-                except BudgetExhausted as exc:
-                    raise ProxyError(
-                        429, "BudgetExhausted", exc.message,
-                        extra=_eps(spent=exc.epsilon_spent, remaining=exc.epsilon_remaining),
-                    ) from exc
-                except LedgerUnavailable as exc:
-                    retry = max(1, round(exc.retry_after))
-                    raise ProxyError(503, "LedgerUnavailable", exc.message,
-                                     headers={"Retry-After": str(retry)}) from exc
-                audit.queries_reserved = batch
-            status, answer_raw = await _forward(state, raw, audit.request_id)
-            audit.upstream_status = status
-            if status == 200:
-                # The model answered, so it may have released: charge the whole reservation
-                # unless the answer proves to report its spend correctly.
-                charged = batch if state.charged else 0
-            answer = _decode_answer(answer_raw)
-            if status != 200:
-                # The model refused (e.g. bad inputs): charge what it says it released, if
-                # anything, and pass its JSON error on, scanned like any answer.
-                charged = _error_queries(answer, batch)
-            else:
-                charged = _reported_queries(answer, batch)
-                if not state.charged and charged:
-                    reported, charged = charged, 0
-                    raise ProxyError(502, "UpstreamProtocolError",
-                                     f"mechanism 'none' is free but the model reported "
-                                     f"{reported} queries")
-            result = await _scan(state, answer, len(answer_raw))
-            if result.entity_counts or result.verbatim_hits:
-                audit.entities = result.entity_counts
-                _count_findings(state, result)
-            if result.blocked == "verbatim":
-                audit.verbatim_blocked = True
-                raise ProxyError(451, "VerbatimReproduction",
-                                 "the answer reproduced training data and was withheld")
-            if result.blocked == "pii":
-                types = result.entity_types
-                raise ProxyError(451, "OutputBlocked",
-                                 "the answer contained PII and was withheld: " + ", ".join(types),
-                                 extra={"entityTypes": types})
-            if status != 200:
-                audit.outcome = "upstream_rejected"
-            elif result.changed:
-                audit.outcome = "redacted"
-            else:
-                audit.outcome = "ok"
-            audit.status = status
-            headers = {"X-Request-Id": audit.request_id}
-            if result.changed:
-                return web.json_response(result.document, status=status, headers=headers)
-            return web.Response(body=answer_raw, status=status, headers=headers,
-                                content_type="application/json")
-        except ProxyError as error:
-            audit.status = error.status
-            audit.outcome = _OUTCOMES.get(error.reason, "error")
-            response = error.response()
-            response.headers["X-Request-Id"] = audit.request_id
-            return response
+        status, raw = await _forward(state, path, payload, audit.request_id)
+        audit.upstream_status = status
+        if 200 <= status < 300:
+            # The model answered, so it may have released: charge the whole reservation
+            # unless the answer proves to report its spend correctly.
+            charged = batch if state.charged and metered else 0
+        answer = decode_answer(raw) if status < 300 or status >= 400 else None
+        if status != 200:
+            if 400 <= status < 600:
+                charged = _error_queries(answer, batch) if metered else 0
+                return Answer(status, answer, raw)
+            raise ProxyError(502, "UpstreamProtocolError",
+                             f"model answered HTTP {status}; only a 200 answer is released")
+        if metered:
+            charged = _reported_queries(answer, batch)
+            if not state.charged and charged:
+                reported, charged = charged, 0
+                raise ProxyError(502, "UpstreamProtocolError",
+                                 f"mechanism 'none' is free but the model reported "
+                                 f"{reported} queries")
+        return Answer(status, answer, raw)
     finally:
         if reservation is not None and state.leases is not None:
             state.leases.settle(reservation, charged)
         audit.queries_charged = charged
-        ended = time.perf_counter()
-        state.metrics.request_outcome(audit.outcome).inc()
-        state.metrics.request_duration.observe(ended - audit.started)
-        state.audit_sink.write(audit.line(state.audit_format, ended))
 
 
-_OUTCOMES = {
+def raise_if_blocked(state: SidecarState, audit: Audit, result: ScanResult) -> None:
+    """Record the scan's findings; 451 if the answer must be withheld."""
+    if result.entity_counts or result.verbatim_hits:
+        audit.entities = result.entity_counts
+        _count_findings(state, result)
+    if result.blocked == "verbatim":
+        audit.verbatim_blocked = True
+        raise ProxyError(451, "VerbatimReproduction",
+                         "the answer reproduced training data and was withheld",
+                         code="verbatim_reproduction")
+    if result.blocked == "pii":
+        types = result.entity_types
+        raise ProxyError(451, "OutputBlocked",
+                         "the answer contained PII and was withheld: " + ", ".join(types),
+                         extra={"entityTypes": types}, code="pii_detected")
+
+
+def finish_audit(state: SidecarState, audit: Audit) -> None:
+    """Metrics and the audit line of one request (always, whatever its outcome; once)."""
+    if audit.written:
+        return
+    audit.written = True
+    ended = time.perf_counter()
+    state.metrics.request_outcome(audit.outcome).inc()
+    state.metrics.request_duration.observe(ended - audit.started)
+    state.audit_sink.write(audit.line(state.audit_format, ended))
+
+
+def fail(audit: Audit, error: ProxyError) -> None:
+    audit.status = error.status
+    audit.outcome = OUTCOMES.get(error.reason, "error")
+
+
+async def handle_predict(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    config = state.config
+    audit = Audit(request_id(request), time.perf_counter())
+    try:
+        if config.task in ("text-generation", "feature-extraction"):
+            # The model server has no /v1/predict for these tasks: say where to go instead.
+            route = ("/v1/chat/completions or /v1/completions"
+                     if config.task == "text-generation" else "/v1/embeddings")
+            raise ProxyError(404, "NotFound",
+                             f"model {config.served_name} serves {config.task}: use {route}")
+        raw, body = await read_json_body(request, config)
+        audit.inputs = batch = _batch_size(body, config)
+        audit.tenant = partition = partition_of(request, config)
+        answer = await exchange(state, audit, path=PREDICT_PATH, payload=raw, batch=batch,
+                                partition=partition)
+        # A refusal of the model (e.g. bad inputs) is passed on as its JSON error, scanned
+        # like any answer.
+        result = await scan(state, answer.document, len(answer.raw))
+        raise_if_blocked(state, audit, result)
+        if answer.status != 200:
+            audit.outcome = "upstream_rejected"
+        elif result.changed:
+            audit.outcome = "redacted"
+        else:
+            audit.outcome = "ok"
+        audit.status = answer.status
+        headers = {"X-Request-Id": audit.request_id}
+        if result.changed:
+            return web.json_response(result.document, status=answer.status, headers=headers)
+        return web.Response(body=answer.raw, status=answer.status, headers=headers,
+                            content_type="application/json")
+    except ProxyError as error:
+        fail(audit, error)
+        response = error.response()
+        response.headers["X-Request-Id"] = audit.request_id
+        return response
+    finally:
+        finish_audit(state, audit)
+
+
+OUTCOMES = {
     "BadRequest": "bad_request",
     "TooLarge": "too_large",
     "RequestTimeout": "client_timeout",
@@ -402,6 +538,8 @@ _OUTCOMES = {
     "FilterError": "filter_error",
     "OutputBlocked": "blocked_pii",
     "VerbatimReproduction": "blocked_verbatim",
+    "NotFound": "bad_request",
+    "MethodNotAllowed": "bad_request",
 }
 
 
@@ -428,18 +566,22 @@ async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def handle_readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+async def upstream_ready(state: SidecarState) -> bool:
+    """Whether the model server answers its readiness probe with 200."""
     assert state.upstream is not None
     try:
         async with state.upstream.get(
-            state.upstream_ready_url, timeout=aiohttp.ClientTimeout(total=2)
+            state.upstream_ready_url, timeout=aiohttp.ClientTimeout(total=2),
+            allow_redirects=False,
         ) as response:
-            ready = response.status == 200
             await response.read()
+            return response.status == 200
     except (TimeoutError, aiohttp.ClientError):
-        ready = False
-    if not ready:
+        return False
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    if not await upstream_ready(request.app[STATE_KEY]):
         return error_response(503, "UpstreamNotReady", "the model server is not ready")
     return web.json_response({"status": "ready"})
 
@@ -450,9 +592,28 @@ async def handle_metrics(request: web.Request) -> web.Response:
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+ErrorRenderer = Callable[[ProxyError], web.Response]
+
+
+def _predict_shape(error: ProxyError) -> web.Response:
+    return error.response()
+
+
+# Which error shape answers a path: each protocol's own (the longest matching prefix wins).
+ERROR_SHAPES_KEY = web.AppKey("error_shapes", list[tuple[str, ErrorRenderer]])
+
+
+def render_error(app: web.Application, path: str, error: ProxyError) -> web.Response:
+    for prefix, renderer in app[ERROR_SHAPES_KEY]:
+        if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return renderer(error)
+    return _predict_shape(error)
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404, 405, 413...) and crashes as JSON, never HTML or a trace."""
+    """aiohttp's own errors (404, 405, 413...) and crashes as JSON in the shape of the
+    protocol the path belongs to, never HTML or a trace."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -461,12 +622,13 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         reason = {404: "NotFound", 405: "MethodNotAllowed", 413: "TooLarge"}.get(
             exc.status, "BadRequest" if exc.status < 500 else "InternalError")
-        return error_response(exc.status, reason, exc.reason or reason)
+        error = ProxyError(exc.status, reason, exc.reason or reason)
     except asyncio.CancelledError:
         raise
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "InternalError", "internal error")
+        error = ProxyError(500, "InternalError", "internal error")
+    return render_error(request.app, request.path, error)
 
 
 def create_app(config: FilterConfig, pod_name: str, *, analyzer: PiiAnalyzer | None = None,
@@ -476,11 +638,15 @@ def create_app(config: FilterConfig, pod_name: str, *, analyzer: PiiAnalyzer | N
 
     Audit lines go to ``audit_sink``; by default to the ``dpserve.audit`` logger.
     """
+    # The protocol modules build on the shared request path defined here.
+    from dpserve_runtime.filter import oip, openai_api
+
     state = SidecarState(config, pod_name, analyzer=analyzer, guard=guard, metrics=metrics,
                          audit_sink=audit_sink)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
     app[CONFIG_KEY] = config
     app[STATE_KEY] = state
+    app[ERROR_SHAPES_KEY] = [*openai_api.ERROR_SHAPES, *oip.ERROR_SHAPES]
 
     async def on_startup(_: web.Application) -> None:
         await state.start()
@@ -494,6 +660,8 @@ def create_app(config: FilterConfig, pod_name: str, *, analyzer: PiiAnalyzer | N
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
+    openai_api.add_routes(app)
+    oip.add_routes(app)
     return app
 
 

@@ -27,6 +27,20 @@ what this module does instead, with the same findings:
 - The e-mail recognizer validates the domain with tldextract, whose default extractor
   fetches the public suffix list on first use; this module's extractor uses the snapshot
   bundled with tldextract and never touches the network.
+
+PERSON and LOCATION come from :class:`~dpserve_runtime.filter.names.NamesRecognizer` (public
+name and place lists plus context rules, always in the image), and also from the spaCy NER
+of a trained model when the image ships one. An entity asked for that no recognizer here can
+detect makes the constructor raise :class:`UndetectableEntityError` naming it (the sidecar
+then exits at start), unless the caller turned detection off explicitly
+(``detect_spacy_model=False`` / ``names_gazetteer=False``; then it is listed in
+``unavailable``).
+
+Bounds for the streaming filter: :attr:`PiiAnalyzer.max_match_chars` (longest finding any
+enabled recognizer can produce) and :attr:`PiiAnalyzer.lookaround_chars` (furthest any of
+them reads beyond a finding), per entity in :meth:`PiiAnalyzer.match_bounds`. Presidio's
+e-mail, URL and IPv6 regexes have unbounded repetitions and spaCy NER reads the whole
+sentence: those are :data:`UNBOUNDED`.
 """
 
 from __future__ import annotations
@@ -34,13 +48,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import re._compiler as sre_compile  # the stdlib's regex compiler, for one character class
+import re._parser as sre_parse  # the stdlib's regex parser, for the patterns' widths
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import regex
 import tldextract
@@ -56,6 +74,8 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from dpserve.api.outputfilter import NER_ENTITIES, PATTERN_ENTITIES
+from dpserve_runtime.filter.names import SCORE_STRONG as NAMES_SCORE_CEILING
+from dpserve_runtime.filter.names import GazetteerDataError, NamesRecognizer
 from dpserve_runtime.filter.phone import FastPhoneRecognizer
 
 logger = logging.getLogger(__name__)
@@ -77,11 +97,125 @@ REQUIRED: Final[Mapping[str, regex.Pattern[str]]] = {
     "IBAN_CODE": regex.compile(r"\d", _FLAGS),
     "IP_ADDRESS": regex.compile(r"\d|[0-9a-f]:|::", _FLAGS),
     "URL": regex.compile(r"\.[a-z]", _FLAGS),
+    # every PERSON / LOCATION rule needs a word token (a letter)
+    "PERSON": regex.compile(r"[\p{L}]", _FLAGS),
+    "LOCATION": regex.compile(r"[\p{L}]", _FLAGS),
 }
 
 
 # Highest score a recognizer gives without context enhancement, where that is below 1.
-SCORE_CEILING: Final[Mapping[str, float]] = {"PHONE_NUMBER": float(PhoneRecognizer.SCORE)}
+SCORE_CEILING: Final[Mapping[str, float]] = {
+    "PHONE_NUMBER": float(PhoneRecognizer.SCORE),
+    "PERSON": NAMES_SCORE_CEILING,
+    "LOCATION": NAMES_SCORE_CEILING,
+}
+UNBOUNDED: Final = sys.maxsize
+# phonenumbers refuses to parse a string longer than this, so no valid match is longer; its
+# matcher reads the candidate around a match (bounded the same way) and one character on
+# either side of it.
+PHONE_MAX_CHARS: Final = 250
+
+
+class UndetectableEntityError(ValueError):
+    """An entity was asked for that no recognizer in this image can detect."""
+
+    def __init__(self, entities: Sequence[str], reason: str) -> None:
+        self.entities = tuple(entities)
+        super().__init__(f"entities {', '.join(self.entities)} cannot be detected: {reason}")
+
+
+@lru_cache(maxsize=1)
+def _whitespace() -> tuple[str, ...]:
+    """Every whitespace character, for "can a match of this pattern contain whitespace?"."""
+    return tuple(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+# Presidio compiles its patterns with these flags (PatternRecognizer.global_regex_flags).
+_PRESIDIO_FLAGS: Final = re.DOTALL | re.MULTILINE | re.IGNORECASE
+
+
+@dataclass(frozen=True, slots=True)
+class MatchBounds:
+    """What a recognizer's findings can look like, for the streaming filter's hold-back."""
+
+    max_chars: int  # longest finding; UNBOUNDED when its pattern has an unbounded repetition
+    lookaround_chars: int  # furthest it reads beyond a finding
+    whitespace: bool  # a finding may contain a whitespace character
+
+
+def _regex_bounds(pattern: str) -> MatchBounds:
+    """A Presidio pattern's bounds. Lookarounds: a word boundary reads one character, an
+    assertion its width."""
+    try:
+        parsed = sre_parse.parse(pattern, _PRESIDIO_FLAGS)
+    except (re.error, OverflowError, RecursionError):
+        return MatchBounds(UNBOUNDED, UNBOUNDED, True)
+    width = parsed.getwidth()[1]
+    return MatchBounds(UNBOUNDED if width >= sre_parse.MAXREPEAT else int(width),
+                       _lookaround(parsed), _may_match_whitespace(parsed))
+
+
+def _may_match_whitespace(parsed: Any) -> bool:
+    """False only when no single-character item of the pattern matches a whitespace
+    character (then no match contains one)."""
+    for op, arg in parsed:
+        name = str(op)
+        if name == "LITERAL":
+            if chr(arg) in _whitespace():
+                return True
+        elif name == "IN":
+            item = sre_compile.compile(sre_parse.SubPattern(parsed.state, [(op, arg)]),
+                                       _PRESIDIO_FLAGS)
+            if any(item.fullmatch(ch) for ch in _whitespace()):
+                return True
+        elif name == "SUBPATTERN":
+            if _may_match_whitespace(arg[-1]):
+                return True
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            if _may_match_whitespace(arg[2]):
+                return True
+        elif name == "BRANCH":
+            if any(_may_match_whitespace(b) for b in arg[1]):
+                return True
+        elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+            continue  # consume nothing
+        else:  # ANY, NOT_LITERAL, CATEGORY, back-references...: assume it may
+            return True
+    return False
+
+
+def _lookaround(parsed: Any) -> int:
+    reach = 0
+    for op, arg in parsed:
+        name = str(op)
+        if name in ("ASSERT", "ASSERT_NOT"):
+            width = arg[1].getwidth()[1]
+            reach = max(reach, UNBOUNDED if width >= sre_parse.MAXREPEAT else int(width))
+        elif name == "AT":
+            reach = max(reach, 1)
+        elif name in ("SUBPATTERN",):
+            reach = max(reach, _lookaround(arg[-1]))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            reach = max(reach, _lookaround(arg[2]))
+        elif name == "BRANCH":
+            reach = max([reach, *(_lookaround(b) for b in arg[1])])
+        elif name in ("GROUPREF_EXISTS",):
+            reach = UNBOUNDED  # not used by Presidio's patterns: no bound claimed
+    return reach
+
+
+def recognizer_bounds(recognizer: EntityRecognizer) -> MatchBounds:
+    """One recognizer's bounds as this module configures it (no context enhancement without
+    a trained model)."""
+    if isinstance(recognizer, NamesRecognizer):
+        return MatchBounds(recognizer.max_match_chars, recognizer.lookaround_chars, True)
+    if isinstance(recognizer, PhoneRecognizer):
+        return MatchBounds(PHONE_MAX_CHARS, PHONE_MAX_CHARS + 1, True)
+    patterns = getattr(recognizer, "patterns", None)
+    if not patterns:  # a model-based recognizer (spaCy NER): reads the whole sentence
+        return MatchBounds(UNBOUNDED, UNBOUNDED, True)
+    bounds = [_regex_bounds(p.regex) for p in patterns]
+    return MatchBounds(max(b.max_chars for b in bounds),
+                       max(b.lookaround_chars for b in bounds),
+                       any(b.whitespace for b in bounds))
 
 
 @lru_cache(maxsize=1)
@@ -178,6 +312,12 @@ class PiiAnalyzer:
     at :data:`SCORE_CEILING` (else a phone number, scored 0.4 by Presidio without context
     words, would never reach the usual 0.5). Explicit per-entity thresholds are used as given;
     ``undetectable`` lists entities whose threshold their recognizer cannot reach.
+
+    PERSON / LOCATION: the names gazetteer (``names_gazetteer``; None: on when
+    ``detect_spacy_model`` is, i.e. "detect the installed NER data") and a trained spaCy model
+    when one is installed or given. If neither is available for a requested entity, the
+    constructor raises :class:`UndetectableEntityError` (never a silent gap) unless detection
+    was turned off explicitly; then the entity is listed in ``unavailable``.
     """
 
     def __init__(
@@ -188,6 +328,7 @@ class PiiAnalyzer:
         *,
         spacy_model: str | None = None,
         detect_spacy_model: bool = True,
+        names_gazetteer: bool | None = None,
         cache_size: int = 4096,
         cache_max_chars: int = 4096,
     ) -> None:
@@ -198,12 +339,26 @@ class PiiAnalyzer:
         self.entities: tuple[str, ...] = tuple(dict.fromkeys(entities))
         model = spacy_model or (installed_spacy_model() if detect_spacy_model else None)
         wanted_ner = [e for e in self.entities if e in NER_ENTITIES]
-        # NER entities asked for but not detectable here (no trained spaCy model).
-        self.unavailable: tuple[str, ...] = tuple(wanted_ner) if model is None else ()
+        # The names gazetteer: on unless turned off; by default it follows detect_spacy_model
+        # ("detect the installed NER data"), so detect_spacy_model=False means patterns only.
+        use_gazetteer = detect_spacy_model if names_gazetteer is None else names_gazetteer
+        names_recognizer: NamesRecognizer | None = None
+        gazetteer_error = "the names gazetteer is turned off and no spaCy model is installed"
+        if wanted_ner and use_gazetteer:
+            try:  # Presidio's constructor loads the data (checked against pinned digests)
+                names_recognizer = NamesRecognizer(wanted_ner, LANGUAGE)
+            except GazetteerDataError as exc:
+                names_recognizer, gazetteer_error = None, str(exc)
+        self.name_entities: tuple[str, ...] = tuple(wanted_ner) if names_recognizer else ()
+        # NER entities asked for but not detectable here (no gazetteer, no spaCy model).
+        self.unavailable: tuple[str, ...] = (
+            tuple(wanted_ner) if model is None and names_recognizer is None else ())
         if self.unavailable:
+            if use_gazetteer:  # asked for, and the image cannot provide it: never silent
+                raise UndetectableEntityError(self.unavailable, gazetteer_error)
             logger.warning(
-                "no spaCy model installed: entities %s will not be detected",
-                list(self.unavailable),
+                "names gazetteer turned off and no spaCy model installed: entities %s will "
+                "not be detected", list(self.unavailable),
             )
         self.pattern_entities = tuple(e for e in self.entities if e in PATTERN_ENTITIES)
         # The general threshold is capped at what an entity's recognizer scores without
@@ -216,7 +371,8 @@ class PiiAnalyzer:
         }
         self.undetectable: tuple[str, ...] = tuple(
             e for e in self.entities
-            if model is None and self.thresholds[e] > SCORE_CEILING.get(e, 1.0)
+            if (model is None or e in NER_ENTITIES) and e not in self.unavailable
+            and self.thresholds[e] > SCORE_CEILING.get(e, 1.0)
         )
         for entity in self.undetectable:
             logger.warning(
@@ -225,16 +381,19 @@ class PiiAnalyzer:
         self.ner_entities = tuple(wanted_ner) if model is not None else ()
         self.spacy_model = model
         # One search for "could any requested entity match?": the union of the prefilters,
-        # or None when NER entities are detected (any text may name a person).
+        # or None when spaCy NER runs (its model may find an entity anywhere).
+        self._prefiltered = self.pattern_entities + self.name_entities
         self._any_candidate: regex.Pattern[str] | None = None
         if not self.ner_entities:
             self._any_candidate = regex.compile(
                 "|".join(dict.fromkeys(f"(?:{REQUIRED[e].pattern})"
-                                       for e in self.pattern_entities)) or "(?!)",
+                                       for e in self._prefiltered)) or "(?!)",
                 _FLAGS,
             )
 
         recognizers = default_recognizers(self.pattern_entities)
+        if names_recognizer is not None:
+            recognizers.append(names_recognizer)
         nlp_engine: NlpEngine
         if model is None:
             nlp_engine = NoOpNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": "no_op"}])
@@ -260,6 +419,29 @@ class PiiAnalyzer:
         # Lazy NLP: with a trained model but only pattern entities, first run the recognizers
         # on empty artifacts; the pipeline runs only when they found something.
         self._lazy_nlp = model is not None and not self.ner_entities
+        bounds = [recognizer_bounds(r) for r in registry.recognizers]
+        # Longest finding any enabled recognizer can produce, and the furthest any of them
+        # reads beyond a finding (context words, boundaries): the stream filter's hold-back.
+        self.max_match_chars: int = max((b.max_chars for b in bounds), default=0)
+        self.lookaround_chars: int = max((b.lookaround_chars for b in bounds), default=0)
+        # Where max_match_chars is UNBOUNDED (e-mail, URL, IPv6 patterns): the longest finding
+        # of the bounded recognizers, and whether every unbounded one's findings are free of
+        # whitespace (then such a finding lies within the run of non-whitespace characters
+        # around it, which a stream filter can hold back instead).
+        self.max_bounded_match_chars: int = max(
+            (b.max_chars for b in bounds if b.max_chars < UNBOUNDED), default=0)
+        self.unbounded_matches_have_no_whitespace: bool = not any(
+            b.whitespace for b in bounds if b.max_chars >= UNBOUNDED)
+        self._bounds: dict[str, MatchBounds] = {}
+        for recognizer, bound in zip(registry.recognizers, bounds, strict=True):
+            for entity in recognizer.supported_entities:
+                if entity not in self.thresholds:
+                    continue
+                old = self._bounds.get(entity, MatchBounds(0, 0, False))
+                self._bounds[entity] = MatchBounds(
+                    max(old.max_chars, bound.max_chars),
+                    max(old.lookaround_chars, bound.lookaround_chars),
+                    old.whitespace or bound.whitespace)
         self._empty_artifacts = NlpArtifacts(
             entities=[], tokens=Doc(Vocab(), words=[]), tokens_indices=[], lemmas=[],
             nlp_engine=nlp_engine, language=LANGUAGE,
@@ -273,6 +455,12 @@ class PiiAnalyzer:
         self._cache_size = cache_size
         self._cache_max_chars = cache_max_chars
 
+    def match_bounds(self) -> dict[str, MatchBounds]:
+        """Per detected entity: its recognizers' bounds; UNBOUNDED where a regex has an
+        unbounded repetition (e-mail, URL, IPv6) or a model reads the whole sentence (spaCy
+        NER)."""
+        return dict(self._bounds)
+
     def may_contain_pii(self, text: str) -> bool:
         """False only when no requested entity can be found in ``text`` (the prefilters):
         the scanner's fast path, which skips the cache and the recognizers."""
@@ -283,9 +471,9 @@ class PiiAnalyzer:
     def candidate_entities(self, text: str) -> list[str]:
         """The requested entities whose recognizers can possibly match ``text``."""
         chosen: list[str] = [
-            e for e in self.pattern_entities if REQUIRED[e].search(text) is not None
+            e for e in self._prefiltered if REQUIRED[e].search(text) is not None
         ]
-        chosen.extend(self.ner_entities)
+        chosen.extend(e for e in self.ner_entities if e not in chosen)
         return chosen
 
     def analyze(self, text: str) -> list[Finding]:
