@@ -260,6 +260,176 @@ def save_hf_artifact(
     root.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(root))  # transformers 5 writes safetensors only
     tokenizer.save_pretrained(str(root))
+    _share_read(root)
     check_files(root)
     _write_manifest(root, manifest)
     return manifest
+
+
+def _share_read(root: Path) -> None:
+    """Files readable as the process umask allows: safetensors writes its temporary file
+    with mode 0600, so a model server running as another user than the writer (the
+    training Job's, a copy made by root) could not read the weights it is given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o444 & ~umask))
+
+
+# --- command line: a pretrained transformers directory as an artifact ---------------------
+
+SENTENCE_POOLING_CONFIG = Path("1_Pooling") / "config.json"
+SENTENCE_MODULES = "modules.json"
+SENTENCE_BERT_CONFIG = "sentence_bert_config.json"
+# sentence-transformers' pooling modes that the server implements.
+_POOLING_MODES: dict[str, Pooling] = {"pooling_mode_mean_tokens": "mean",
+                                      "pooling_mode_cls_token": "cls"}
+# Modules of a sentence-transformers pipeline that the served vector reproduces: the
+# transformer, its pooling, and L2 normalisation (the server normalises every vector).
+_SERVED_MODULES = frozenset({"sentence_transformers.models.Transformer",
+                             "sentence_transformers.models.Pooling",
+                             "sentence_transformers.models.Normalize"})
+
+
+def stated_pooling(source: str | Path) -> Pooling | None:
+    """The pooling a sentence-transformers directory states in ``1_Pooling/config.json``
+    (None without that file); ArtifactError for a pooling the server does not implement."""
+    path = Path(source) / SENTENCE_POOLING_CONFIG
+    if not path.is_file():
+        return None
+    modes = sorted(k for k, v in _read_json(path).items()
+                   if k.startswith("pooling_mode_") and v is True)
+    if len(modes) != 1 or modes[0] not in _POOLING_MODES:
+        raise ArtifactError(
+            f"{SENTENCE_POOLING_CONFIG.as_posix()}: pooling {', '.join(modes) or 'none'} is "
+            "not served (only pooling_mode_mean_tokens or pooling_mode_cls_token)"
+        )
+    return _POOLING_MODES[modes[0]]
+
+
+def _check_sentence_modules(source: Path) -> None:
+    # A module the server does not run (a Dense projection, say) would change every vector:
+    # refuse rather than serve a different model under the same name.
+    path = source / SENTENCE_MODULES
+    if not path.is_file():
+        return
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{SENTENCE_MODULES}: unreadable: {exc}") from exc
+    if not isinstance(modules, list):
+        raise ArtifactError(f"{SENTENCE_MODULES}: expected a list of modules")
+    for module in modules:
+        kind = module.get("type") if isinstance(module, dict) else None
+        if kind not in _SERVED_MODULES:
+            raise ArtifactError(
+                f"{SENTENCE_MODULES}: module {kind!r} is not served (only the transformer, "
+                "mean or cls pooling and normalisation)"
+            )
+
+
+def _sentence_max_length(source: Path) -> int | None:
+    """``max_seq_length`` of ``sentence_bert_config.json``: the length the model was trained
+    at and sentence-transformers truncates to."""
+    path = source / SENTENCE_BERT_CONFIG
+    if not path.is_file():
+        return None
+    value = _read_json(path).get("max_seq_length")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ArtifactError(f"{SENTENCE_BERT_CONFIG}: max_seq_length must be a positive "
+                            f"integer, got {value!r}")
+    return value
+
+
+def import_pretrained(
+    source: str | Path,
+    output: str | Path,
+    *,
+    task: ModelTask,
+    pooling: Pooling | None = None,
+    version: str = "v1",
+) -> HfManifest:
+    """A local pretrained transformers (or sentence-transformers) directory as an artifact.
+
+    Loaded offline from safetensors only, never with remote code (the source is checked
+    like an artifact first). For feature-extraction the pooling defaults to the one a
+    sentence-transformers ``1_Pooling/config.json`` states, and a different ``pooling`` is
+    refused; its ``max_seq_length`` becomes the tokenizer's ``model_max_length`` (the server
+    refuses longer inputs rather than truncating them). A classifier's labels come from
+    ``config.id2label``."""
+    from transformers import AutoTokenizer
+
+    src, out = Path(source), Path(output)
+    check_files(src)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"output {out}: exists and is not an empty directory")
+    max_length: int | None = None
+    if task == "feature-extraction":
+        _check_sentence_modules(src)
+        stated = stated_pooling(src)
+        if pooling is not None and stated is not None and pooling != stated:
+            raise ArtifactError(
+                f"pooling: {pooling!r} given, but {SENTENCE_POOLING_CONFIG.as_posix()} states "
+                f"{stated!r} (the pooling the model was trained with)"
+            )
+        pooling = pooling or stated
+        if pooling is None:
+            raise ArtifactError(
+                f"pooling: required for task feature-extraction (mean or cls): {src} has no "
+                f"{SENTENCE_POOLING_CONFIG.as_posix()} stating it"
+            )
+        max_length = _sentence_max_length(src)
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src), **common)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
+        raise ArtifactError(f"tokenizer: cannot load from {src}: {exc}") from exc
+    try:
+        model = _auto_class(task).from_pretrained(str(src), use_safetensors=True, **common)
+    except Exception as exc:
+        raise ArtifactError(f"cannot load a {task} model from {src}: {exc}") from exc
+    if max_length is not None:
+        tokenizer.model_max_length = max_length
+    labels = class_labels(model) if task == "text-classification" else None
+    return save_hf_artifact(out, model, tokenizer, task=task, pooling=pooling,
+                            version=version, labels=labels)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dpserve_runtime.hfartifact import SOURCE OUTPUT --task TASK ...``"""
+    import argparse
+    import sys
+    from typing import get_args
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dpserve_runtime.hfartifact",
+        description="Build huggingface artifacts for dpserve (offline, safetensors only).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    imported = commands.add_parser(
+        "import", help="a local pretrained transformers or sentence-transformers directory "
+                       "as a huggingface artifact; prints its manifest")
+    imported.add_argument("source", type=Path, help="the pretrained model directory")
+    imported.add_argument("output", type=Path, help="the artifact directory (new or empty)")
+    imported.add_argument("--task", required=True, choices=get_args(ModelTask))
+    imported.add_argument("--pooling", choices=get_args(Pooling), default=None,
+                          help="feature-extraction: default from 1_Pooling/config.json")
+    imported.add_argument("--version", default="v1")
+    args = parser.parse_args(argv)
+    # Nothing is ever fetched: a name that is not a local directory fails instead.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        manifest = import_pretrained(args.source, args.output, task=args.task,
+                                     pooling=args.pooling, version=args.version)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest.wire()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
