@@ -9,6 +9,10 @@ Modes:
 - ``dpsgd`` with ``--lora-base DIR`` (DP-PEFT): the weights of an earlier state-dict artifact
   stay frozen and only LoRA adapters train with DP-SGD (same accounting); the artifact is
   the merged model in the base's architecture, the adapter is kept in ``adapter/``.
+- ``--format huggingface --task text-generation|text-classification`` (``train/text_run.py``):
+  DP fine-tuning of a language model from a huggingface artifact on a JSONL file of records
+  (one record = one privacy unit): LoRA adapters with ``--lora-base``, every weight with
+  ``--base-model``; same report fields, so the run is charged like any DP-SGD run.
 
 Every flag has an environment fallback (``DPSERVE_<FLAG>``, e.g. ``DPSERVE_TARGET_EPSILON``).
 Exit status: 0 done, 2 invalid input, 3 refused (target ε above --max-epsilon), 1 other.
@@ -139,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs["help"] = f"{kwargs.get('help', '')} [env DPSERVE_{env_name}]".strip()
         parser.add_argument(flag, **kwargs)
 
-    add("--dataset", type=Path, required=True, help=".npz data set (X, y, optional texts)")
+    add("--dataset", type=Path, required=True,
+        help=".npz data set (X, y, optional texts); JSONL records with --format huggingface")
     add("--output", type=Path, required=True, help="artifact directory to write")
     add(
         "--architecture",
@@ -147,6 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
         "gives it (then, if given, it must match the base)",
     )
     add("--mode", choices=["dpsgd", "pate"], default="dpsgd")
+    add(
+        "--format",
+        choices=["state-dict", "huggingface"],
+        default="state-dict",
+        help="artifact to train: a tensor model (state-dict) or a Hugging Face language model",
+    )
+    add(
+        "--task",
+        choices=["text-generation", "text-classification"],
+        help="huggingface: causal LM or sequence classifier (required with that format)",
+    )
+    add(
+        "--base-model",
+        type=Path,
+        help="huggingface: base artifact to fine-tune fully (--lora-base: adapters only)",
+    )
+    add(
+        "--max-seq-len",
+        type=positive_int,
+        help="huggingface: tokens per record, longer records are truncated (default 128)",
+    )
     add("--target-epsilon", type=positive_float, help="DP-SGD target ε (required for dpsgd)")
     add("--delta", type=positive_float, help="DP-SGD δ (required for dpsgd), < 1")
     add(
@@ -183,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--lora-base",
         type=Path,
-        help="state-dict artifact directory: train only LoRA adapters on its frozen weights "
-        "(dpsgd mode); the artifact written is the merged model in the base's architecture",
+        help="state-dict (or, with --format huggingface, huggingface) artifact directory: train "
+        "only LoRA adapters on its frozen weights (dpsgd mode); the artifact written is the "
+        "merged model in the base's architecture",
     )
     add("--lora-rank", type=positive_int, help=f"LoRA rank r (default {DEFAULT_LORA_RANK})")
     add("--lora-alpha", type=positive_float, help="LoRA alpha (scale alpha/r; default 2*r)")
@@ -384,6 +411,12 @@ def _adapter_card(base: LoraBase, spec: LoraSpec, version: str) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, train, write the artifact; returns the report. Raises on refusal/invalid."""
     _check_privacy_args(args)
+    if args.format == "huggingface":
+        return _run_text(args)
+    for flag, value in (("--task", args.task), ("--base-model", args.base_model),
+                        ("--max-seq-len", args.max_seq_len)):
+        if value is not None:
+            raise InvalidInput(f"{flag}: only valid with --format huggingface")
     output: Path = args.output
     if (output / MANIFEST_NAME).exists() and not args.overwrite:
         raise InvalidInput(
@@ -465,6 +498,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report.update(
         {"accuracy": acc, "version": args.version, "artifact": str(output), "mode": args.mode}
     )
+    return report
+
+
+def _run_text(args: argparse.Namespace) -> dict[str, Any]:
+    """The huggingface path (``train/text_run.py``); transformers is imported only here."""
+    if (args.output / MANIFEST_NAME).exists() and not args.overwrite:
+        raise InvalidInput(
+            f"--output: {args.output} already holds an artifact ({MANIFEST_NAME}); "
+            "use a new directory per version or pass --overwrite"
+        )
+    from dpserve_runtime.train.hf import HfTrainingError
+    from dpserve_runtime.train.text_run import TextRefused, run_text
+
+    try:
+        report = run_text(args, args.learning_rate)
+    except HfTrainingError as exc:
+        raise InvalidInput(str(exc)) from exc
+    except TextRefused as exc:
+        raise TrainingRefused(str(exc)) from exc
+    report.update({"version": args.version, "artifact": str(args.output), "mode": args.mode})
     return report
 
 
