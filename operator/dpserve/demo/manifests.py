@@ -1,6 +1,7 @@
 """The demo's PrivacyBudgets and PrivateModels, adapted from ``examples/``.
 
-``examples/budget-rdp.yaml`` and ``examples/model-pate-retrain.yaml`` with local artifacts
+``examples/budget-rdp.yaml``, ``examples/model-pate-retrain.yaml`` and
+``examples/model-text-embeddings.yaml`` with local artifacts
 (``pvc://`` claims that the local kubelet maps to directories under the work dir), the
 ``none`` confidential profile (no TEE on a laptop; ``required: false``, which the API insists
 on for ``none``) and budgets small enough to run out within a minute of traffic.
@@ -15,13 +16,19 @@ Obj = dict[str, Any]
 
 
 def budget(name: str, namespace: str, *, epsilon: str, delta: str,
-           accountant: str = "rdp") -> Obj:
-    return {
-        "apiVersion": API_VERSION, "kind": "PrivacyBudget",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"epsilon": epsilon, "delta": delta, "accountant": accountant,
-                 "alertThresholds": ["0.8", "0.95"]},
-    }
+           accountant: str = "rdp", partitions: Obj | None = None) -> Obj:
+    """``partitions``: per-tenant sub-ledgers (see :func:`partitions`)."""
+    spec: Obj = {"epsilon": epsilon, "delta": delta, "accountant": accountant,
+                 "alertThresholds": ["0.8", "0.95"]}
+    if partitions is not None:
+        spec["partitions"] = partitions
+    return {"apiVersion": API_VERSION, "kind": "PrivacyBudget",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def partitions(*, header: str, epsilon: str, tenants: list[str]) -> Obj:
+    """Each tenant (named by ``header``) gets ``epsilon`` of its own for tenant-side queries."""
+    return {"header": header, "epsilon": epsilon, "tenants": tenants}
 
 
 def pate_model(
@@ -69,6 +76,33 @@ def gaussian_model(
         spec["retraining"] = retraining
     return {"apiVersion": API_VERSION, "kind": "PrivateModel",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def embedding_model(
+    name: str, namespace: str, *, budget: str, artifact: str, epsilon: str,
+    replicas: int = 1, cpu: str = "1", memory: str = "2Gi",
+) -> Obj:
+    """A sentence encoder (huggingface artifact, task feature-extraction) answering
+    ``laplace-embedding`` vectors, ``epsilon`` per text, charged to the asking tenant.
+
+    No verbatim guard: an embedding carries no text and a pre-trained encoder has no
+    training text of ours to guard (as ``examples/model-text-embeddings.yaml``)."""
+    return {
+        "apiVersion": API_VERSION, "kind": "PrivateModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "budgetRef": {"name": budget},
+            "model": {"artifact": artifact, "format": "huggingface",
+                      "task": "feature-extraction"},
+            "serving": {"replicas": replicas,
+                        "mechanism": {"type": "laplace-embedding", "epsilon": epsilon,
+                                      "privacyUnit": "query-text"},
+                        "resources": {"cpu": cpu, "memory": memory}},
+            "confidential": {"profile": "none", "required": False},
+            "outputFilter": {"verbatimGuard": {"enabled": False}},
+            "onBudgetExhausted": "ScaleToZero",
+        },
+    }
 
 
 def retraining(

@@ -70,24 +70,47 @@ class ModelView:
 
 
 @dataclass(frozen=True)
+class PartitionView:
+    """One tenant's sub-ledger of a budget with ``spec.partitions``."""
+
+    tenant: str
+    epsilon_spent: float
+    epsilon_limit: float  # spec.partitions.epsilon: every tenant's own
+    granted: int  # queries debited to this tenant
+
+
+@dataclass(frozen=True)
 class BudgetView:
     name: str
-    epsilon_spent: float
+    epsilon_spent: float  # the main (dataset) ledger
     epsilon_limit: float
-    granted: int  # queries debited by the ledger
+    granted: int  # queries debited to the main ledger
     exhausted: bool
+    header: str | None = None  # spec.partitions.header
+    partitions: dict[str, PartitionView] = field(default_factory=dict)
 
     @classmethod
     def of(cls, obj: Obj) -> BudgetView:
         status = obj.get("status") or {}
-        granted = sum(int(e.get("count") or 0) for e in status.get("ledger") or []
-                      if e.get("kind") == "query")
+        queries = [e for e in status.get("ledger") or [] if e.get("kind") == "query"]
+
+        def granted(tenant: str | None) -> int:
+            return sum(int(e.get("count") or 0) for e in queries if e.get("partition") == tenant)
+
+        spec_partitions = obj["spec"].get("partitions") or {}
+        spent = {str(p.get("tenant")): _float(p.get("epsilonSpent")) or 0.0
+                 for p in status.get("partitions") or []}
+        tenants = sorted(set(spec_partitions.get("tenants") or []) | set(spent))
+        limit = _float(spec_partitions.get("epsilon")) or 0.0
         return cls(
             name=obj["metadata"]["name"],
             epsilon_spent=_float(status.get("epsilonSpent")) or 0.0,
             epsilon_limit=_float(obj["spec"]["epsilon"]) or 0.0,
-            granted=granted,
+            granted=granted(None),
             exhausted=_condition(status, "Exhausted").get("status") == "True",
+            header=spec_partitions.get("header"),
+            partitions={t: PartitionView(t, spent.get(t, 0.0), limit, granted(t))
+                        for t in tenants} if spec_partitions else {},
         )
 
 

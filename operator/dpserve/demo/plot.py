@@ -1,57 +1,71 @@
-"""The demo's figure: ε spent against queries answered, and accuracy against ε (PNG, Agg)."""
+"""The demo's figure: ε spent against queries answered, and accuracy against ε (PNG, Agg).
+
+One series per PATE model (its lifetime ε) and one per tenant of the sentence encoder (ε
+spent on that tenant's partition, in a panel of its own; embeddings have no accuracy)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One model at one moment of the run."""
+    """One model (or one tenant of a model) at one moment of the run."""
 
     t: float  # seconds since traffic started
     answered: int  # queries answered so far (all versions)
-    correct: int  # ... of which the label was right
-    epsilon: float  # lifetime ε: every version's budget spend added up
+    correct: int | None  # ... of which the label was right (None: nothing to score)
+    epsilon: float  # lifetime ε: every version's budget spend added up (tenants: partition)
     version: str
 
 
 def write_plot(series: Mapping[str, Sequence[Sample]], limits: Mapping[str, Sequence[float]],
-               path: Path) -> Path:
-    """Two panels: lifetime ε vs answers (budget limits dashed; version changes marked),
-    and the running accuracy of the answered queries vs lifetime ε."""
+               path: Path, tenants: Collection[str] = ()) -> Path:
+    """Lifetime ε vs answers (budget limits dashed; version changes marked), the running
+    accuracy of the answered queries vs lifetime ε and, with ``tenants`` (names of series
+    that are one tenant's partition each), a middle panel of partition ε vs texts answered."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (spend, acc) = plt.subplots(1, 2, figsize=(12, 4.8))
+    shown = [n for n in tenants if n in series]
+    fig, axes = plt.subplots(1, 3 if shown else 2, figsize=(18 if shown else 12, 4.8))
+    spend, acc = axes[0], axes[-1]
+    part = axes[1] if shown else None
     for index, (name, samples) in enumerate(sorted(series.items())):
         color = f"C{index}"
         points = [s for s in samples if s.answered > 0]
         if not points:
             continue
-        spend.step([s.answered for s in points], [s.epsilon for s in points], where="post",
+        panel = part if part is not None and name in shown else spend
+        panel.step([s.answered for s in points], [s.epsilon for s in points], where="post",
                    color=color, label=name)
         cumulative = 0.0
         for limit in limits.get(name, ()):
             cumulative += limit
-            spend.axhline(cumulative, color=color, linestyle="--", linewidth=0.8)
+            panel.axhline(cumulative, color=color, linestyle="--", linewidth=0.8)
         for before, after in itertools.pairwise(points):
             if after.version != before.version:
-                spend.axvline(after.answered, color=color, linestyle=":", linewidth=0.8)
-                spend.annotate(f"{name} {after.version}", (after.answered, after.epsilon),
+                panel.axvline(after.answered, color=color, linestyle=":", linewidth=0.8)
+                panel.annotate(f"{name} {after.version}", (after.answered, after.epsilon),
                                textcoords="offset points", xytext=(4, -12), fontsize=8,
                                color=color)
-        acc.plot([s.epsilon for s in points], [s.correct / s.answered for s in points],
-                 color=color, label=name)
+        scored = [(s.epsilon, s.correct / s.answered) for s in points if s.correct is not None]
+        if scored:
+            acc.plot([e for e, _ in scored], [a for _, a in scored], color=color, label=name)
     spend.set_xlabel("queries answered")
     spend.set_ylabel("lifetime ε spent (dashed: budget limits, cumulative)")
     spend.set_title("Privacy spent per answered query")
     spend.legend(loc="upper left")
+    if part is not None:
+        part.set_xlabel("texts embedded (one query each)")
+        part.set_ylabel("ε spent on the tenant's own partition (dashed: its limit)")
+        part.set_title("Sentence embeddings: one partition per tenant")
+        part.legend(loc="lower right")
     acc.set_xlabel("lifetime ε spent")
     acc.set_ylabel("accuracy of answered queries (running)")
     acc.set_ylim(0, 1.05)

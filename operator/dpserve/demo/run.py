@@ -1,12 +1,16 @@
-"""``dpserve demo``: the operator, its ledger and two private models, end to end on one machine.
+"""``dpserve demo``: the operator, its ledger and three private models, end to end on one machine.
 
 1. Artifacts: scikit-learn's digits exported as a data set file; PATE teacher ensembles
-   trained with ``dpserve-train --mode pate`` (offline, seconds) into the local PVC root.
+   trained with ``dpserve-train --mode pate`` (offline, seconds) into the local PVC root;
+   all-MiniLM-L6-v2 from its package made a huggingface artifact (in a child process: the
+   control plane never imports torch or transformers).
 2. The stack (:mod:`dpserve.demo.stack`): embedded API, operator process, local kubelet.
 3. Budgets and PrivateModels applied (:mod:`dpserve.demo.scenario`); the operator renders
    Deployments, the kubelet runs their model server and filter sidecar processes.
-4. Traffic through the sidecars until the ScaleToZero model is stopped and the Retrain model
-   has answered from v2 (the Job trained it, the operator rolled it onto the next budget).
+4. Traffic through the sidecars until the ScaleToZero model is stopped, the Retrain model
+   has answered from v2 (the Job trained it, the operator rolled it onto the next budget),
+   and one tenant of the sentence encoder ran out of its partition while the other tenant
+   kept being served.
 5. A figure (ε against answers, accuracy against ε) and a summary (also ``summary.json``).
 """
 
@@ -21,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -30,9 +34,9 @@ from typing import Any, TextIO
 from dpserve.demo import artifacts, manifests
 from dpserve.demo.observe import ModelView, Snapshot, snapshot
 from dpserve.demo.plot import Sample, write_plot
-from dpserve.demo.scenario import FULL, QUICK, ModelPlan, Scenario
+from dpserve.demo.scenario import FULL, QUICK, TICKETS, EmbedderPlan, ModelPlan, Scenario
 from dpserve.demo.stack import LocalStack
-from dpserve.demo.traffic import QueryClient, Tally
+from dpserve.demo.traffic import Asker, EmbeddingClient, QueryClient, Tally
 
 TICK_S = 0.2
 # Class texts with contact details: the sidecar redacts them on the way out.
@@ -50,7 +54,7 @@ class DemoOptions:
     quick: bool = False
     keep_running: bool = False
     timeout_s: float = 600.0
-    queries_per_second: float = 8.0  # per model: slow enough to watch ε move
+    queries_per_second: float = 8.0  # per PATE model: slow enough to watch ε move
     podman_image: str | None = None  # pods as podman containers of this image
 
 
@@ -68,6 +72,8 @@ class ModelSummary:
     refused: dict[str, int]
     lifetime_epsilon: float
     budgets: list[dict[str, Any]]
+    # A model on a budget with partitions: each tenant's partition and traffic.
+    tenants: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -104,28 +110,35 @@ class Console:
             print(line, file=self.out, flush=True)
 
 
-class Traffic:
-    """One thread per model, each asking one query at a time at a bounded rate."""
+@dataclass(frozen=True)
+class Lane:
+    """One client asking one request at a time, ``interval_s`` after each answer."""
 
-    def __init__(self, clients: dict[str, QueryClient], qps: float) -> None:
-        self.clients = clients
-        self.interval = 1.0 / qps if qps > 0 else 0.0
-        self.stopped = {name: threading.Event() for name in clients}
+    client: Asker
+    interval_s: float
+
+
+class Traffic:
+    """One thread per lane (a PATE model, or one tenant of the sentence encoder)."""
+
+    def __init__(self, lanes: dict[str, Lane]) -> None:
+        self.lanes = lanes
+        self.stopped = {name: threading.Event() for name in lanes}
         self._threads = [threading.Thread(target=self._run, args=(name,), daemon=True,
-                                          name=f"traffic-{name}") for name in clients]
+                                          name=f"traffic-{name}") for name in lanes]
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
 
     def _run(self, name: str) -> None:
-        client, stop = self.clients[name], self.stopped[name]
+        lane, stop = self.lanes[name], self.stopped[name]
         while not stop.is_set():
-            answer = client.ask()
-            stop.wait(self.interval if answer.answered else 0.3)
+            answer = lane.client.ask()
+            stop.wait(lane.interval_s if answer.answered else 0.3)
 
-    def stop(self, name: str | None = None) -> None:
-        for key in [name] if name else list(self.stopped):
+    def stop(self, *names: str) -> None:
+        for key in names or list(self.stopped):
             self.stopped[key].set()
 
     def join(self) -> None:
@@ -135,14 +148,59 @@ class Traffic:
 
     @property
     def tallies(self) -> dict[str, Tally]:
-        return {name: client.tally for name, client in self.clients.items()}
+        """Each lane's tally."""
+        return {name: lane.client.tally for name, lane in self.lanes.items()}
+
+
+def _lanes(scenario: Scenario, stack: LocalStack, options: DemoOptions) -> dict[str, Lane]:
+    X, y = artifacts.load_queries(stack.pvc_root / "datasets" / "digits.npz")
+    ns = scenario.namespace
+    interval = 1.0 / options.queries_per_second if options.queries_per_second > 0 else 0.0
+    lanes = {plan.name: Lane(QueryClient(_endpoints(stack, ns, plan.name), X, y,
+                                         start=i * 400), interval)
+             for i, plan in enumerate(scenario.models)}
+    if (embedder := scenario.embedder) is not None:
+        for i, tenant in enumerate(embedder.tenants):
+            client = EmbeddingClient(
+                _endpoints(stack, ns, embedder.name), TICKETS, model=embedder.name,
+                header=embedder.header, tenant=tenant.name,
+                per_request=tenant.texts_per_request, start=i * 5)
+            lanes[embedder.lane(tenant.name)] = Lane(client, 1.0 / tenant.requests_per_second)
+    return lanes
+
+
+def _model_tallies(scenario: Scenario, tallies: dict[str, Tally]) -> dict[str, Tally]:
+    """Each lane's tally, plus the sentence encoder's tenants added up under its name."""
+    out = dict(tallies)
+    if (embedder := scenario.embedder) is not None:
+        out[embedder.name] = Tally.merged(tallies[embedder.lane(t.name)]
+                                          for t in embedder.tenants)
+    return out
 
 
 def _prepare(scenario: Scenario, stack: LocalStack, log_dir: Path) -> tuple[dict[str, str], str]:
     """The data set and each model's v1 in the PVC root; returns their pvc:// URIs.
 
     Models with the same recipe (teacher count) share one training run: v1 of each is a copy.
+    The sentence encoder's artifact is built meanwhile, by a child process of its own.
     """
+    encoder: Future[Path] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        if scenario.embedder is not None:
+            encoder = pool.submit(
+                artifacts.import_sentence_encoder, artifacts.minilm_source(),
+                stack.pvc_root / "models" / scenario.embedder.name / "v1",
+                log=log_dir / f"import-{scenario.embedder.name}-v1.log")
+        uris, dataset = _prepare_pate(scenario, stack, log_dir)
+        if encoder is not None:
+            assert scenario.embedder is not None
+            encoder.result()
+            uris[scenario.embedder.name] = f"pvc://models/{scenario.embedder.name}/v1"
+    return uris, dataset
+
+
+def _prepare_pate(scenario: Scenario, stack: LocalStack,
+                  log_dir: Path) -> tuple[dict[str, str], str]:
     dataset = artifacts.export_digits(stack.pvc_root / "datasets" / "digits.npz")
     labels = artifacts.digit_labels(LABEL_PII)
     trained: dict[int, Path] = {}
@@ -164,6 +222,38 @@ def _prepare(scenario: Scenario, stack: LocalStack, log_dir: Path) -> tuple[dict
 def _kubectl() -> str:
     found = shutil.which("kubectl", path=str(Path(sys.executable).parent))
     return found or "kubectl"
+
+
+def _ran_out(embedder: EmbedderPlan, tallies: dict[str, Tally]) -> list[str]:
+    """The tenants the sidecar refused with 429 BudgetExhausted (their partition is spent)."""
+    return [t.name for t in embedder.tenants
+            if tallies[embedder.lane(t.name)].refused.get("BudgetExhausted")]
+
+
+@dataclass
+class TenantWatch:
+    """The sentence encoder's end state: a tenant ran out of its partition, and every other
+    tenant was still answered (``served_after_exhaustion`` times) after that."""
+
+    embedder: EmbedderPlan
+    answered_then: dict[str, int] | None = None  # per tenant, when the first one ran out
+    reported: set[str] = field(default_factory=set)
+
+    def newly_ran_out(self, tallies: dict[str, Tally]) -> list[str]:
+        fresh = [t for t in _ran_out(self.embedder, tallies) if t not in self.reported]
+        self.reported.update(fresh)
+        if fresh and self.answered_then is None:
+            self.answered_then = {t.name: tallies[self.embedder.lane(t.name)].answered
+                                  for t in self.embedder.tenants}
+        return fresh
+
+    def done(self, tallies: dict[str, Tally]) -> bool:
+        if self.answered_then is None:
+            return False
+        out = set(_ran_out(self.embedder, tallies))
+        return all(tallies[self.embedder.lane(t.name)].answered
+                   >= self.answered_then[t.name] + self.embedder.served_after_exhaustion
+                   for t in self.embedder.tenants if t.name not in out)
 
 
 def _done(plan: ModelPlan, snap: Snapshot, tally: Tally, v2_answers: int) -> bool:
@@ -217,6 +307,9 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
             console.say(f"work dir {work}")
             console.say("starting the embedded API, the operator and the local kubelet; "
                         "training the PATE teachers (dpserve-train --mode pate) meanwhile")
+            if scenario.embedder is not None:
+                console.say("building the all-MiniLM-L6-v2 artifact from its package "
+                            "(python -m dpserve_runtime.hfartifact import) meanwhile")
             with ThreadPoolExecutor(max_workers=1) as pool:
                 starting = pool.submit(stack.start)
                 uris, dataset = _prepare(scenario, stack, work / "logs")
@@ -230,12 +323,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
                 plural = "privacybudgets" if body["kind"] == "PrivacyBudget" else "privatemodels"
                 stack.api.create(manifests.group_path(ns, plural), body)
                 console.say(f"applied {body['kind']} {ns}/{body['metadata']['name']}")
-            X, y = artifacts.load_queries(stack.pvc_root / "datasets" / "digits.npz")
-            clients = {
-                plan.name: QueryClient(_endpoints(stack, ns, plan.name), X, y, start=i * 400)
-                for i, plan in enumerate(scenario.models)
-            }
-            traffic = Traffic(clients, options.queries_per_second)
+            traffic = Traffic(_lanes(scenario, stack, options))
             traffic.start()
             traffic_started = time.monotonic()
             series = _watch(stack, scenario, traffic, console, options, hint, traffic_started)
@@ -245,7 +333,12 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
             limits = {p.name: [float(p.epsilon)] + ([float(p.next_epsilon)]
                                                    if p.next_epsilon else [])
                       for p in scenario.models}
-            plot = write_plot(series, limits, work / "dpserve-demo.png")
+            if (embedder := scenario.embedder) is not None:
+                limits.update({embedder.lane(t.name): [float(embedder.partition_epsilon)]
+                               for t in embedder.tenants})
+            tenant_series = ([embedder.lane(t.name) for t in embedder.tenants]
+                             if (embedder := scenario.embedder) is not None else [])
+            plot = write_plot(series, limits, work / "dpserve-demo.png", tenant_series)
             summary = _summary(scenario, final, traffic.tallies, work, stack, plot,
                                time.monotonic() - started, stages)
             (work / "summary.json").write_text(summary.to_json(), encoding="utf-8")
@@ -266,11 +359,17 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
             stack.stop()
 
 
-def _budget_names(plan: ModelPlan) -> list[str]:
+def _budget_names(plan: ModelPlan | EmbedderPlan) -> list[str]:
+    if isinstance(plan, EmbedderPlan):
+        return [plan.budget]
     return [plan.budget] + ([plan.next_budget] if plan.next_budget else [])
 
 
-def _budgets_spent(plan: ModelPlan, snap: Snapshot) -> float:
+def _plans(scenario: Scenario) -> list[ModelPlan | EmbedderPlan]:
+    return [*scenario.models, *([scenario.embedder] if scenario.embedder else [])]
+
+
+def _budgets_spent(plan: ModelPlan | EmbedderPlan, snap: Snapshot) -> float:
     """ε spent by every budget of the model (the ledger's number, updated at each grant;
     the model's own lifetimeEpsilon follows at its next reconcile)."""
     return sum(snap.budgets[b].epsilon_spent for b in _budget_names(plan) if b in snap.budgets)
@@ -284,7 +383,7 @@ def _settled(stack: LocalStack, scenario: Scenario, timeout_s: float = 15.0) -> 
         if time.monotonic() > deadline or all(
             (view := snap.models.get(p.name)) is not None
             and view.lifetime_epsilon >= _budgets_spent(p, snap) - 1e-9
-            for p in scenario.models
+            for p in _plans(scenario)
         ):
             return snap
         time.sleep(TICK_S)
@@ -295,7 +394,8 @@ def _endpoints(stack: LocalStack, ns: str, name: str) -> Callable[[], list[str]]
 
 
 def _endpoint_counts(stack: LocalStack, scenario: Scenario) -> dict[str, int]:
-    return {p.name: len(stack.endpoints(scenario.namespace, p.name)) for p in scenario.models}
+    return {name: len(stack.endpoints(scenario.namespace, name))
+            for name in scenario.model_names}
 
 
 def _watch(stack: LocalStack, scenario: Scenario, traffic: Traffic, console: Console,
@@ -304,6 +404,10 @@ def _watch(stack: LocalStack, scenario: Scenario, traffic: Traffic, console: Con
     from dpserve.demo.view import render
 
     series: dict[str, list[Sample]] = {p.name: [] for p in scenario.models}
+    embedder = scenario.embedder
+    tenants = TenantWatch(embedder) if embedder is not None else None
+    if embedder is not None:
+        series.update({embedder.lane(t.name): [] for t in embedder.tenants})
     done: set[str] = set()
     seen: dict[str, tuple[str, str]] = {}
     live: Any = None
@@ -313,20 +417,23 @@ def _watch(stack: LocalStack, scenario: Scenario, traffic: Traffic, console: Con
         live = Live(console=console.rich, refresh_per_second=4, transient=False)
         live.start()
     try:
-        while len(done) < len(scenario.models):
+        while len(done) < len(scenario.model_names):
             elapsed = time.monotonic() - since
             if elapsed > options.timeout_s:
                 raise DemoFailed(_explain(
                     stack, scenario, f"the demo did not finish within {options.timeout_s:.0f}s"))
             snap = snapshot(stack.api, scenario.namespace, _endpoint_counts(stack, scenario))
-            tallies = traffic.tallies
-            for plan in scenario.models:
+            tallies = _model_tallies(scenario, traffic.tallies)
+            for plan in _plans(scenario):
                 view = snap.models.get(plan.name)
                 if view is None:
                     continue
                 tally = tallies[plan.name]
-                series[plan.name].append(Sample(elapsed, tally.answered, tally.correct,
-                                                _budgets_spent(plan, snap), view.version))
+                if isinstance(plan, ModelPlan):
+                    series[plan.name].append(Sample(elapsed, tally.answered, tally.correct,
+                                                    _budgets_spent(plan, snap), view.version))
+                else:
+                    _tenant_samples(plan, snap, tallies, series, elapsed, view.version)
                 state = (view.phase, view.version)
                 if seen.get(plan.name) != state:
                     seen[plan.name] = state
@@ -336,10 +443,22 @@ def _watch(stack: LocalStack, scenario: Scenario, traffic: Traffic, console: Con
                 failure = _failed(view)
                 if failure is not None:
                     raise DemoFailed(_explain(stack, scenario, f"{plan.name}: {failure}"))
-                if plan.name not in done and _done(plan, snap, tally, scenario.v2_answers):
+                if isinstance(plan, EmbedderPlan):
+                    assert tenants is not None
+                    for tenant in tenants.newly_ran_out(tallies):
+                        console.say(_ran_out_line(plan, tenant, snap, tallies))
+                    finished = tenants.done(tallies)
+                else:
+                    finished = _done(plan, snap, tally, scenario.v2_answers)
+                if plan.name not in done and finished:
                     done.add(plan.name)
-                    traffic.stop(plan.name)
-                    console.say(f"{plan.name}: done ({plan.policy})")
+                    if isinstance(plan, EmbedderPlan):
+                        traffic.stop(*(plan.lane(t.name) for t in plan.tenants))
+                        console.say(f"{plan.name}: done (a tenant ran out, the others are "
+                                    "still served)")
+                    else:
+                        traffic.stop(plan.name)
+                        console.say(f"{plan.name}: done ({plan.policy})")
             if live is not None:
                 live.update(render(snap, tallies, title="dpserve demo", hint=hint,
                                    elapsed_s=elapsed))
@@ -348,6 +467,28 @@ def _watch(stack: LocalStack, scenario: Scenario, traffic: Traffic, console: Con
         if live is not None:
             live.stop()
     return series
+
+
+def _tenant_samples(plan: EmbedderPlan, snap: Snapshot, tallies: dict[str, Tally],
+                    series: dict[str, list[Sample]], elapsed: float, version: str) -> None:
+    budget = snap.budgets.get(plan.budget)
+    for tenant in plan.tenants:
+        lane = plan.lane(tenant.name)
+        part = budget.partitions.get(tenant.name) if budget is not None else None
+        series[lane].append(Sample(elapsed, tallies[lane].outputs, None,
+                                   part.epsilon_spent if part is not None else 0.0, version))
+
+
+def _ran_out_line(plan: EmbedderPlan, tenant: str, snap: Snapshot,
+                  tallies: dict[str, Tally]) -> str:
+    budget = snap.budgets.get(plan.budget)
+    part = budget.partitions.get(tenant) if budget is not None else None
+    spent = f"ε {part.epsilon_spent:.3f} of {part.epsilon_limit:g}" if part else "its ε"
+    others = ", ".join(f"{t.name} answered {tallies[plan.lane(t.name)].outputs} texts"
+                       for t in plan.tenants if t.name != tenant)
+    return (f"{plan.name}: tenant {tenant} ran out ({spent} on its partition, "
+            f"{tallies[plan.lane(tenant)].outputs} texts answered): 429 BudgetExhausted for "
+            f"{tenant} only; {others} so far")
 
 
 def _explain(stack: LocalStack, scenario: Scenario, headline: str) -> str:
@@ -374,7 +515,8 @@ def _summary(scenario: Scenario, snap: Snapshot, tallies: dict[str, Tally], work
     summary = DemoSummary(work_dir=str(work), kubeconfig=str(stack.kubeconfig), plot=str(plot),
                           seconds=round(seconds, 1),
                           stages={k: round(v, 1) for k, v in stages.items()})
-    for plan in scenario.models:
+    tallies = _model_tallies(scenario, tallies)
+    for plan in _plans(scenario):
         view = snap.models[plan.name]
         tally = tallies[plan.name]
         budgets = [
@@ -389,8 +531,29 @@ def _summary(scenario: Scenario, snap: Snapshot, tallies: dict[str, Tally], work
             redacted=tally.redacted, answered_by_version=dict(tally.by_version),
             refused=dict(tally.refused), lifetime_epsilon=view.lifetime_epsilon,
             budgets=budgets,
+            tenants=_tenant_summary(plan, snap, tallies) if isinstance(plan, EmbedderPlan)
+            else [],
         )
     return summary
+
+
+def _tenant_summary(plan: EmbedderPlan, snap: Snapshot,
+                    tallies: dict[str, Tally]) -> list[dict[str, Any]]:
+    budget = snap.budgets.get(plan.budget)
+    out = []
+    for tenant in plan.tenants:
+        tally = tallies[plan.lane(tenant.name)]
+        part = budget.partitions.get(tenant.name) if budget is not None else None
+        out.append({
+            "tenant": tenant.name, "header": plan.header,
+            "epsilonSpent": part.epsilon_spent if part is not None else 0.0,
+            "epsilonLimit": float(plan.partition_epsilon),
+            "queriesGranted": part.granted if part is not None else 0,
+            "requestsAnswered": tally.answered, "textsAnswered": tally.outputs,
+            "refused": dict(tally.refused),
+            "ranOut": bool(tally.refused.get("BudgetExhausted")),
+        })
+    return out
 
 
 def _print_summary(summary: DemoSummary, console: Console, hint: str) -> None:
@@ -406,6 +569,14 @@ def _print_summary(summary: DemoSummary, console: Console, hint: str) -> None:
         for budget in model.budgets:
             console.say(f"  budget {budget['name']}: ε {budget['epsilonSpent']:.4f} of "
                         f"{budget['epsilonLimit']:g}, {budget['queriesGranted']} queries granted"
-                        f"{', exhausted' if budget['exhausted'] else ''}")
+                        f"{', exhausted' if budget['exhausted'] else ''}"
+                        f"{' (the dataset ledger)' if model.tenants else ''}")
+        for tenant in model.tenants:
+            console.say(
+                f"  tenant {tenant['tenant']} ({tenant['header']}): ε "
+                f"{tenant['epsilonSpent']:.4f} of {tenant['epsilonLimit']:g} on its partition, "
+                f"{tenant['queriesGranted']} texts granted; answered {tenant['textsAnswered']} "
+                f"texts in {tenant['requestsAnswered']} requests; refused {tenant['refused']}"
+                + ("; ran out: 429 for this tenant only" if tenant["ranOut"] else ""))
     console.say(f"plot: {summary.plot}")
     console.say(f"summary: {Path(summary.work_dir) / 'summary.json'}")

@@ -1,10 +1,15 @@
-"""What the demo runs: two PATE models over scikit-learn's digits, and their budgets.
+"""What the demo runs: two PATE models over scikit-learn's digits, a sentence encoder for two
+tenants, and their budgets.
 
 - ``digits-pate`` (ScaleToZero): served until its budget ``digits-2026q4`` is spent, then
   stopped (replicas 0, phase BudgetExhausted), as ``examples/model-gaussian.yaml`` is.
 - ``digits-triage`` (Retrain): ``examples/model-pate-retrain.yaml``: when its budget
   ``triage-2026q4`` is spent a Job trains v2 of the teachers and the model is rolled to v2,
   bound to the next budget ``triage-2027q1``.
+- ``ticket-search``: all-MiniLM-L6-v2 (``examples/model-text-embeddings.yaml``) answering
+  ``laplace-embedding`` vectors to two tenants of ``search-tenants``; each tenant's texts are
+  charged to its own partition (X-Tenant header), never to the budget's dataset ledger. The
+  busy tenant runs out and gets 429s while the other is still served.
 
 The full run sizes budgets for about a hundred answers; ``quick`` for a few dozen (tests).
 """
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpserve.demo import manifests
+from dpserve.demo.traffic import lane_name
 
 NAMESPACE = "dpserve-demo"
 DELTA = "1e-5"  # well below 1/n for the 1797 digits
@@ -38,12 +44,43 @@ class ModelPlan:
 
 
 @dataclass(frozen=True)
+class TenantPlan:
+    name: str  # the X-Tenant value
+    requests_per_second: float
+    texts_per_request: int  # each text is one query (one DP release) on the tenant's ledger
+
+
+@dataclass(frozen=True)
+class EmbedderPlan:
+    name: str
+    budget: str
+    epsilon: str  # the budget's dataset ledger: a pre-trained encoder never spends it
+    partition_epsilon: str  # each tenant's own ε (tenants compose in parallel)
+    text_epsilon: str  # laplace-embedding: ε per text
+    tenants: tuple[TenantPlan, ...]
+    header: str = "X-Tenant"
+    # Once a tenant ran out: answers every other tenant gets before the demo calls it done.
+    served_after_exhaustion: int = 3
+    policy: str = "ScaleToZero"
+
+    def lane(self, tenant: str) -> str:
+        """The traffic lane (client) of one tenant."""
+        return lane_name(self.name, tenant)
+
+
+@dataclass(frozen=True)
 class Scenario:
     models: tuple[ModelPlan, ...]
     epochs: int  # per teacher, for v1 (here) and v2 (the Job): same recipe
     batch_size: int
     v2_answers: int  # answers from v2 that end the demo
     namespace: str = NAMESPACE
+    embedder: EmbedderPlan | None = None
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every PrivateModel of the demo."""
+        return [p.name for p in self.models] + ([self.embedder.name] if self.embedder else [])
 
     def manifests(self, artifacts: dict[str, str], dataset: str) -> list[dict[str, Any]]:
         """Budgets first, then models (a model's budget must exist to be served)."""
@@ -66,7 +103,44 @@ class Scenario:
                 plan.name, self.namespace, budget=plan.budget, artifact=artifacts[plan.name],
                 teachers=plan.teachers, noise_multiplier=plan.noise_multiplier,
                 entities=ENTITIES, retraining=retraining))
+        if (embedder := self.embedder) is not None:
+            out.insert(len(self.models), manifests.budget(
+                embedder.budget, self.namespace, epsilon=embedder.epsilon, delta=DELTA,
+                partitions=manifests.partitions(
+                    header=embedder.header, epsilon=embedder.partition_epsilon,
+                    tenants=[t.name for t in embedder.tenants])))
+            out.append(manifests.embedding_model(
+                embedder.name, self.namespace, budget=embedder.budget,
+                artifact=artifacts[embedder.name], epsilon=embedder.text_epsilon))
         return out
+
+
+# What the tenants embed: synthetic support tickets (no PII, nothing from any data set).
+TICKETS = (
+    "I was charged twice for the same appointment",
+    "How do I reset the password of the patient portal?",
+    "The lab results page shows an error since this morning",
+    "Can I move my physiotherapy session to next week?",
+    "The invoice lists a procedure I never had",
+    "My prescription refill request has been pending for days",
+    "The mobile app logs me out every few minutes",
+    "Where can I download my vaccination certificate?",
+    "The waiting room screen shows the wrong queue number",
+    "Please update the billing address on my account",
+    "Video consultation has no sound on my laptop",
+    "I need a copy of my discharge letter for my insurer",
+)
+
+# ε = 0.25 per text and 15 per tenant: about 124 texts each (RDP at δ = 1e-5). The ledger
+# leases in small steps (at most 1 % of a partition's ε at risk), so each partition's ε follows
+# the texts its tenant had embedded: the busy tenant (8 texts a second) spends its 15 within
+# seconds of being served and is refused; the quiet one (1 a second) is still served.
+EMBEDDER = EmbedderPlan(
+    "ticket-search", "search-tenants", epsilon="1", partition_epsilon="15",
+    text_epsilon="0.25",
+    tenants=(TenantPlan("clinic-north", requests_per_second=2.0, texts_per_request=4),
+             TenantPlan("clinic-south", requests_per_second=1.0, texts_per_request=1)),
+)
 
 
 FULL = Scenario(
@@ -79,6 +153,7 @@ FULL = Scenario(
     epochs=40,
     batch_size=16,
     v2_answers=20,
+    embedder=EMBEDDER,
 )
 
 QUICK = Scenario(
@@ -91,4 +166,5 @@ QUICK = Scenario(
     epochs=20,
     batch_size=16,
     v2_answers=5,
+    embedder=EMBEDDER,
 )

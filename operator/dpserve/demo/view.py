@@ -1,4 +1,4 @@
-"""The live terminal view of the demo (rich): models, budgets, traffic, recent Events."""
+"""The live terminal view of the demo (rich): models, budgets, tenants, traffic, Events."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dpserve.demo.observe import Snapshot
-from dpserve.demo.traffic import Tally
+from dpserve.demo.traffic import Tally, lane_name
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -56,6 +56,27 @@ def render(snap: Snapshot, tallies: Mapping[str, Tally], *, title: str, hint: st
     models.caption = "refused: " + ("; ".join(refusals) or "none") + \
         " (429: budget exhausted at the sidecar, 503: ledger unreachable, no-pod: no endpoint)"
 
+    # One compact row per tenant: what its own partition spent, and its traffic.
+    tenants = Table(title_justify="left", box=box.SIMPLE_HEAVY)
+    for column in ("tenant", "ε spent/limit", "", "granted", "texts/requests", "refused"):
+        tenants.add_column(column, no_wrap=True)
+    for name, view in sorted(snap.models.items()):
+        budget = snap.budgets.get(view.budget)
+        if budget is None or not budget.partitions:
+            continue
+        for tenant, part in sorted(budget.partitions.items()):
+            tally = tallies.get(lane_name(name, tenant), Tally())
+            bar = ProgressBar(total=max(part.epsilon_limit, 1e-9),
+                              completed=min(part.epsilon_spent, part.epsilon_limit), width=10,
+                              complete_style="magenta", finished_style="red")
+            refused = " ".join(f"{SHORT.get(k, k)}×{v}" for k, v in sorted(tally.refused.items()))
+            tenants.title = (f"Tenants of {name} ({budget.header}): each on its own partition "
+                             f"of {budget.name}, whose dataset ledger stays untouched")
+            tenants.add_row(tenant,
+                            f"{part.epsilon_spent:.3f}/{part.epsilon_limit:g}", bar,
+                            str(part.granted), f"{tally.outputs}/{tally.answered}",
+                            refused or "-")
+
     budgets = Table(title="PrivacyBudgets", title_justify="left", box=box.SIMPLE_HEAVY)
     for column in ("budget", "ε spent", "ε limit", "queries granted", "exhausted"):
         budgets.add_column(column, no_wrap=True)
@@ -72,4 +93,7 @@ def render(snap: Snapshot, tallies: Mapping[str, Tally], *, title: str, hint: st
                        event.message[:160])
 
     header = Text.assemble((title, "bold"), f"  ({elapsed_s:.0f}s)\n", (hint, "dim"))
-    return Panel(Group(header, models, budgets, events), border_style="blue")
+    parts: list[RenderableType] = [header, models]
+    if tenants.row_count:
+        parts.append(tenants)
+    return Panel(Group(*parts, budgets, events), border_style="blue")
