@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,7 +134,7 @@ def _server(procs: Processes, work: Path, artifact: Path, task: str,
 
 def _sidecar(procs: Processes, work: Path, name: str, upstream: str, task: str,
              mechanism: dict[str, Any], ledger: str, max_tokens: int,
-             ) -> tuple[str, subprocess.Popen[bytes]]:
+             entities: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
     port = _free_port()
     token = work / "token"
     token.write_text("test-token")
@@ -143,7 +144,7 @@ def _sidecar(procs: Processes, work: Path, name: str, upstream: str, task: str,
         "ledgerUrl": ledger, "tokenPath": str(token), "task": task,
         "servedModelName": name,
         "generation": {"maxTokens": max_tokens, "maxChoices": 1},
-        "outputFilter": {"action": "redact", "entities": ENTITIES},
+        "outputFilter": {"action": "redact", "entities": entities},
         "upstreamTimeoutSeconds": 120,
     }
     path = work / f"filter-{name}.json"
@@ -170,7 +171,11 @@ def _stream(url: str, model: str, prompt: str, max_tokens: int) -> Stream:
     started = time.perf_counter()
     ttft = float("nan")
     deltas: list[str] = []
-    with urllib.request.urlopen(request, timeout=300) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=300)
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{url}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+    with response:
         for raw in response:
             line = raw.decode().strip()
             if not line.startswith("data:") or line == "data: [DONE]":
@@ -231,11 +236,11 @@ class GenerationResult:
 
 
 def _generation(procs: Processes, work: Path, name: str, artifact: Path, ledger: str,
-                streams: int, max_tokens: int) -> GenerationResult:
+                streams: int, max_tokens: int, entities: list[str]) -> GenerationResult:
     none = {"type": "none"}
     bare_url = _server(procs, work, artifact, "text-generation", none, max_tokens)
     side_url, proc = _sidecar(procs, work, name, bare_url, "text-generation", none, ledger,
-                              max_tokens)
+                              max_tokens, entities)
     for url in (bare_url, side_url):  # warm-up
         _stream(url, name, PROMPTS[0], 8)
     bare: list[Stream] = []
@@ -260,14 +265,14 @@ def _generation(procs: Processes, work: Path, name: str, artifact: Path, ledger:
     )
 
 
-def _holdback(deltas_per_stream: list[list[str]]) -> tuple[int, float]:
+def _holdback(deltas_per_stream: list[list[str]], entities: list[str]) -> tuple[int, float]:
     """The most characters generated but not yet emitted, and the mean, over every step."""
     from dpserve.api.outputfilter import OutputFilter
     from dpserve_runtime.filter.pii import PiiAnalyzer
     from dpserve_runtime.filter.scan import OutputScanner
     from dpserve_runtime.filter.stream import StreamFilter
 
-    of = OutputFilter.model_validate({"entities": ENTITIES})
+    of = OutputFilter.model_validate({"entities": entities})
     scanner = OutputScanner(PiiAnalyzer(of.entities, float(of.score_threshold)), "redact")
     held: list[int] = []
     for deltas in deltas_per_stream:
@@ -289,10 +294,15 @@ def _pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=12, help="streams per side")
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=80,
+                        help="the longest prompt (39 tokens) + this fits the 128-token context")
     parser.add_argument("--embed-requests", type=int, default=40, help="requests per side")
     parser.add_argument("--embed-batch", type=int, default=4)
+    parser.add_argument("--entities", default=",".join(ENTITIES),
+                        help="the sidecars' outputFilter.entities (comma-separated); "
+                        "PERSON/LOCATION hold back the most text (docs/pii.md)")
     args = parser.parse_args(argv)
+    entities = args.entities.split(",")
 
     from text_support import build_tiny_causal_lm, minilm_artifact
 
@@ -304,14 +314,14 @@ def main(argv: list[str] | None = None) -> None:
         ledger = f"http://127.0.0.1:{ledger_port}"
         results = [
             _generation(procs, work, "tiny", build_tiny_causal_lm(work / "tiny"), ledger,
-                        args.streams, args.max_tokens),
+                        args.streams, args.max_tokens, entities),
             _generation(procs, work, "small", _build_small_lm(work / "small"), ledger,
-                        args.streams, args.max_tokens),
+                        args.streams, args.max_tokens, entities),
         ]
         emb_bare = _server(procs, work, minilm_artifact(work / "minilm"),
                            "feature-extraction", LAPLACE, args.max_tokens)
         emb_side, _ = _sidecar(procs, work, "minilm", emb_bare, "feature-extraction",
-                               LAPLACE, ledger, args.max_tokens)
+                               LAPLACE, ledger, args.max_tokens, entities)
         for url in (emb_bare, emb_side):
             _embed(url, "minilm", EMBED_TEXTS[: args.embed_batch])
         emb_bare_s: list[float] = []
@@ -323,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         n_embedded = args.embed_requests * args.embed_batch
         bare_eps = n_embedded / sum(emb_bare_s)
         side_eps = n_embedded / sum(emb_side_s)
-        hold_max, hold_mean = _holdback([d for r in results for d in r.deltas])
+        hold_max, hold_mean = _holdback([d for r in results for d in r.deltas], entities)
 
     print(f"{'':34}{'bare':>10}{'sidecar':>10}{'ratio':>8}")
     for r in results:
@@ -338,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r.name}: {r.tokens} tokens; sidecar CPU per 1,000 streamed tokens "
               f"{r.cpu_per_1k_ms:.1f} ms; time-to-first-token overhead p50 "
               f"{statistics.median(r.overheads_ms):.1f} ms, p90 {_pct(r.overheads_ms, 0.9):.1f} ms")
-    print(f"hold-back chars (every entity incl. PERSON/LOCATION): max {hold_max}, "
+    print(f"hold-back chars ({','.join(entities)}): max {hold_max}, "
           f"mean {hold_mean:.1f}")
     tiny, small = results
     print(f"tiny: tokens_ratio={tiny.side_tps / tiny.bare_tps:.3f} "
