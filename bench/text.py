@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +46,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test suite's small-model builders
 
+# bench/sidecar.py's loopback helpers (bench/ is the script's directory)
+from sidecar import _free_port, _wait_ready  # noqa: E402
+
 PROMPTS = [
     "Summarise the follow-up plan for the patient seen on Monday.",
     "Write a short reply to the customer asking about their refund.",
@@ -62,25 +64,6 @@ EMBED_TEXTS = [
 ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IP_ADDRESS",
             "IBAN_CODE", "URL", "PERSON", "LOCATION"]
 LAPLACE = {"type": "laplace-embedding", "epsilon": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,6 +39,7 @@ from dpserve_runtime.architectures import (
     parse_architecture,
 )
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.pt"
 TORCHSCRIPT_NAME = "model.ts"
@@ -164,6 +165,12 @@ class Manifest(_Wire):
 
 def load_manifest(directory: str | Path) -> Manifest:
     """Read and validate ``<directory>/manifest.json`` (ArtifactError naming the field)."""
+    return load_manifest_as(directory, Manifest)
+
+
+def load_manifest_as(directory: str | Path, model: type[ModelT]) -> ModelT:
+    """``<directory>/manifest.json`` validated as ``model`` (the tensor formats' Manifest or
+    the huggingface format's); ArtifactError naming the file and the field."""
     path = Path(directory) / MANIFEST_NAME
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -172,12 +179,13 @@ def load_manifest(directory: str | Path) -> Manifest:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
     try:
-        return Manifest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ArtifactError(f"{path}: invalid manifest: {_describe(exc)}") from exc
+        raise ArtifactError(f"{path}: invalid manifest: {describe(exc)}") from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
+    """A pydantic error as ``field.path: message; ...``."""
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
     )

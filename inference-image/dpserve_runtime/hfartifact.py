@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from dpserve.api.text import ModelTask, Pooling
-from dpserve_runtime.artifact import MANIFEST_NAME, ArtifactError, TrainingSpend
+from dpserve_runtime.artifact import (
+    MANIFEST_NAME,
+    ArtifactError,
+    TrainingSpend,
+    describe,
+    load_manifest_as,
+)
 
 CONFIG_NAME = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -74,12 +80,6 @@ class HfManifest(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-    )
-
-
 def read_format(directory: str | Path) -> str | None:
     """The ``format`` named by ``<directory>/manifest.json`` (None if absent or unreadable):
     how the server picks the tensor or the text code path before validating anything."""
@@ -92,17 +92,7 @@ def read_format(directory: str | Path) -> str | None:
 
 
 def load_hf_manifest(directory: str | Path) -> HfManifest:
-    path = Path(directory) / MANIFEST_NAME
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ArtifactError(f"no {MANIFEST_NAME} in artifact directory {directory}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest: {exc}") from exc
-    try:
-        return HfManifest.model_validate(raw)
-    except ValidationError as exc:
-        raise ArtifactError(f"{path}: invalid manifest: {_describe(exc)}") from exc
+    return load_manifest_as(directory, HfManifest)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -254,7 +244,7 @@ def save_hf_artifact(
             fingerprints=fingerprints,
         )
     except ValidationError as exc:
-        raise ArtifactError(f"invalid manifest: {_describe(exc)}") from exc
+        raise ArtifactError(f"invalid manifest: {describe(exc)}") from exc
     if getattr(getattr(model, "config", None), "auto_map", None):
         raise ArtifactError("model.config.auto_map: custom model code cannot be served")
     root.mkdir(parents=True, exist_ok=True)
