@@ -164,7 +164,9 @@ LATEST = kubernetes_validate.latest_version()
 
 
 def lora_model(make_model, lora=None, *, artifact=None, dataset=None, **overrides):
-    """A DP-SGD state-dict model whose retraining adapts a frozen base with LoRA."""
+    """A DP-SGD state-dict model whose retraining adapts a frozen base with LoRA; served with
+    gaussian output noise, so its queries spend and the served version may be the base (a
+    mechanism-none model must name another base: the CRD's rule)."""
     model = {
         "format": "state-dict",
         "training": {"noiseMultiplier": "1.2", "sampleRate": "0.005", "steps": 6000},
@@ -176,7 +178,8 @@ def lora_model(make_model, lora=None, *, artifact=None, dataset=None, **override
         retraining["dataset"] = dataset
     spec = {
         "model": model,
-        "serving": {"mechanism": {"type": "none", "teachers": None, "noiseMultiplier": None}},
+        "serving": {"mechanism": {"type": "gaussian", "teachers": None, "noiseMultiplier": "2",
+                                  "clipNorm": "1", "sensitivity": "2"}},
         "retraining": retraining,
     }
     return make_model(spec=spec, **overrides)

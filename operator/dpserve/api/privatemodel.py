@@ -183,7 +183,8 @@ class Lora(CelModel):
 
     The retraining's ε covers the new data window only: the base is public or an earlier
     DP release (whose ε the lifetime ε already counts), and using it is post-processing.
-    The Job writes the merged model, in the base's own architecture and state-dict format.
+    The Job writes the merged model, in the base's own architecture and format (state-dict,
+    or huggingface for a language model).
     """
 
     rank: Annotated[int, Field(ge=1, le=256)] = 8
@@ -193,14 +194,17 @@ class Lora(CelModel):
     target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=16)] | None = (
         Field(
             default=None,
-            description="Module names to adapt (e.g. '1', 'features.0', 'head'); default "
-            "every Linear and Conv2d layer of the base.",
+            description="Module names to adapt: tensor models e.g. '1', 'features.0', "
+            "'head' (default every Linear and Conv2d layer); huggingface models the "
+            "transformer's modules as named_modules() spells them or their last component, "
+            "e.g. 'c_attn', 'attn.c_proj', 'q_proj' (default the attention projections).",
         )
     )
     base: ArtifactUri | None = Field(
         default=None,
-        description="The frozen base (a state-dict artifact); default the version being "
-        "served when the retrain starts.",
+        description="The frozen base (a state-dict artifact, or a huggingface artifact of "
+        "the same task for format huggingface); default the version being served when the "
+        "retrain starts.",
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -209,16 +213,35 @@ class Lora(CelModel):
 
 
 class Retraining(CelModel):
-    dataset: ArtifactUri = Field(description="The new data window (an .npz file).")
+    dataset: ArtifactUri = Field(
+        description="The new data window: an .npz file (tensor formats) or, for format "
+        "huggingface, a JSONL file with one record per line (one record = one privacy "
+        'unit): {"text": ...} for text-generation, {"text": ..., "label": ...} for '
+        "text-classification."
+    )
     mode: Literal["dpsgd", "pate"] = "dpsgd"
     target_epsilon: Decimal
     delta: Decimal | None = None  # default: nextBudget.delta
     epochs: Annotated[int, Field(ge=1, le=1000)] = 10
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
     max_grad_norm: Decimal = "1.0"
+    learning_rate: Decimal | None = Field(
+        default=None,
+        description="Adam learning rate of the trainer, 0 < learningRate <= 1; default the "
+        "trainer's (1e-2 dpsgd, 1e-3 pate; huggingface 2e-3 for LoRA adapters).",
+    )
+    max_seq_length: Annotated[int, Field(ge=2, le=8192)] | None = Field(
+        default=None,
+        description="Format huggingface only: tokens per training record, longer records "
+        "are truncated; at most the base model's positions (default 128).",
+    )
     teachers: Annotated[int, Field(ge=2, le=10000)] | None = None
-    hidden_dims: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=8)] = (
-        defaulted(lambda: [128])
+    hidden_dims: (
+        Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=8)] | None
+    ) = Field(
+        default=None,
+        description="Hidden layer sizes of the MLP a tensor retrain trains from scratch "
+        "(default [128]); unused with lora, refused for format huggingface.",
     )
     backoff_limit: Annotated[int, Field(ge=0, le=10)] = 2
     next_budget: NextBudget
@@ -237,6 +260,9 @@ class Retraining(CelModel):
                 "delta must satisfy 0 < delta <= nextBudget.delta", ".delta"),
         CelRule("!has(self.lora) || self.mode == 'dpsgd'",
                 "lora adapters are trained with DP-SGD: mode must be dpsgd", ".lora"),
+        CelRule("!has(self.learningRate) || (double(self.learningRate) > 0.0 && "
+                "double(self.learningRate) <= 1.0)",
+                "learningRate must satisfy 0 < learningRate <= 1", ".learningRate"),
     )
 
 
@@ -271,9 +297,32 @@ _TEXT_RULES: tuple[CelRule, ...] = (
             "self.model.format == 'huggingface'",
             "serving.resources.gpu: only the huggingface model server uses a GPU; tensor "
             "formats run on CPU", ".serving.resources.gpu", "FieldValueForbidden"),
-    CelRule("!has(self.retraining) || self.model.format != 'huggingface'",
-            "retraining of huggingface models is not supported yet: the retraining Job "
-            "trains dpserve's tensor models only", ".retraining", "FieldValueForbidden"),
+    # Retraining a language model: DP-LoRA on a frozen huggingface base (train/text_run.py).
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface' || "
+            "!has(self.model.task) || self.model.task != 'feature-extraction'",
+            "retraining of feature-extraction models is not supported: the trainer fine-tunes "
+            "text-generation and text-classification models", ".retraining",
+            "FieldValueForbidden"),
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface' || "
+            "self.retraining.mode == 'dpsgd'",
+            "huggingface models retrain with DP-SGD: retraining.mode must be dpsgd",
+            ".retraining.mode"),
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface' || "
+            "has(self.retraining.lora)",
+            "retraining of a huggingface model trains LoRA adapters on a frozen base: "
+            "retraining.lora is required", ".retraining.lora", "FieldValueRequired"),
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface' || "
+            "!has(self.retraining.hiddenDims)",
+            "retraining.hiddenDims sizes a tensor MLP: a huggingface base gives the "
+            "architecture", ".retraining.hiddenDims", "FieldValueForbidden"),
+    CelRule("!has(self.retraining) || self.model.format != 'huggingface' || "
+            "!has(self.retraining.teachers)",
+            "retraining.teachers applies to mode pate: huggingface models retrain with DP-SGD",
+            ".retraining.teachers", "FieldValueForbidden"),
+    CelRule("!has(self.retraining) || !has(self.retraining.maxSeqLength) || "
+            "self.model.format == 'huggingface'",
+            "retraining.maxSeqLength applies to format huggingface only",
+            ".retraining.maxSeqLength", "FieldValueForbidden"),
 )
 
 
@@ -312,9 +361,17 @@ class PrivateModelSpec(CelModel):
                 "retraining.teachers must equal serving.mechanism.teachers",
                 ".retraining.teachers"),
         CelRule("!has(self.retraining) || !has(self.retraining.lora) || "
-                "self.model.format == 'state-dict'",
-                "retraining.lora adapts a single model: model.format must be state-dict",
-                ".retraining.lora"),
+                "self.model.format == 'state-dict' || self.model.format == 'huggingface'",
+                "retraining.lora adapts a single model: model.format must be state-dict or "
+                "huggingface", ".retraining.lora"),
+        CelRule("self.serving.mechanism.type != 'none' || self.onBudgetExhausted != 'Retrain' "
+                "|| (has(self.retraining) && has(self.retraining.lora) && "
+                "has(self.retraining.lora.base) && "
+                "self.retraining.lora.base != self.model.artifact)",
+                "a model served with mechanism none never spends on queries: it is retrained "
+                "only when its declared training does not fit its budget, and then from an "
+                "explicit retraining.lora.base other than model.artifact (an artifact already "
+                "paid for)", ".retraining.lora.base", "FieldValueRequired"),
         CelRule("self.serving.mechanism.type != 'none' || has(self.model.training)",
                 "mechanism none serves queries for free: declare the DP-SGD training in "
                 "model.training", ".model.training", "FieldValueRequired"),

@@ -239,7 +239,14 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     elif sb.condition_status(ms.RETRAINING) == "Unknown":
         sb.set(ms.RETRAINING, "False", "NotNeeded", "the budget still pays for queries")
 
-    if (budget.problem is None and not fits and training_refusal is None
+    # A model served with mechanism none never spends on queries: its budget is "exhausted"
+    # for it only when its declared training does not fit. It is then not served, and
+    # retrained only from an explicit lora.base (an artifact already paid for; the CRD
+    # refuses the unpaid version itself as the base).
+    retrain_unpaid = (training_refusal is not None and spec.retraining is not None
+                      and spec.retraining.lora is not None
+                      and spec.retraining.lora.base is not None)
+    if (budget.problem is None and not fits and (training_refusal is None or retrain_unpaid)
             and spec.on_budget_exhausted == "Retrain" and spec.retraining is not None
             and decision.ok):
         model.status = status

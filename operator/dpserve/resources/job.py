@@ -3,13 +3,17 @@
 - Name ``<model>-train-<next version>``: deterministic, so a retried reconcile finds the
   Job it already created instead of starting a second training run (which would spend the
   budget twice).
-- Input: ``spec.retraining.dataset`` (an ``.npz`` file) mounted read-only at /data.
+- Input: ``spec.retraining.dataset`` (an ``.npz`` file; a JSONL file for format huggingface)
+  mounted read-only at /data.
 - Output: next to the current artifact (see :func:`dpserve.resources.uris.next_artifact_location`:
   ``pvc://models/triage/v1`` -> ``pvc://models/triage/v2``, ``file:///m/triage`` ->
   ``file:///m/triage-v2``); the directory holding it is mounted read-write at /output.
 - With ``retraining.lora`` (DP-PEFT): the frozen base (``lora.base``, default the version
   being served) is mounted read-only at /base and passed as ``--lora-base``; the trainer
   takes the architecture from it, so ``--architecture`` is not passed.
+- Format huggingface (DP-LoRA of a language model, ``train/text_run.py``): ``--format
+  huggingface --task <spec.model.task> --max-seq-len N`` and the LoRA flags on the /base
+  mount; no ``--architecture`` (the base's config.json is the architecture).
 - Volumes: one per PersistentVolumeClaim. Two pod volumes naming the same claim can leave
   the pod stuck in ContainerCreating (the kubelet attaches a claim once per pod), so the
   dataset, output and base mounts of one claim share a volume, each with its own subPath
@@ -56,6 +60,10 @@ from dpserve.resources.security import (
 )
 from dpserve.resources.uris import Location, next_artifact_location, parse_uri, volume, volume_mount
 
+# The trainer's own defaults, rendered explicitly so the pod spec says what trains.
+DEFAULT_HIDDEN_DIMS = (128,)
+DEFAULT_MAX_SEQ_LENGTH = 128
+
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -84,7 +92,8 @@ def training_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
     version = next_version(ctx.model_version)
     dataset = parse_uri(retraining.dataset, "spec.retraining.dataset")
     if dataset.scheme != "oci" and not dataset.name:
-        raise ValueError(f"spec.retraining.dataset: {retraining.dataset!r} must name an .npz file")
+        kind = "a JSONL" if model.spec.model.format == "huggingface" else "an .npz"
+        raise ValueError(f"spec.retraining.dataset: {retraining.dataset!r} must name {kind} file")
     current = parse_uri(ctx.artifact, "spec.model.artifact")
     lora_base: Location | None = None
     if retraining.lora is not None:
@@ -175,6 +184,19 @@ def _lora_args(lora: Lora) -> list[str]:
     return args
 
 
+def _text_args(model: PrivateModel, retraining: Retraining) -> list[str]:
+    """A language model's run: its task, its sequence length (always explicit, so the pod
+    spec says what trains); the LoRA flags follow like a tensor model's."""
+    task = model.spec.model.task
+    if task not in ("text-generation", "text-classification"):
+        # The CRD refuses it; a builder never renders a Job the trainer cannot run.
+        raise ValueError(f"spec.model.task: retraining of {task} models is not supported")
+    if retraining.lora is None:
+        raise ValueError("spec.retraining.lora: a huggingface retrain trains LoRA adapters")
+    seq = retraining.max_seq_length or DEFAULT_MAX_SEQ_LENGTH
+    return ["--format", "huggingface", "--task", task, "--max-seq-len", str(seq)]
+
+
 def trainer_args(
     model: PrivateModel, plan: TrainingPlan, dataset_path: str, output_path: str
 ) -> list[str]:
@@ -189,9 +211,15 @@ def trainer_args(
         "--batch-size", str(retraining.batch_size),
         "--max-grad-norm", retraining.max_grad_norm,
     ]  # fmt: skip
-    if retraining.lora is None:
+    if retraining.learning_rate is not None:
+        args += ["--learning-rate", retraining.learning_rate]
+    if model.spec.model.format == "huggingface":
+        args += _text_args(model, retraining)
+    elif retraining.lora is None:
         # The trainer completes the architecture (inputDim, numClasses) from the dataset.
-        architecture = {"type": "mlp", "hiddenDims": list(retraining.hidden_dims)}
+        hidden = (retraining.hidden_dims if retraining.hidden_dims is not None
+                  else DEFAULT_HIDDEN_DIMS)
+        architecture = {"type": "mlp", "hiddenDims": list(hidden)}
         args += ["--architecture", canonical_json(architecture)]
     args += ["--mode", retraining.mode]
     if retraining.lora is not None:
