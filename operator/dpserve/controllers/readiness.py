@@ -45,8 +45,14 @@ def failing_container(pods: Sequence[dict[str, Any]]) -> tuple[str, str] | None:
                 pod_name = (pod.get("metadata") or {}).get("name", "?")
                 detail = waiting.get("message") or ""
                 restarts = cs.get("restartCount", 0)
-                return reason, (f"container {cs.get('name')} of pod {pod_name} is in {reason} "
-                                f"(restarts: {restarts}){': ' + detail if detail else ''}")
+                message = (f"container {cs.get('name')} of pod {pod_name} is in {reason} "
+                           f"(restarts: {restarts}){': ' + detail if detail else ''}")
+                # Why it last exited (its termination message, or its last log lines under
+                # FallbackToLogsOnError): e.g. the sidecar naming an entity it cannot detect.
+                last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message")
+                if last and last.strip():
+                    message += f"; last exit: {last.strip().splitlines()[-1][:300]}"
+                return reason, message
     return None
 
 
