@@ -212,8 +212,9 @@ def test_required_confidential_profile_without_runtime_class_blocks(cluster: Clu
                {"metadata": {"name": "kata-qemu-snp"}, "handler": "kata-qemu-snp"})
     wait_until(lambda: api.get(cluster.path(ns, "deployments", "tee"))["spec"]["replicas"] == 1,
                what="placed once the RuntimeClass exists")
-    placed = api.get(cluster.pm(ns, "tee"))
-    assert condition(placed, "Confidential")["status"] == "True"  # type: ignore[index]
+    # The Deployment is written before the status of the same reconcile: wait for the status.
+    wait_until(lambda: (condition(api.get(cluster.pm(ns, "tee")), "Confidential") or {})
+               .get("status") == "True", what="Confidential=True once placed")
 
 
 def test_crash_looping_pods_make_the_model_not_ready(cluster: Cluster) -> None:
