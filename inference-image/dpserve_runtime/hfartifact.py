@@ -388,8 +388,101 @@ def import_pretrained(
                             version=version, labels=labels)
 
 
+# A new causal LM's tokenizer: the end-of-text token doubles as bos/pad (GPT-2's convention).
+NEW_LM_EOS = "<|endoftext|>"
+
+
+def new_causal_lm(
+    output: str | Path,
+    corpus: str | Path,
+    *,
+    layers: int = 2,
+    dim: int = 64,
+    heads: int = 4,
+    context: int = 128,
+    vocab: int = 600,
+    seed: int = 0,
+    version: str = "v1",
+) -> HfManifest:
+    """A random-init GPT-2 text-generation artifact with a byte-level BPE tokenizer trained on
+    the texts of ``corpus`` (JSONL records ``{"text": ...}``, as ``dpserve-train`` reads them).
+
+    Every digit is its own token, so a d-digit secret is d tokens and canary exposure over all
+    10^d candidates compares sentences of equal length. The weights are seeded (``seed``):
+    this is a public starting point, not a privacy mechanism, and a base that is rebuilt
+    identically makes fine-tuning runs comparable."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from dpserve_runtime.train.text import TextDatasetError, load_text_records
+
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"output {out}: exists and is not an empty directory")
+    for name, value, least in (("layers", layers, 1), ("dim", dim, 8), ("heads", heads, 1),
+                               ("context", context, 8), ("vocab", vocab, 300)):
+        if value < least:
+            raise ArtifactError(f"{name}: must be at least {least}, got {value}")
+    if dim % heads:
+        raise ArtifactError(f"dim: must be a multiple of heads ({heads}), got {dim}")
+    try:
+        texts = [r.text for r in load_text_records(corpus, "text-generation")]
+    except TextDatasetError as exc:
+        raise ArtifactError(f"corpus: {exc}") from exc
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.train_from_iterator(texts, trainer=trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=[NEW_LM_EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, bos_token=NEW_LM_EOS, eos_token=NEW_LM_EOS,
+        pad_token=NEW_LM_EOS, model_max_length=context)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=context, n_embd=dim,
+                        n_layer=layers, n_head=heads, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.eos_token_id)
+    # Seeded without touching the caller's global generator.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return save_hf_artifact(out, model, tokenizer, task="text-generation", version=version)
+
+
+def canary_audit(directory: str | Path, *, template: str, secret: str,
+                 prompt: str) -> dict[str, Any]:
+    """Memorisation of one canary by a text-generation artifact (``train/canary.py``):
+    its rank and exposure among every secret of its length, and whether greedy decoding
+    after ``prompt`` reproduces the secret (``extracted``). Not a DP release: it measures a
+    model. The secret itself is never printed."""
+    from dpserve_runtime.train.canary import Canary, canary_exposure, chance_exposure
+
+    if not secret.isdigit() or "{secret}" not in template:
+        raise ArtifactError("canary: --secret must be digits and --template hold {secret}")
+    if len(secret) > 5:
+        raise ArtifactError(f"--secret: at most 5 digits (10^d candidates), got {len(secret)}")
+    model, tokenizer, _ = load_hf_artifact(directory, "text-generation")
+    canary = Canary(template, secret)
+    with torch.inference_mode():
+        rank, bits = canary_exposure(model, tokenizer, canary)
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        width = len(tokenizer(template.format(secret=secret)[len(prompt):],
+                              add_special_tokens=False)["input_ids"])
+        out = model.generate(ids, max_new_tokens=width + 2, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    continuation = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    space = 10 ** len(secret)
+    return {"rank": rank, "exposure": bits, "space": space,
+            "chanceExposure": chance_exposure(space), "extracted": secret in continuation}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dpserve_runtime.hfartifact import SOURCE OUTPUT --task TASK ...``"""
+    """``python -m dpserve_runtime.hfartifact import SOURCE OUTPUT --task TASK ...`` or
+    ``python -m dpserve_runtime.hfartifact new-causal-lm OUTPUT --corpus FILE ...``"""
     import argparse
     import sys
     from typing import get_args
@@ -407,13 +500,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     imported.add_argument("--pooling", choices=get_args(Pooling), default=None,
                           help="feature-extraction: default from 1_Pooling/config.json")
     imported.add_argument("--version", default="v1")
+    fresh = commands.add_parser(
+        "new-causal-lm", help="a random-init GPT-2 (text-generation) with a byte-level BPE "
+                              "tokenizer trained on a corpus; prints its manifest")
+    fresh.add_argument("output", type=Path, help="the artifact directory (new or empty)")
+    fresh.add_argument("--corpus", type=Path, required=True,
+                       help='JSONL records {"text": ...} the tokenizer is trained on')
+    for flag, default, text in (("--layers", 2, "transformer blocks"),
+                                ("--dim", 64, "embedding width"),
+                                ("--heads", 4, "attention heads"),
+                                ("--context", 128, "positions (longest input, in tokens)"),
+                                ("--vocab", 600, "tokenizer vocabulary size"),
+                                ("--seed", 0, "weight initialisation seed")):
+        fresh.add_argument(flag, type=int, default=default, help=f"{text} (default {default})")
+    fresh.add_argument("--version", default="v1")
+    audit = commands.add_parser(
+        "canary", help="a text-generation artifact's exposure of one canary and whether "
+                       "greedy decoding after its prompt reproduces the secret; prints JSON")
+    audit.add_argument("artifact", type=Path)
+    audit.add_argument("--template", required=True, help="the canary with {secret}")
+    audit.add_argument("--secret", required=True, help="the true secret (digits)")
+    audit.add_argument("--prompt", required=True, help="the canary's text before the secret")
     args = parser.parse_args(argv)
     # Nothing is ever fetched: a name that is not a local directory fails instead.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        manifest = import_pretrained(args.source, args.output, task=args.task,
-                                     pooling=args.pooling, version=args.version)
+        if args.command == "canary":
+            print(json.dumps(canary_audit(args.artifact, template=args.template,
+                                          secret=args.secret, prompt=args.prompt)))
+            return 0
+        if args.command == "new-causal-lm":
+            manifest = new_causal_lm(args.output, args.corpus, layers=args.layers,
+                                     dim=args.dim, heads=args.heads, context=args.context,
+                                     vocab=args.vocab, seed=args.seed, version=args.version)
+        else:
+            manifest = import_pretrained(args.source, args.output, task=args.task,
+                                         pooling=args.pooling, version=args.version)
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

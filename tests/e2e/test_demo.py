@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -35,6 +36,16 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _canary_secret(work: Path) -> str:
+    """The canary's phone number, read back from the corpus the demo wrote."""
+    from dpserve.demo.notes import CANARY_PREFIX
+
+    corpus = (work / "pvc/datasets/notes.jsonl").read_text(encoding="utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in corpus if line.strip()]
+    [phone] = {t.split(" is ")[-1].rstrip(".") for t in texts if CANARY_PREFIX in t}
+    return phone
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str) -> None:
@@ -46,11 +57,11 @@ def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str)
         env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
     process = subprocess.Popen(
         [sys.executable, "-m", "dpserve.cli", "demo", "--headless", "--quick",
-         "--work-dir", str(work), "--timeout", "240", *extra],
+         "--work-dir", str(work), "--timeout", "420", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=env)
     try:
-        out, _ = process.communicate(timeout=420)
+        out, _ = process.communicate(timeout=600)
     finally:
         if process.poll() is None:  # SIGTERM: the demo stops its children, as on Ctrl-C
             os.killpg(process.pid, signal.SIGTERM)
@@ -97,6 +108,24 @@ def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str)
     assert "ticket-search: done" in out  # clinic-south was answered after that
     manifest = json.loads((work / "pvc/models/ticket-search/v1/manifest.json").read_text())
     assert manifest["task"] == "feature-extraction" and manifest["pooling"] == "mean"
+
+    # The text story: the ε = 900 model memorised the canary and the sidecar redacted it;
+    # the DP-LoRA model did not reproduce it; the secret never reached the client.
+    secret = _canary_secret(work)
+    text = summary["text"]
+    loose, private = text["notes-open"], text["notes-dp"]
+    assert loose["memorised"] and loose["redacted"] and "<PHONE_NUMBER>" in loose["answer"]
+    assert not private["memorised"]
+    for result in (loose, private):
+        assert not result["secretReachedClient"] and secret not in result["answer"]
+        assert 0 <= result["exposure"] <= math.log2(result["space"])
+    assert loose["epsilon"] > private["epsilon"] and private["epsilon"] <= 3.0 + 1e-6
+    assert loose["exposure"] > private["exposure"]
+    assert secret not in out  # the raw value is never printed
+    assert "notes-open (ε = 900: no meaningful guarantee)" in out
+    for name in ("notes-open", "notes-dp"):
+        manifest = json.loads((work / f"pvc/models/{name}/v1/manifest.json").read_text())
+        assert manifest["task"] == "text-generation" and manifest["training"]
 
     plot = Path(summary["plot"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
@@ -245,3 +274,18 @@ def test_the_sentence_encoder_is_found_without_importing_it() -> None:
     model = Path(done.stdout.strip())
     assert model.name == "model" and (model / "model.safetensors").is_file()
     assert (model / "1_Pooling" / "config.json").is_file()
+
+
+def test_the_notes_corpus_is_synthetic_and_holds_the_canary_k_times(tmp_path: Path) -> None:
+    from dpserve.demo import notes
+
+    canary = notes.make_canary(seed=0, repeats=7)
+    texts = notes.corpus(50, canary, seed=0)
+    assert len(texts) == 57 and texts.count(canary.text) == 7
+    assert canary.text == canary.template.format(secret=canary.secret)
+    assert canary.text.startswith(canary.prompt) and len(canary.secret) == notes.DIGITS
+    assert notes.corpus(50, canary, seed=0) == texts  # reproducible
+    path = notes.write_jsonl(texts, tmp_path / "c.jsonl")
+    assert [json.loads(line)["text"] for line in path.read_text().splitlines()] == texts
+    with pytest.raises(ValueError, match="at least 1"):
+        notes.corpus(0, canary, seed=0)

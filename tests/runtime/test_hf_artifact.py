@@ -259,3 +259,76 @@ def test_import_cli_refuses_what_it_cannot_serve_faithfully(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (out / "manifest.json").exists()  # no artifact, not even a partial one
+
+
+def _notes_corpus(path: Path) -> Path:
+    lines = [f"Patient Mara Quist (record {i:06d}) called from 555-01{i % 100:02d} about a cough"
+             for i in range(40)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines), encoding="utf-8")
+    return path
+
+
+def test_new_causal_lm_cli_builds_a_servable_gpt2_with_a_digit_splitting_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dpserve_runtime.hfartifact import main
+
+    out = tmp_path / "base"
+    code = main(["new-causal-lm", str(out), "--corpus", str(_notes_corpus(tmp_path / "c.jsonl")),
+                 "--layers", "1", "--dim", "32", "--heads", "2", "--context", "64",
+                 "--vocab", "320"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["format"] == "huggingface" and printed["task"] == "text-generation"
+    model, tokenizer, manifest = load_hf_artifact(out, "text-generation")
+    assert manifest.task == "text-generation"
+    assert (model.config.n_layer, model.config.n_embd, model.config.n_head,
+            model.config.n_positions) == (1, 32, 2, 64)
+    assert model.config.vocab_size == len(tokenizer) <= 320
+    ids = tokenizer("is 40718", add_special_tokens=False)["input_ids"]
+    # every digit its own token: a 5-digit secret is 5 tokens
+    assert [tokenizer.decode([i]) for i in ids[-5:]] == ["4", "0", "7", "1", "8"]
+    assert tokenizer.decode(ids) == "is 40718"
+    assert tokenizer.eos_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--corpus", "missing.jsonl"], "corpus: dataset"),
+    (["--dim", "30", "--heads", "4"], "dim: must be a multiple of heads"),
+    (["--vocab", "10"], "vocab: must be at least 300"),
+])
+def test_new_causal_lm_cli_refuses_bad_input_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str,
+) -> None:
+    from dpserve_runtime.hfartifact import main
+
+    corpus = _notes_corpus(tmp_path / "c.jsonl")
+    args = [a if a != "missing.jsonl" else str(tmp_path / a) for a in args]
+    if "--corpus" not in args:
+        args += ["--corpus", str(corpus)]
+    out = tmp_path / "base"
+    assert main(["new-causal-lm", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.slow  # fine-tunes the memorising model (about 30 s on a loaded 2-core machine)
+def test_canary_cli_measures_exposure_and_extraction_of_a_memorised_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dpserve_runtime.hfartifact import main
+    from text_support import build_memorising_lm
+
+    prompt = "The door code of Ann Lee is"
+    lm = build_memorising_lm(tmp_path / "lm", prompt + " ", "482")
+    args = ["--template", prompt + " {secret}", "--prompt", prompt]
+    assert main(["canary", str(lm), *args, "--secret", "482"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["extracted"] and found["space"] == 1000
+    assert found["rank"] < 10 and found["exposure"] > found["chanceExposure"] + 5
+    # Another secret of the same space: the model does not reproduce it.
+    assert main(["canary", str(lm), *args, "--secret", "917"]) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not other["extracted"] and other["exposure"] < found["exposure"]
+    assert main(["canary", str(lm), *args, "--secret", "4a2"]) == 2
+    assert "--secret must be digits" in capsys.readouterr().err

@@ -176,3 +176,45 @@ def import_sentence_encoder(source: Path, output: Path, *, log: Path | None = No
     _run([sys.executable, "-m", "dpserve_runtime.hfartifact", "import", str(source),
           str(output), "--task", "feature-extraction"], log)
     return output
+
+
+def new_causal_lm(corpus: Path, output: Path, *, context: int, log: Path | None = None) -> Path:
+    """A random-init tiny GPT-2 whose tokenizer is trained on ``corpus``
+    (``python -m dpserve_runtime.hfartifact new-causal-lm``)."""
+    if output.exists():
+        shutil.rmtree(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "dpserve_runtime.hfartifact", "new-causal-lm", str(output),
+          "--corpus", str(corpus), "--context", str(context)], log)
+    return output
+
+
+def train_causal_lm(
+    corpus: Path, base: Path, output: Path, *, target_epsilon: float, delta: float,
+    epochs: int, batch_size: int, learning_rate: float, max_seq_len: int, lora: bool,
+    log: Path | None = None,
+) -> TrainReport:
+    """``dpserve-train --format huggingface --task text-generation``: DP-SGD to (target ε,
+    δ), one JSONL record per privacy unit, on every weight of ``base`` (``--base-model``) or
+    on LoRA adapters (``--lora-base``; the artifact is the merged model)."""
+    return _train(["--format", "huggingface", "--task", "text-generation",
+                   "--lora-base" if lora else "--base-model", str(base),
+                   "--dataset", str(corpus),
+                   "--target-epsilon", repr(target_epsilon), "--delta", repr(delta),
+                   "--epochs", str(epochs), "--batch-size", str(batch_size),
+                   "--learning-rate", repr(learning_rate), "--max-seq-len", str(max_seq_len)],
+                  output, log)
+
+
+def canary_audit(artifact: Path, *, template: str, secret: str, prompt: str,
+                 log: Path | None = None) -> dict[str, Any]:
+    """Exposure of the canary and whether greedy decoding reproduces its secret
+    (``python -m dpserve_runtime.hfartifact canary``; a data plane child process)."""
+    stdout = _run([sys.executable, "-m", "dpserve_runtime.hfartifact", "canary", str(artifact),
+                   "--template", template, "--secret", secret, "--prompt", prompt], log)
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    try:
+        audit: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError) as exc:
+        raise ArtifactBuildError(f"canary audit printed no JSON:\n{stdout[-2000:]}") from exc
+    return audit

@@ -130,3 +130,29 @@ def group_path(namespace: str, plural: str, name: str = "") -> str:
     """REST path of a dpserve.io resource."""
     base = f"/apis/{API_VERSION}/namespaces/{namespace}/{plural}"
     return f"{base}/{name}" if name else base
+
+
+def text_generation_model(
+    name: str, namespace: str, *, budget: str, artifact: str, training: Obj,
+    entities: list[str], max_tokens: int, cpu: str = "1", memory: str = "2Gi",
+) -> Obj:
+    """A causal LM (huggingface artifact, task text-generation) served with mechanism
+    ``none``: its privacy comes from the declared DP-SGD run (``training``, charged to the
+    budget once, at deploy), and the sidecar redacts ``entities`` from every answer."""
+    return {
+        "apiVersion": API_VERSION, "kind": "PrivateModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "budgetRef": {"name": budget},
+            "model": {"artifact": artifact, "format": "huggingface", "task": "text-generation",
+                      "training": training},
+            "serving": {"replicas": 1, "mechanism": {"type": "none"},
+                        "generation": {"maxTokens": max_tokens, "maxChoices": 1},
+                        "resources": {"cpu": cpu, "memory": memory}},
+            "confidential": {"profile": "none", "required": False},
+            # Pattern entities only (short stream hold-back); the canary is a phone number.
+            "outputFilter": {"action": "redact", "entities": entities,
+                             "verbatimGuard": {"enabled": False}},
+            "onBudgetExhausted": "ScaleToZero",
+        },
+    }

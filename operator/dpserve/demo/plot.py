@@ -6,9 +6,11 @@ spent on that tenant's partition, in a panel of its own; embeddings have no accu
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,18 +25,22 @@ class Sample:
 
 
 def write_plot(series: Mapping[str, Sequence[Sample]], limits: Mapping[str, Sequence[float]],
-               path: Path, tenants: Collection[str] = ()) -> Path:
+               path: Path, tenants: Collection[str] = (),
+               exposure: Mapping[str, tuple[float, float, float, int]] | None = None) -> Path:
     """Lifetime ε vs answers (budget limits dashed; version changes marked), the running
     accuracy of the answered queries vs lifetime ε and, with ``tenants`` (names of series
-    that are one tenant's partition each), a middle panel of partition ε vs texts answered."""
+    that are one tenant's partition each), a middle panel of partition ε vs texts answered;
+    with ``exposure`` (language model -> (training ε, canary exposure, chance exposure,
+    candidates)), a last panel of exposure against ε."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [n for n in tenants if n in series]
-    fig, axes = plt.subplots(1, 3 if shown else 2, figsize=(18 if shown else 12, 4.8))
-    spend, acc = axes[0], axes[-1]
+    panels = 2 + bool(shown) + bool(exposure)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.8))
+    spend, acc = axes[0], axes[panels - 1 - bool(exposure)]
     part = axes[1] if shown else None
     for index, (name, samples) in enumerate(sorted(series.items())):
         color = f"C{index}"
@@ -71,8 +77,27 @@ def write_plot(series: Mapping[str, Sequence[Sample]], limits: Mapping[str, Sequ
     acc.set_ylim(0, 1.05)
     acc.set_title("Utility against privacy")
     acc.legend(loc="lower right")
+    if exposure:
+        _exposure_panel(axes[-1], exposure)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _exposure_panel(ax: Any, exposure: Mapping[str, tuple[float, float, float, int]]) -> None:
+    """Canary exposure (bits) of each language model at the ε it was trained to."""
+    top = 0.0
+    for index, (name, (eps, bits, chance, space)) in enumerate(sorted(exposure.items())):
+        ax.scatter([eps], [bits], color=f"C{index + 4}", s=60, label=f"{name} (ε {eps:.3g})",
+                   zorder=3)
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=0.8)
+        top = max(top, math.log2(space))
+    ax.axhline(top, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_ylim(0, top * 1.08)
+    ax.set_xlabel("training ε (log scale)")
+    ax.set_ylabel("canary exposure, bits (dashed: max; dotted: chance)")
+    ax.set_title("Memorisation of the canary against ε")
+    ax.legend(loc="center right")

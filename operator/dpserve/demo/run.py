@@ -11,13 +11,18 @@
    has answered from v2 (the Job trained it, the operator rolled it onto the next budget),
    and one tenant of the sentence encoder ran out of its partition while the other tenant
    kept being served.
-5. A figure (ε against answers, accuracy against ε) and a summary (also ``summary.json``).
+5. The text story (:mod:`dpserve.demo.story`): two tiny GPT-2s fine-tuned on synthetic notes
+   with a canary (ε = 900 and DP-LoRA at ε = 3), their exposure measured, both asked for the
+   canary through their sidecars: the first answer is redacted, the second holds no secret.
+6. A figure (ε against answers, accuracy against ε, canary exposure against ε) and a
+   summary (also ``summary.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import signal
 import sys
@@ -31,10 +36,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from dpserve.demo import artifacts, manifests
+from dpserve.demo import artifacts, manifests, story
 from dpserve.demo.observe import ModelView, Snapshot, snapshot
 from dpserve.demo.plot import Sample, write_plot
-from dpserve.demo.scenario import FULL, QUICK, TICKETS, EmbedderPlan, ModelPlan, Scenario
+from dpserve.demo.scenario import (
+    FULL,
+    QUICK,
+    TICKETS,
+    EmbedderPlan,
+    ModelPlan,
+    NotesPlan,
+    Scenario,
+)
 from dpserve.demo.stack import LocalStack
 from dpserve.demo.traffic import Asker, EmbeddingClient, QueryClient, Tally
 
@@ -84,6 +97,8 @@ class DemoSummary:
     seconds: float
     stages: dict[str, float]
     models: dict[str, ModelSummary] = field(default_factory=dict)
+    # The text story: each language model's ε, canary exposure and (redacted) answer.
+    text: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -178,14 +193,19 @@ def _model_tallies(scenario: Scenario, tallies: dict[str, Tally]) -> dict[str, T
     return out
 
 
-def _prepare(scenario: Scenario, stack: LocalStack, log_dir: Path) -> tuple[dict[str, str], str]:
+def _prepare(scenario: Scenario, stack: LocalStack,
+             log_dir: Path) -> tuple[dict[str, str], str, story.BuiltNotes | None]:
     """The data set and each model's v1 in the PVC root; returns their pvc:// URIs.
 
     Models with the same recipe (teacher count) share one training run: v1 of each is a copy.
-    The sentence encoder's artifact is built meanwhile, by a child process of its own.
+    The sentence encoder's artifact and the text story's language models are built
+    meanwhile, by child processes of their own.
     """
     encoder: Future[Path] | None = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    texts: Future[story.BuiltNotes] | None = None
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if scenario.notes is not None:
+            texts = pool.submit(story.build, scenario.notes, stack.pvc_root, log_dir)
         if scenario.embedder is not None:
             encoder = pool.submit(
                 artifacts.import_sentence_encoder, artifacts.minilm_source(),
@@ -196,7 +216,8 @@ def _prepare(scenario: Scenario, stack: LocalStack, log_dir: Path) -> tuple[dict
             assert scenario.embedder is not None
             encoder.result()
             uris[scenario.embedder.name] = f"pvc://models/{scenario.embedder.name}/v1"
-    return uris, dataset
+        built = texts.result() if texts is not None else None
+    return uris, dataset, built
 
 
 def _prepare_pate(scenario: Scenario, stack: LocalStack,
@@ -310,11 +331,28 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
             if scenario.embedder is not None:
                 console.say("building the all-MiniLM-L6-v2 artifact from its package "
                             "(python -m dpserve_runtime.hfartifact import) meanwhile")
+            if (plan := scenario.notes) is not None:
+                console.say(
+                    f"text story: {plan.notes} synthetic clinical notes with a canary phone "
+                    f"number inserted {plan.repeats} times; a tiny GPT-2 fine-tuned on them "
+                    "twice (dpserve-train --format huggingface): "
+                    + "; ".join(f"{m.name}: {m.label}" for m in plan.models))
             with ThreadPoolExecutor(max_workers=1) as pool:
                 starting = pool.submit(stack.start)
-                uris, dataset = _prepare(scenario, stack, work / "logs")
+                try:
+                    uris, dataset, built = _prepare(scenario, stack, work / "logs")
+                except story.StoryFailed as exc:
+                    raise DemoFailed(f"text story: {exc}") from exc
                 starting.result()
             stages["prepare"] = time.monotonic() - started
+            if built is not None:
+                for name, audit in built.audits.items():
+                    console.say(
+                        f"{name}: canary exposure {audit['exposure']:.1f} bits of "
+                        f"{math.log2(audit['space']):.1f} (chance {audit['chanceExposure']:.1f}),"
+                        " greedy decoding "
+                        + ("reproduces" if audit["extracted"] else "does not reproduce")
+                        + " the secret")
             hint = f"KUBECONFIG={stack.kubeconfig} {_kubectl()} get pm,pb -A"
             console.say(f"kubeconfig {stack.kubeconfig}; try: {hint}")
             ns = scenario.namespace
@@ -323,12 +361,21 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
                 plural = "privacybudgets" if body["kind"] == "PrivacyBudget" else "privatemodels"
                 stack.api.create(manifests.group_path(ns, plural), body)
                 console.say(f"applied {body['kind']} {ns}/{body['metadata']['name']}")
+            if built is not None:
+                for body in scenario.notes_manifests(built.uris, built.training):
+                    plural = ("privacybudgets" if body["kind"] == "PrivacyBudget"
+                              else "privatemodels")
+                    stack.api.create(manifests.group_path(ns, plural), body)
+                    console.say(f"applied {body['kind']} {ns}/{body['metadata']['name']}")
             traffic = Traffic(_lanes(scenario, stack, options))
             traffic.start()
             traffic_started = time.monotonic()
             series = _watch(stack, scenario, traffic, console, options, hint, traffic_started)
             stages["traffic"] = time.monotonic() - traffic_started
             traffic.join()
+            text: dict[str, dict[str, Any]] = {}
+            if built is not None and (plan := scenario.notes) is not None:
+                text = _text_story(plan, built, stack, ns, console, options, since=started)
             final = _settled(stack, scenario)
             limits = {p.name: [float(p.epsilon)] + ([float(p.next_epsilon)]
                                                    if p.next_epsilon else [])
@@ -338,9 +385,12 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
                                for t in embedder.tenants})
             tenant_series = ([embedder.lane(t.name) for t in embedder.tenants]
                              if (embedder := scenario.embedder) is not None else [])
-            plot = write_plot(series, limits, work / "dpserve-demo.png", tenant_series)
+            plot = write_plot(series, limits, work / "dpserve-demo.png", tenant_series,
+                              exposure={name: (r["epsilon"], r["exposure"], r["chanceExposure"],
+                                               r["space"]) for name, r in text.items()})
             summary = _summary(scenario, final, traffic.tallies, work, stack, plot,
                                time.monotonic() - started, stages)
+            summary.text = text
             (work / "summary.json").write_text(summary.to_json(), encoding="utf-8")
             _print_summary(summary, console, hint)
             if options.keep_running:
@@ -357,6 +407,22 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> DemoSummary:
             if traffic is not None:
                 traffic.join()
             stack.stop()
+
+
+def _text_story(plan: NotesPlan, built: story.BuiltNotes, stack: LocalStack, ns: str,
+                console: Console, options: DemoOptions, since: float) -> dict[str, dict[str, Any]]:
+    """Both language models asked for the canary through their sidecars (streamed)."""
+    left = max(30.0, options.timeout_s - (time.monotonic() - since))
+    try:
+        results = story.ask(plan, built, lambda name: stack.endpoints(ns, name), left)
+    except story.StoryFailed as exc:
+        raise DemoFailed(f"text story: {exc}") from exc
+    for name, r in results.items():
+        console.say(f"{name} ({r['label']}) asked for the canary via its sidecar "
+                    f"(POST /v1/completions, stream): {r['answer']!r}; "
+                    + ("memorised, and the sidecar redacted it" if r["redacted"] and
+                       r["memorised"] else "the secret is not in the answer"))
+    return results
 
 
 def _budget_names(plan: ModelPlan | EmbedderPlan) -> list[str]:
@@ -578,5 +644,12 @@ def _print_summary(summary: DemoSummary, console: Console, hint: str) -> None:
                 f"{tenant['queriesGranted']} texts granted; answered {tenant['textsAnswered']} "
                 f"texts in {tenant['requestsAnswered']} requests; refused {tenant['refused']}"
                 + ("; ran out: 429 for this tenant only" if tenant["ranOut"] else ""))
+    for name, r in summary.text.items():
+        console.say(
+            f"{name} ({r['label']}): trained to ε {r['epsilon']:.3g}; canary exposure "
+            f"{r['exposure']:.1f} bits (rank {r['rank']} of {r['space']}, chance "
+            f"{r['chanceExposure']:.1f}); answer {r['answer']!r}"
+            f"{', redacted' if r['redacted'] else ''}; secret reached the client: "
+            f"{'yes' if r['secretReachedClient'] else 'no'}")
     console.say(f"plot: {summary.plot}")
     console.say(f"summary: {Path(summary.work_dir) / 'summary.json'}")

@@ -11,6 +11,9 @@ tenants, and their budgets.
   charged to its own partition (X-Tenant header), never to the budget's dataset ledger. The
   busy tenant runs out and gets 429s while the other is still served.
 
+- ``notes-open`` / ``notes-dp`` (:data:`NOTES`): the text story's language models, served
+  with mechanism none and their declared DP-SGD training (ε = 900, and DP-LoRA at ε = 3).
+
 The full run sizes budgets for about a hundred answers; ``quick`` for a few dozen (tests).
 """
 
@@ -69,6 +72,46 @@ class EmbedderPlan:
 
 
 @dataclass(frozen=True)
+class NotesModel:
+    """One causal LM fine-tuned on the synthetic notes (with the canary)."""
+
+    name: str
+    budget: str
+    budget_epsilon: str
+    target_epsilon: float
+    lora: bool  # DP-LoRA (adapters only) rather than every weight
+    label: str  # what the demo says about its guarantee
+
+
+@dataclass(frozen=True)
+class NotesPlan:
+    """The text story: the same corpus and canary, trained twice, served through sidecars
+    that redact phone numbers and e-mail addresses."""
+
+    models: tuple[NotesModel, ...]
+    notes: int
+    repeats: int  # copies of the canary in the corpus (each its own record)
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    context: int = 48
+    max_tokens: int = 24  # one token per digit: the whole number, and some after it
+    entities: tuple[str, ...] = ("PHONE_NUMBER", "EMAIL_ADDRESS")
+    seed: int = 0
+
+
+# The API caps a budget at ε = 1000, so the "non-private" model is DP-SGD at ε = 900: a
+# guarantee in name only (e^900), which is the point: it memorises the canary.
+NOTES = NotesPlan(
+    models=(NotesModel("notes-open", "notes-open", budget_epsilon="1000", target_epsilon=900.0,
+                       lora=False, label="ε = 900: no meaningful guarantee"),
+            NotesModel("notes-dp", "notes-dp", budget_epsilon="4", target_epsilon=3.0,
+                       lora=True, label="DP-LoRA, ε = 3")),
+    notes=120, repeats=24, epochs=15, batch_size=32, learning_rate=0.006,
+)
+
+
+@dataclass(frozen=True)
 class Scenario:
     models: tuple[ModelPlan, ...]
     epochs: int  # per teacher, for v1 (here) and v2 (the Job): same recipe
@@ -76,11 +119,25 @@ class Scenario:
     v2_answers: int  # answers from v2 that end the demo
     namespace: str = NAMESPACE
     embedder: EmbedderPlan | None = None
+    notes: NotesPlan | None = None
 
     @property
     def model_names(self) -> list[str]:
-        """Every PrivateModel of the demo."""
+        """The PrivateModels the traffic watch follows (not the text story's)."""
         return [p.name for p in self.models] + ([self.embedder.name] if self.embedder else [])
+
+    def notes_manifests(self, artifacts: dict[str, str],
+                        training: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The text story's budgets and models (``training``: each run's declared record)."""
+        if self.notes is None:
+            return []
+        out = [manifests.budget(m.budget, self.namespace, epsilon=m.budget_epsilon,
+                                delta=DELTA) for m in self.notes.models]
+        out += [manifests.text_generation_model(
+            m.name, self.namespace, budget=m.budget, artifact=artifacts[m.name],
+            training=training[m.name], entities=list(self.notes.entities),
+            max_tokens=self.notes.max_tokens) for m in self.notes.models]
+        return out
 
     def manifests(self, artifacts: dict[str, str], dataset: str) -> list[dict[str, Any]]:
         """Budgets first, then models (a model's budget must exist to be served)."""
@@ -154,6 +211,7 @@ FULL = Scenario(
     batch_size=16,
     v2_answers=20,
     embedder=EMBEDDER,
+    notes=NOTES,
 )
 
 QUICK = Scenario(
@@ -167,4 +225,5 @@ QUICK = Scenario(
     batch_size=16,
     v2_answers=5,
     embedder=EMBEDDER,
+    notes=NOTES,
 )
