@@ -37,10 +37,23 @@ class Mechanism(ApiModel):
 
     type: MechanismType = "none"
     teachers: Annotated[int, Field(ge=2, le=10000)] | None = None
-    noise_multiplier: Decimal | None = None
-    clip_norm: Decimal | None = None
-    sensitivity: Decimal | None = None
-    epsilon: Decimal | None = None
+    # Ranges (CEL rules on Serving): what the accountant evaluates to a finite ε; see there.
+    noise_multiplier: Decimal | None = Field(
+        default=None,
+        description="pate: vote-noise std; gaussian: noise std / clipNorm. 0.01 <= "
+        "noiseMultiplier <= 10000 (the range the accountant evaluates to a finite ε).",
+    )
+    clip_norm: Decimal | None = Field(
+        default=None, description="gaussian: L2 clipping norm of the output, 1e-6 .. 1e6."
+    )
+    sensitivity: Decimal | None = Field(
+        default=None,
+        description="gaussian: L2 sensitivity of the clipped output to one privacy unit, "
+        "1e-6 .. 1e6.",
+    )
+    epsilon: Decimal | None = Field(
+        default=None, description="laplace-embedding: ε of one query (pure DP), 1e-6 .. 100."
+    )
     privacy_unit: PrivacyUnit | None = Field(
         default=None,
         description="What one query's noise protects: training-record (charged to the "

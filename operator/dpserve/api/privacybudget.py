@@ -32,7 +32,16 @@ class Partitions(CelModel):
     """
 
     header: HeaderName | None = None
-    epsilon: Decimal | None = None
+    # A tenant's ledger protects that tenant's own query text, not the dataset: tenants
+    # compose in parallel with each other and with the main ledger, so a per-tenant ε above
+    # spec.epsilon is legitimate. It gets the same sanity cap as the budget's ε (1000), which
+    # also keeps it finite (1e400 would parse as inf).
+    epsilon: Decimal | None = Field(
+        default=None,
+        description="ε of each tenant's own ledger, 0 < epsilon <= 1000; independent of "
+        "spec.epsilon (it protects the tenant's query text, not the dataset), so it may "
+        "exceed it.",
+    )
     tenants: Annotated[list[TenantName], Field(max_length=256)] | None = None
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -40,13 +49,14 @@ class Partitions(CelModel):
                 "FieldValueRequired"),
         CelRule("has(self.epsilon)", "partitions need a per-tenant epsilon", ".epsilon",
                 "FieldValueRequired"),
-        CelRule("!has(self.epsilon) || double(self.epsilon) > 0.0",
-                "epsilon must be a decimal greater than 0", ".epsilon"),
+        CelRule("!has(self.epsilon) || "
+                "(double(self.epsilon) > 0.0 && double(self.epsilon) <= 1000.0)",
+                "epsilon must be a decimal greater than 0 and <= 1000", ".epsilon"),
     )
 
 
 class PrivacyBudgetSpec(CelModel):
-    epsilon: Decimal = Field(description="Total ε of the budget, a decimal string > 0.")
+    epsilon: Decimal = Field(description="Total ε of the budget, a decimal string, 0 < ε <= 1000.")
     delta: Decimal = Field(description="δ of the budget, a decimal string with 0 < δ < 1.")
     accountant: AccountantKind = Field(
         "rdp", description="rdp (agrees with Opacus) or pld (tighter, slower)."

@@ -46,16 +46,25 @@ class BudgetRef(ApiModel):
 class DeclaredTraining(CelModel):
     """The DP-SGD spend that produced the artifact, charged once per model version."""
 
-    noise_multiplier: Decimal
-    sample_rate: Decimal
+    noise_multiplier: Decimal = Field(
+        description="DP-SGD noise multiplier z, 0.01 <= z <= 10000 (the range the accountant "
+        "evaluates to a finite ε)."
+    )
+    sample_rate: Decimal = Field(description="Sampling rate q, 1e-9 <= q <= 1.")
     steps: Annotated[int, Field(ge=1, le=100_000_000)]
     sampling: Sampling = "poisson"
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule("double(self.noiseMultiplier) > 0.0", "noiseMultiplier must be > 0",
-                ".noiseMultiplier"),
-        CelRule("double(self.sampleRate) > 0.0 && double(self.sampleRate) <= 1.0",
-                "sampleRate must satisfy 0 < sampleRate <= 1", ".sampleRate"),
+        # Bounds of a decimal the accountant reads: within them RDP and PLD give a finite ε
+        # for any q and steps (z**2 neither underflows nor overflows; checked for both
+        # accountants in tests/accounting); 1e-300 used to be admitted and then divided by
+        # zero in every reconcile.
+        CelRule("double(self.noiseMultiplier) >= 0.01 && "
+                "double(self.noiseMultiplier) <= 10000.0",
+                "noiseMultiplier must be > 0 and within [0.01, 10000]", ".noiseMultiplier"),
+        # Below 1e-9 (no dataset is that large) the PLD accountant takes minutes per ε.
+        CelRule("double(self.sampleRate) >= 0.000000001 && double(self.sampleRate) <= 1.0",
+                "sampleRate must satisfy 0 < sampleRate <= 1 and be >= 1e-9", ".sampleRate"),
     )
 
 
@@ -142,15 +151,28 @@ class Serving(CelModel):
                 "privacyUnit query-text: one query text moves the clipped output by up to "
                 "2 * clipNorm, so sensitivity must be >= 2 * clipNorm",
                 ".mechanism.sensitivity"),
+        # Bounds the accountant can compute: the gaussian query's effective noise multiplier
+        # noiseMultiplier * clipNorm / sensitivity then lies in [1e-14, 1e16], whose square
+        # is a normal double, so RDP and PLD give a finite ε (a huge ε is refused as
+        # exhausted, never a division by zero). A per-query ε above 100 is no privacy at all;
+        # below 1e-6 the Laplace scale 1/ε buries the embedding.
         CelRule("!has(self.mechanism.noiseMultiplier) || "
-                "double(self.mechanism.noiseMultiplier) > 0.0",
-                "noiseMultiplier must be > 0", ".mechanism.noiseMultiplier"),
-        CelRule("!has(self.mechanism.clipNorm) || double(self.mechanism.clipNorm) > 0.0",
-                "clipNorm must be > 0", ".mechanism.clipNorm"),
-        CelRule("!has(self.mechanism.sensitivity) || double(self.mechanism.sensitivity) > 0.0",
-                "sensitivity must be > 0", ".mechanism.sensitivity"),
-        CelRule("!has(self.mechanism.epsilon) || double(self.mechanism.epsilon) > 0.0",
-                "epsilon must be > 0", ".mechanism.epsilon"),
+                "(double(self.mechanism.noiseMultiplier) >= 0.01 && "
+                "double(self.mechanism.noiseMultiplier) <= 10000.0)",
+                "noiseMultiplier must be > 0 and within [0.01, 10000]",
+                ".mechanism.noiseMultiplier"),
+        CelRule("!has(self.mechanism.clipNorm) || "
+                "(double(self.mechanism.clipNorm) >= 0.000001 && "
+                "double(self.mechanism.clipNorm) <= 1000000.0)",
+                "clipNorm must be > 0 and within [1e-6, 1e6]", ".mechanism.clipNorm"),
+        CelRule("!has(self.mechanism.sensitivity) || "
+                "(double(self.mechanism.sensitivity) >= 0.000001 && "
+                "double(self.mechanism.sensitivity) <= 1000000.0)",
+                "sensitivity must be > 0 and within [1e-6, 1e6]", ".mechanism.sensitivity"),
+        CelRule("!has(self.mechanism.epsilon) || "
+                "(double(self.mechanism.epsilon) >= 0.000001 && "
+                "double(self.mechanism.epsilon) <= 100.0)",
+                "epsilon must be > 0 and within [1e-6, 100] per query", ".mechanism.epsilon"),
     )
 
 
@@ -189,7 +211,9 @@ class Lora(CelModel):
 
     rank: Annotated[int, Field(ge=1, le=256)] = 8
     alpha: Decimal | None = Field(
-        default=None, description="LoRA alpha (adapter scale alpha/rank); default 2 * rank."
+        default=None,
+        description="LoRA alpha (adapter scale alpha/rank), 0 < alpha <= 10000; default "
+        "2 * rank.",
     )
     target_modules: Annotated[list[ModuleName], Field(min_length=1, max_length=16)] | None = (
         Field(
@@ -208,7 +232,8 @@ class Lora(CelModel):
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule("!has(self.alpha) || double(self.alpha) > 0.0", "alpha must be > 0", ".alpha"),
+        CelRule("!has(self.alpha) || (double(self.alpha) > 0.0 && double(self.alpha) <= 10000.0)",
+                "alpha must be > 0 and <= 10000", ".alpha"),
     )
 
 
@@ -224,7 +249,9 @@ class Retraining(CelModel):
     delta: Decimal | None = None  # default: nextBudget.delta
     epochs: Annotated[int, Field(ge=1, le=1000)] = 10
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_grad_norm: Decimal = "1.0"
+    max_grad_norm: Decimal = Field(
+        "1.0", description="Per-example clipping norm of DP-SGD, 0 < maxGradNorm <= 1e6."
+    )
     learning_rate: Decimal | None = Field(
         default=None,
         description="Adam learning rate of the trainer, 0 < learningRate <= 1; default the "
@@ -254,7 +281,8 @@ class Retraining(CelModel):
                 "targetEpsilon must not exceed nextBudget.epsilon", ".targetEpsilon"),
         CelRule("self.mode != 'pate' || has(self.teachers)", "mode pate requires teachers",
                 ".teachers", "FieldValueRequired"),
-        CelRule("double(self.maxGradNorm) > 0.0", "maxGradNorm must be > 0", ".maxGradNorm"),
+        CelRule("double(self.maxGradNorm) > 0.0 && double(self.maxGradNorm) <= 1000000.0",
+                "maxGradNorm must be > 0 and <= 1e6", ".maxGradNorm"),
         CelRule("!has(self.delta) || (double(self.delta) > 0.0 && "
                 "double(self.delta) <= double(self.nextBudget.delta))",
                 "delta must satisfy 0 < delta <= nextBudget.delta", ".delta"),

@@ -19,6 +19,7 @@ from dpserve.api.mechanism import Mechanism
 from dpserve.controllers.context import ModelKey, OperatorContext, now
 from dpserve.controllers.kubeapi import PRIVACYBUDGETS, PRIVATEMODELS, Conflict
 from dpserve.ledger import events as ledger_events
+from dpserve.ledger import state as ledger_state
 from dpserve.ledger.conditions import rfc3339
 from dpserve.ledger.store import NotFound
 
@@ -34,7 +35,9 @@ def probes(mechanisms: Iterable[Any]) -> list[Event]:
     for wire in mechanisms:
         try:
             event = ledger_events.mechanism_event(Mechanism.model_validate(wire or {}))
-        except ValueError:
+        except ledger_state.ACCOUNTING_ERRORS:
+            # A mechanism whose numbers cannot make an event (e.g. a sensitivity that
+            # underflows to 0.0) is not a probe; its model reports AccountingFailed itself.
             continue
         if event is not None and event not in out:
             out.append(event)

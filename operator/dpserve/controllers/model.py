@@ -169,9 +169,20 @@ def _mechanism_name(model: PrivateModel) -> str:
 
 
 def _fits(ctx: OperatorContext, model: PrivateModel, budget: BudgetView) -> bool:
+    """Whether one more query fits; False with ``budget.problem`` set when the accountant
+    cannot evaluate the spend (BudgetAvailable False, reason AccountingFailed, one Event on
+    the transition): never an exception that fails every reconcile, never "exhausted"."""
     assert budget.spec is not None
-    return ledger_state.query_fits(budget.spec, budget.status, model.spec.serving.mechanism,
-                                   accounting=ctx.accounting)
+    try:
+        return ledger_state.query_fits(budget.spec, budget.status,
+                                       model.spec.serving.mechanism, accounting=ctx.accounting)
+    except ledger_state.ACCOUNTING_ERRORS as exc:
+        budget.problem = (
+            ledger_state.ACCOUNTING_FAILED,
+            f"the accountant cannot evaluate one more {_mechanism_name(model)} query on "
+            f"PrivacyBudget {budget.name}: {ledger_state.accounting_message(exc)}",
+        )
+        return False
 
 
 async def _charge_declared_training(
@@ -227,10 +238,7 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     training_refusal: str | None = None
     if budget.problem is None:
         training_refusal = await _charge_declared_training(ctx, model, budget, version)
-        try:
-            fits = training_refusal is None and _fits(ctx, model, budget)
-        except ValueError as exc:
-            budget.problem = ("AccountingFailed", str(exc))
+        fits = training_refusal is None and _fits(ctx, model, budget)
 
     in_retraining = False
     if spec.retraining is None or spec.on_budget_exhausted != "Retrain":

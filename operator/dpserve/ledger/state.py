@@ -32,6 +32,7 @@ whenever one more query fits at all: progress is always possible.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -347,10 +348,61 @@ def compute_status(
         )
     try:
         return _compute(limits, generation, previous, leases, now, accounting, probes)
-    except (ValueError, ArithmeticError) as exc:
-        return StatusUpdate(
-            _unknown_status(previous, leases, generation, now, "AccountingFailed", str(exc))
-        )
+    except ACCOUNTING_ERRORS as exc:
+        return accounting_failed_status(previous, leases, generation, now, exc)
+
+
+# What the accountant (numpy, dp-accounting, the events' own checks) raises when it cannot
+# evaluate a spend: ZeroDivisionError, OverflowError and FloatingPointError are
+# ArithmeticErrors. The schema's bounds keep admitted specs out of this; a spec that skipped
+# admission (or a ledger entry written before the bounds) must still end in a condition.
+ACCOUNTING_ERRORS: tuple[type[Exception], ...] = (ValueError, ArithmeticError)
+ACCOUNTING_FAILED = "AccountingFailed"
+
+
+def accounting_failed_status(
+    previous: PrivacyBudgetStatus,
+    leases: list[LeaseRecord],
+    generation: int | None,
+    now: datetime,
+    exc: Exception,
+) -> StatusUpdate:
+    """Ready False, BudgetLow/Exhausted Unknown (never a claimed exhaustion), reason
+    AccountingFailed, plus one Warning Event when the failure is new (not every reconcile)."""
+    message = f"the accountant cannot evaluate this budget's spend: {accounting_message(exc)}"
+    was = get_condition(previous.conditions, READY)
+    status = _unknown_status(previous, leases, generation, now, ACCOUNTING_FAILED, message)
+    if was is not None and was.reason == ACCOUNTING_FAILED and was.message == message:
+        return StatusUpdate(status)
+    return StatusUpdate(status, (BudgetEvent("Warning", ACCOUNTING_FAILED, message),))
+
+
+def accounting_message(exc: Exception) -> str:
+    """The error as one line: a ValueError's own message (it names the field), otherwise
+    the arithmetic error's type too (``float division by zero`` alone says little)."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def evaluable(event: Event, limits: Limits, accounting: Accounting) -> Event:
+    """``event``, once the accountant gives one release of it a finite ε (else it raises).
+
+    ``max_additional`` works on RDP vectors in numpy, where an underflowed noise multiplier
+    gives inf (with a warning, no exception) and so "0 more queries fit": the budget would
+    be called exhausted for a mechanism the accountant simply cannot evaluate.
+    """
+    finite_epsilon(accounting.epsilon([(event, 1)], limits.delta, limits.kind), f"{event}")
+    return event
+
+
+def finite_epsilon(value: float, where: str) -> float:
+    """``value``, or a ValueError: an infinite or NaN ε is a failed computation, never a
+    spend (inf would read as "exhausted", NaN compares false to every limit)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: the accountant returned ε = {value!r}")
+    return value
 
 
 def invalid_spec_status(
@@ -408,7 +460,7 @@ def _compute(
     entries = list(previous.ledger)
     main = _entries(entries, None)
     main_spends = ev.spends(main)
-    spent = accounting.epsilon(main_spends, limits.delta, limits.kind)
+    spent = finite_epsilon(accounting.epsilon(main_spends, limits.delta, limits.kind), "ledger")
     spent_text = format_up(spent)
     remaining_text = remaining(limits.epsilon_text, spent)
 
@@ -420,9 +472,9 @@ def _compute(
         if entry.kind == "query":
             event = ev.entry_event(entry)
             if event is not None:
-                candidates[event] = None
+                candidates[evaluable(event, limits, accounting)] = None
     for probe in probes:
-        candidates[probe] = None
+        candidates[evaluable(probe, limits, accounting)] = None
     blocked = [
         event
         for event in candidates
@@ -532,7 +584,10 @@ def _partition_statuses(
     for tenant in tenants:
         if tenant is None:
             continue
-        spent = accounting.epsilon(ev.spends(_entries(entries, tenant)), limits.delta, limits.kind)
+        spent = finite_epsilon(
+            accounting.epsilon(ev.spends(_entries(entries, tenant)), limits.delta, limits.kind),
+            f"partition {tenant!r}",
+        )
         rows.append(
             (
                 spent,
@@ -585,8 +640,10 @@ def grant(
     try:
         limits = Limits.from_spec(spec)
         event = ev.mechanism_event(request.mechanism)
-    except ValueError as exc:
-        return Refusal("Unavailable", f"the budget or model spec is invalid: {exc}")
+    except ACCOUNTING_ERRORS as exc:
+        return Refusal(
+            "Unavailable", f"the budget or model spec is invalid: {accounting_message(exc)}"
+        )
 
     partition: str | None = None
     limit = limits.epsilon
@@ -659,15 +716,40 @@ def grant(
         )
 
     sub = _entries(entries, partition)
-    sub_spends = ev.spends(sub)
     try:
-        fit = accounting.max_additional(
-            sub_spends, event, limit, limits.delta, limits.kind, request.requested
+        return _grant_queries(
+            spec, generation, previous, request, now, accounting, policy,
+            limits, event, partition, limit, entries, leases, lease, sub,
         )
-    except (ValueError, ArithmeticError) as exc:
-        return Refusal("Unavailable", f"accounting failed: {exc}")
+    except ACCOUNTING_ERRORS as exc:
+        return Refusal("Unavailable", f"accounting failed: {accounting_message(exc)}")
+
+
+def _grant_queries(
+    spec: PrivacyBudgetSpec,
+    generation: int | None,
+    previous: PrivacyBudgetStatus,
+    request: GrantRequest,
+    now: datetime,
+    accounting: Accounting,
+    policy: LeasePolicy,
+    limits: Limits,
+    event: Event,
+    partition: str | None,
+    limit: float,
+    entries: list[LedgerEntry],
+    leases: list[LeaseRecord],
+    lease: LeaseRecord,
+    sub: list[LedgerEntry],
+) -> Grant | Refusal:
+    """The debit of a paid query lease (``grant``'s second half; accounting errors raise)."""
+    sub_spends = ev.spends(sub)
+    fit = accounting.max_additional(
+        sub_spends, evaluable(event, limits, accounting), limit, limits.delta, limits.kind,
+        request.requested,
+    )
     if fit < 1:
-        spent = accounting.epsilon(sub_spends, limits.delta, limits.kind)
+        spent = finite_epsilon(accounting.epsilon(sub_spends, limits.delta, limits.kind), "ledger")
         whose = f"tenant {partition!r}" if partition else "the budget"
         limit_text = limits.partition_epsilon_text if partition else limits.epsilon_text
         return Refusal(
@@ -694,9 +776,9 @@ def grant(
     # At risk after this grant: the leases that may still hold unused queries (each pod's
     # latest two, the new one included); the new one is added as the n being solved for.
     outstanding = [r for r in kept if r is not lease and r.partition == partition]
-    base = accounting.epsilon(
+    base = finite_epsilon(accounting.epsilon(
         ev.spends(_subtract_outstanding(sub, outstanding, key)), limits.delta, limits.kind
-    )
+    ), "ledger")
     ceiling = min(limit, base + policy.at_risk_fraction * limit)
     within_risk = accounting.max_additional(
         sub_spends, event, ceiling, limits.delta, limits.kind, fit
@@ -767,13 +849,18 @@ def _charge_training(
         run=run,
     )
     try:
-        after = accounting.epsilon(
+        after = finite_epsilon(accounting.epsilon(
             ev.spends([*_entries(entries, None), entry]), limits.delta, limits.kind
+        ), "training")
+        before = (
+            finite_epsilon(accounting.epsilon(
+                ev.spends(_entries(entries, None)), limits.delta, limits.kind
+            ), "ledger")
+            if after > limits.epsilon else 0.0
         )
-    except (ValueError, ArithmeticError) as exc:
-        return Refusal("Unavailable", f"accounting failed: {exc}")
+    except ACCOUNTING_ERRORS as exc:
+        return Refusal("Unavailable", f"accounting failed: {accounting_message(exc)}")
     if after > limits.epsilon:
-        before = accounting.epsilon(ev.spends(_entries(entries, None)), limits.delta, limits.kind)
         return Refusal(
             "BudgetExhausted",
             f"the DP-SGD run of {consumer} {version} costs more than remains: ε would be "
@@ -851,7 +938,24 @@ def query_fits(
     accounting: Accounting,
     partition: str | None = None,
 ) -> bool:
-    """Whether one more query of ``mechanism`` fits (the PrivateModel controller's question)."""
+    """Whether one more query of ``mechanism`` fits (the PrivateModel controller's question).
+
+    A spec or spend the accountant cannot evaluate raises a ValueError saying so (never a
+    bare ZeroDivisionError or OverflowError): the caller turns it into a condition.
+    """
+    try:
+        return _query_fits(spec, status, mechanism, accounting, partition)
+    except ArithmeticError as exc:
+        raise ValueError(f"accounting failed: {accounting_message(exc)}") from exc
+
+
+def _query_fits(
+    spec: PrivacyBudgetSpec,
+    status: PrivacyBudgetStatus | None,
+    mechanism: Mechanism,
+    accounting: Accounting,
+    partition: str | None,
+) -> bool:
     limits = Limits.from_spec(spec)
     event = ev.mechanism_event(mechanism)
     if event is None:
@@ -865,7 +969,12 @@ def query_fits(
         if partition is not None:
             target, limit = partition, limits.partition_epsilon
     spends = ev.spends(_entries(entries, target))
-    return accounting.max_additional(spends, event, limit, limits.delta, limits.kind, 1) >= 1
+    event = evaluable(event, limits, accounting)
+    if accounting.max_additional(spends, event, limit, limits.delta, limits.kind, 1) >= 1:
+        return True
+    # "Exhausted" only when the spend so far is a number (an unevaluable ledger entry is not).
+    finite_epsilon(accounting.epsilon(spends, limits.delta, limits.kind), "ledger")
+    return False
 
 
 # --------------------------------------------------------------------------- tampering
