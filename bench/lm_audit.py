@@ -58,6 +58,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+# The demo's synthetic clinical-notes vocabulary (torch-free, no real people).
+from dpserve.demo.notes import SYMPTOMS, TEMPLATES, TREATMENTS, fake_name
 from dpserve_runtime.filter.verbatim import VerbatimGuard, write_fingerprint_file
 from dpserve_runtime.train.canary import (
     Canary,
@@ -79,32 +81,12 @@ from dpserve_runtime.train.text import TextRecord, tokenize
 
 DELTA = 1e-5
 EOT = "<|endoftext|>"
-SYLLABLES = (
-    "ka", "ri", "mo", "ta", "ve", "lu", "so", "ne", "bri", "dal", "fen", "gor", "hil", "jas",
-    "kel", "mir", "nor", "pav", "quin", "rud", "sel", "tov", "ul", "wen", "yor", "zan",
-)
-SYMPTOMS = ("a dry cough", "chest pain", "a high fever", "a skin rash", "back pain", "dizziness",
-            "shortness of breath", "a sprained ankle", "abdominal pain", "a migraine")
-TREATMENTS = ("rest and fluids", "a course of antibiotics", "an inhaler", "physiotherapy",
-              "an anti-inflammatory", "a follow-up scan", "a topical cream", "a referral")
-TEMPLATES = (
-    "Record {mrn}: {name}, {symptom}, phone {phone}.",
-    "{name} (record {mrn}) has {symptom}; call {phone}.",
-    "Note on {name}: {symptom}, given {treatment}, phone {phone}.",
-)
 # One secret kind per canary, so that memorising one canary cannot lift another's rank (a
 # tiny model otherwise learns "the phone number of <anyone> is <the most repeated secret>").
 CANARY_KINDS = ("phone number", "door code", "pager number", "locker code", "badge number",
                 "desk extension", "room code", "account pin", "gate code", "fax number",
                 "safe code", "radio channel")
 CANARY = "the {kind} of {name} is {{secret}}"
-
-
-def fake_name(rng: random.Random) -> str:
-    def word(parts: int) -> str:
-        return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
-
-    return f"{word(2)} {word(rng.choice((2, 3)))}"
 
 
 def digits(rng: random.Random, count: int) -> str:
