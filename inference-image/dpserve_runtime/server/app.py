@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.text import ModelTask
 from dpserve_runtime.hfartifact import read_format
+from dpserve_runtime.server.lifecycle import ServingProcess
 from dpserve_runtime.server.mechanisms import OutputMechanism, build_mechanism
 from dpserve_runtime.server.model import ModelOutputError, ServedModel
 from dpserve_runtime.server.schema import (
@@ -112,16 +112,14 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         return _json_error(500, "InternalError", "internal error; see the server log")
 
 
-class ModelServer:
+class ModelServer(ServingProcess):
     """Holds the loaded model and mechanism and serves them."""
 
     def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config.workers, "dpserve-infer")
         self.config = config
         self.model: ServedModel | None = None
         self.mechanism: OutputMechanism | None = None
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="dpserve-infer"
-        )
 
     def load_blocking(self) -> None:
         """Load the artifact and build the mechanism (raises ArtifactError or
@@ -144,24 +142,10 @@ class ModelServer:
             json.dumps(self.config.mechanism.wire()),
         )
 
-    async def load(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.load_blocking)
-
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[_errors_as_json], client_max_size=self.config.max_body_bytes
-        )
+        app = self.new_app(_errors_as_json, self.config.max_body_bytes)
         app.router.add_post("/v1/predict", self.predict)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.on_cleanup.append(self._shutdown_executor)
         return app
-
-    async def _shutdown_executor(self, _app: web.Application) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
         if self.model is None or self.mechanism is None:

@@ -35,7 +35,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 
 from dpserve.api.text import ModelTask
 from dpserve_runtime.generation import FinishReason, SamplingParams, Step, generate
+from dpserve_runtime.server.lifecycle import ServingProcess
 from dpserve_runtime.server.mechanisms import (
     MechanismConfigError,
     OutputMechanism,
@@ -120,19 +120,17 @@ class _Choice:
     finish_reason: FinishReason
 
 
-class TextModelServer:
+class TextModelServer(ServingProcess):
     """Holds one huggingface artifact and serves its task."""
 
     def __init__(self, config: ServerConfig) -> None:
+        super().__init__(config.workers, "dpserve-text")
         self.config = config
         self.text: TextModel | None = None
         self.mechanism: OutputMechanism | None = None
         self.generator: TextGenerator | None = None
         self.classifier: TextClassifier | None = None
         self.encoder: SentenceEncoder | None = None
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="dpserve-text"
-        )
 
     # ------------------------------------------------------------------ loading
 
@@ -184,27 +182,13 @@ class TextModelServer:
             config.artifact, task, text.version, text.device, json.dumps(config.mechanism.wire()),
         )
 
-    async def load(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.load_blocking)
-
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[_openai_errors], client_max_size=self.config.max_body_bytes
-        )
+        app = self.new_app(_openai_errors, self.config.max_body_bytes)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/predict", self.predict)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.on_cleanup.append(self._shutdown_executor)
         return app
-
-    async def _shutdown_executor(self, _app: web.Application) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     async def readyz(self, _request: web.Request) -> web.Response:
         if self.text is None or self.mechanism is None:
