@@ -83,7 +83,8 @@ def test_exhausted_model_is_scaled_to_zero_and_refuses(e2e: E2E, drain: Drain) -
     assert conditions["BudgetAvailable"]["status"] == "False"
     assert conditions["Ready"]["status"] == "False"
     assert drain.later.status == NO_ENDPOINT and not drain.later.answered
-    assert "BudgetExhausted" in {e["reason"] for e in e2e.events(drain.ns, "digits")}
+    wait_until(lambda: "BudgetExhausted" in {e["reason"] for e in e2e.events(drain.ns, "digits")},
+               what="BudgetExhausted Event")
     # Stopped, not deleted: the model and its history stay.
     assert e2e.pm(drain.ns, "digits")["status"]["epsilonSpent"] == status["epsilonSpent"]
 

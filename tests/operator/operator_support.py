@@ -53,6 +53,13 @@ class Cluster:
         return [e for e in self.api.items(f"/api/v1/namespaces/{ns}/events")
                 if involved is None or e["involvedObject"].get("name") == involved]
 
+    def wait_event(self, ns: str, involved: str, reason: str) -> dict[str, Any]:
+        """The first Event with this reason about ``involved``, once it is there (Kopf posts
+        Events after the status patch that carries the same news, so read them by waiting)."""
+        return wait_until(lambda: next((e for e in self.events(ns, involved)
+                                        if e["reason"] == reason), None),
+                          what=f"{reason} Event on {involved}")
+
     def lease(self, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
             self.operator.ledger_url + "/v1/leases", data=json.dumps(body).encode(),

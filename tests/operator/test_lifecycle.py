@@ -145,8 +145,7 @@ def test_exhaustion_scales_to_zero_and_raising_epsilon_restores(cluster: Cluster
     assert condition(exhausted, "BudgetAvailable")["status"] == "False"  # type: ignore[index]
     assert condition(exhausted, "Ready")["reason"] == "BudgetExhausted"  # type: ignore[index]
     assert exhausted["status"]["restoreReplicas"] == 2
-    reasons = {e["reason"] for e in cluster.events(ns, "m")}
-    assert "BudgetExhausted" in reasons
+    cluster.wait_event(ns, "m", "BudgetExhausted")
 
     api.merge(cluster.pb(ns, "b"), {"spec": {"epsilon": "1000"}})
     wait_until(lambda: api.get(cluster.path(ns, "deployments", "m"))["spec"]["replicas"] == 2,
@@ -159,12 +158,9 @@ def test_budget_in_use_is_not_deleted(cluster: Cluster) -> None:
     api, ns = cluster.api, cluster.namespace()
     _ready_model(cluster, ns)
     api.delete(cluster.pb(ns, "b"))
-    wait_until(lambda: any(e["reason"] == "DeletionBlocked" for e in cluster.events(ns, "b")),
-               what="DeletionBlocked event")
+    message = cluster.wait_event(ns, "b", "DeletionBlocked")["message"]
     held = api.get(cluster.pb(ns, "b"))
     assert held["metadata"]["deletionTimestamp"]
-    message = next(e["message"] for e in cluster.events(ns, "b")
-                   if e["reason"] == "DeletionBlocked")
     assert "in use by PrivateModel m" in message
     api.delete(cluster.pm(ns, "m"))
     wait_until(lambda: api.find(cluster.pb(ns, "b")) is None, what="budget released")
@@ -185,7 +181,7 @@ def test_invalid_object_is_surfaced_not_crashed_on(cluster: Cluster) -> None:
     ready = condition(failed, "Ready")
     assert ready is not None and ready["reason"] == "InvalidSpec"
     assert "spec.serving.replicas" in ready["message"]
-    assert any(e["reason"] == "InvalidSpec" for e in cluster.events(ns, "bad"))
+    cluster.wait_event(ns, "bad", "InvalidSpec")
     assert api.items(cluster.path(ns, "deployments")) == []
     # The operator is alive and still reconciles other models.
     assert cluster.operator.process.poll() is None

@@ -90,8 +90,7 @@ def test_fixed_next_budget_pays_for_one_version_then_retraining_stops(
     assert stopped["status"]["phase"] == "BudgetExhausted"
     assert stopped["status"]["budget"] == "window"
     assert api.find(cluster.path(ns, "jobs", "m-train-v3")) is None
-    warnings = [e for e in cluster.events(ns, "m") if e["reason"] == "NextBudgetSpent"]
-    assert warnings and warnings[0]["type"] == "Warning"
+    assert cluster.wait_event(ns, "m", "NextBudgetSpent")["type"] == "Warning"
     # Each budget counted once: v1's b and v2's window.
     spent = {name: float(api.get(cluster.pb(ns, name))["status"]["epsilonSpent"])
              for name in ("b", "window")}

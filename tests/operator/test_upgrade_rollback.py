@@ -83,8 +83,7 @@ def test_unreadable_status_is_kept_and_surfaced_not_reset(cluster: Cluster) -> N
     assert "status.phase" in (condition(stuck, "Ready") or {})["message"]
     # Fail closed: the spec edit is not applied while the status cannot be read.
     assert api.get(cluster.path(ns, "deployments", "m"))["spec"]["replicas"] == 1
-    assert any(e["reason"] == "StatusUnreadable" and e["type"] == "Warning"
-               for e in cluster.events(ns, "m"))
+    assert cluster.wait_event(ns, "m", "StatusUnreadable")["type"] == "Warning"
 
     # Fixed by hand (or by the newer operator coming back): reconciling resumes, keeping it.
     api.merge(cluster.pm(ns, "m") + "/status", {"status": {"phase": "Serving"}})

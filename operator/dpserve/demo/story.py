@@ -5,8 +5,9 @@ them, their memorisation measured, and both asked for the canary through their s
   (:mod:`dpserve.demo.notes`), a random-init tiny GPT-2 with a tokenizer trained on it, then
   ``dpserve-train`` twice: every weight at ε = 900 (no meaningful guarantee) and DP-LoRA at
   ε = 3. Each artifact's canary exposure and greedy extraction are measured right after
-  (``hfartifact canary``); if the ε = 900 model does not reproduce the secret, the demo fails
-  here rather than show a story that did not happen.
+  (``hfartifact canary``); the ε = 900 model is trained again (up to
+  ``MEMORISE_ATTEMPTS`` runs) until greedy decoding reproduces the secret; if it never does,
+  the demo fails here rather than show a story that did not happen.
 - Ask (:func:`ask`): each model's sidecar streams ``/v1/completions`` for the canary's prompt.
   The operator side checks the answer against the canary (the raw value is never printed):
   the ε = 900 answer must carry ``<PHONE_NUMBER>`` where the secret was, and neither answer
@@ -29,6 +30,7 @@ from dpserve.demo import artifacts, notes
 from dpserve.demo.scenario import DELTA, NotesPlan
 
 REDACTION_TOKEN = "<PHONE_NUMBER>"
+MEMORISE_ATTEMPTS = 3  # runs of the open model before the story is called off
 
 
 class StoryFailed(RuntimeError):
@@ -59,25 +61,34 @@ def build(plan: NotesPlan, pvc_root: Path, log_dir: Path) -> BuiltNotes:
     audits: dict[str, dict[str, Any]] = {}
     for model in plan.models:
         output = pvc_root / "models" / model.name / "v1"
-        report = artifacts.train_causal_lm(
-            corpus, base, output, target_epsilon=model.target_epsilon, delta=float(DELTA),
-            epochs=plan.epochs, batch_size=plan.batch_size, learning_rate=plan.learning_rate,
-            max_seq_len=plan.context, lora=model.lora,
-            log=log_dir / f"train-{model.name}-v1.log")
+        # DP-SGD's Poisson batches come from a secure sampler, so no two runs are alike: at
+        # ε = 900 the canary usually ranks first yet greedy decoding can still stray before
+        # it. The open model is trained again rather than fail the story on one unlucky draw.
+        # Only the kept run is declared: choosing among runs composes their losses, which
+        # changes nothing for a model without a meaningful guarantee; the DP model, whose
+        # declared ε must be the whole truth, is never retried.
+        for attempt in range(1 if model.lora else MEMORISE_ATTEMPTS):
+            report = artifacts.train_causal_lm(
+                corpus, base, output, target_epsilon=model.target_epsilon,
+                delta=float(DELTA), epochs=plan.epochs, batch_size=plan.batch_size,
+                learning_rate=plan.learning_rate, max_seq_len=plan.context, lora=model.lora,
+                log=log_dir / f"train-{model.name}-v1-{attempt + 1}.log")
+            audits[model.name] = artifacts.canary_audit(
+                output, template=canary.template, secret=canary.secret, prompt=canary.prompt,
+                log=log_dir / f"canary-{model.name}-{attempt + 1}.log")
+            if model.lora or audits[model.name]["extracted"]:
+                break
         uris[model.name] = f"pvc://models/{model.name}/v1"
         training[model.name] = report.declared_training()
         epsilon[model.name] = float(report.raw["epsilon"])
-        audits[model.name] = artifacts.canary_audit(
-            output, template=canary.template, secret=canary.secret, prompt=canary.prompt,
-            log=log_dir / f"canary-{model.name}.log")
     shutil.rmtree(base.parent, ignore_errors=True)  # only the fine-tuned models are served
-    memorised = [m for m in plan.models if not m.lora]
-    for model in memorised:
-        if not audits[model.name]["extracted"]:
+    for model in plan.models:
+        if not model.lora and not audits[model.name]["extracted"]:
             raise StoryFailed(
                 f"{model.name} ({model.label}) did not reproduce the canary under greedy "
-                f"decoding (exposure {audits[model.name]['exposure']:.1f} bits): there is "
-                "nothing for the sidecar to catch; train longer or insert it more often")
+                f"decoding in {MEMORISE_ATTEMPTS} runs (exposure "
+                f"{audits[model.name]['exposure']:.1f} bits): there is nothing for the "
+                "sidecar to catch; train longer or insert it more often")
     return BuiltNotes(canary, uris, training, epsilon, audits)
 
 
