@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from dpserve.resources.labels import DEFAULT_OPERATOR_POD_LABELS
 
 LogFormat = Literal["json", "text"]
 DEFAULT_IMAGE = "ghcr.io/dpserve/inference:0.1.0"
@@ -27,6 +29,27 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if value < 0:
         raise ValueError(f"{name}: must be >= 0, got {text!r}")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = (env.get(name) or "false").strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"{name}: must be true or false, got {env.get(name)!r}")
+    return text == "true"
+
+
+def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """``k=v,k=v`` (a label selector of equalities, as ``kubectl -l`` takes it)."""
+    text = env.get(name, "")
+    if not text.strip():
+        return dict(DEFAULT_OPERATOR_POD_LABELS)
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise ValueError(f"{name}: {item!r} is not key=value")
+        labels[key] = value
+    return labels
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,12 @@ class OperatorSettings:
     # Peering (hot standby): how long a peer's heartbeat counts; the standby takes over
     # this long after the active replica's last one.
     peering_lifetime_s: float = 60.0
+    # The labels of the operator's pods (the ledger): models' NetworkPolicies allow egress to
+    # them. The chart sets them from its own selector labels, so nameOverride keeps working.
+    operator_pod_labels: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_OPERATOR_POD_LABELS))
+    # file:// artifacts and datasets (hostPath volumes): local development only.
+    allow_host_path_artifacts: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -77,4 +106,6 @@ class OperatorSettings:
             retrain_max_attempts=int(_number(env, "DPSERVE_RETRAIN_MAX_ATTEMPTS", 3)),
             retrain_backoff_s=_number(env, "DPSERVE_RETRAIN_BACKOFF_S", 30.0),
             peering_lifetime_s=max(1.0, _number(env, "DPSERVE_PEERING_LIFETIME_S", 60.0)),
+            operator_pod_labels=_labels(env, "DPSERVE_OPERATOR_POD_LABELS"),
+            allow_host_path_artifacts=_flag(env, "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS"),
         )

@@ -206,6 +206,8 @@ def operator(images: str, cluster: Cluster) -> Iterator[Operator]:
         # cluster, the ledger Service) and which inference image they run.
         "-e", f"DPSERVE_LEDGER_URL=http://127.0.0.1:{ledger}",
         "-e", f"DPSERVE_INFERENCE_IMAGE={INFERENCE_IMAGE}",
+        # The artifact is a host directory here (single-node development): host paths on.
+        "-e", "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS=true",
         OPERATOR_IMAGE,
         "--standalone", "--namespace", cluster.namespace,
         "--liveness-port", str(liveness), "--ledger-port", str(ledger),

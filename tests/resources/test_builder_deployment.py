@@ -118,7 +118,7 @@ def test_projected_token_and_no_default_api_token(make_model, make_ctx):
 )
 def test_artifact_volume_per_scheme(make_model, make_ctx, artifact, volume, mount_extra):
     model = make_model(spec={"model": {"artifact": artifact}})
-    dep = build_deployment(model, make_ctx(model))
+    dep = build_deployment(model, make_ctx(model, allow_host_path_artifacts=True))
     assert volumes(dep)["model-artifact"] == {"name": "model-artifact", **volume}
     for name in ("model", "filter"):  # the filter reads the verbatim-guard fingerprints
         assert mounts(containers(dep)[name])["/models/current"] == {
@@ -269,4 +269,11 @@ def test_bad_names_and_uris_name_the_field(make_model, make_ctx):
         build_deployment(model, make_ctx(model))
     model = make_model(metadata={"namespace": None})
     with pytest.raises(ValueError, match=r"metadata\.namespace"):
+        build_deployment(model, make_ctx(model))
+
+
+def test_a_host_path_artifact_is_refused_by_default(make_model, make_ctx):
+    # file:///etc was once admitted and mounted: hostPath of any node directory.
+    model = make_model(spec={"model": {"artifact": "file:///etc"}})
+    with pytest.raises(ValueError, match=r"^spec\.model\.artifact: 'file:///etc': file:// URIs"):
         build_deployment(model, make_ctx(model))

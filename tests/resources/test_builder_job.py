@@ -107,13 +107,25 @@ def test_file_volumes_write_a_sibling_directory(make_model, make_ctx):
             "retraining": {"dataset": "file:///srv/data/digits.npz"},
         }
     )
-    job = build_job(model, make_ctx(model))
+    ctx = make_ctx(model, allow_host_path_artifacts=True)
+    job = build_job(model, ctx)
     vols = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert vols["dataset"]["hostPath"] == {"path": "/srv/data", "type": "Directory"}
     assert vols["output"]["hostPath"] == {"path": "/srv/models", "type": "DirectoryOrCreate"}
     args = arg_map(train_container(job)["args"])
     assert (args["--dataset"], args["--output"]) == ("/data/digits.npz", "/output/triage-v2")
-    assert training_plan(model, make_ctx(model)).artifact == "file:///srv/models/triage-v2"
+    assert training_plan(model, ctx).artifact == "file:///srv/models/triage-v2"
+
+
+@pytest.mark.parametrize(("field", "spec"), [
+    ("spec.retraining.dataset", {"retraining": {"dataset": "file:///etc/passwd.npz"}}),
+    ("spec.model.artifact", {"model": {"artifact": "file:///etc"}}),
+])
+def test_host_paths_are_refused_unless_the_operator_allows_them(make_model, make_ctx, field,
+                                                                 spec):
+    model = make_model(spec=spec)
+    with pytest.raises(ValueError, match=rf"^{field}: .*file://.*DPSERVE_ALLOW_HOST_PATH"):
+        build_job(model, make_ctx(model))
 
 
 def test_oci_dataset_uses_the_fixed_file_name(make_model, make_ctx):
@@ -264,7 +276,7 @@ def test_file_lora_base_is_a_read_only_host_path(make_model, make_ctx, assert_re
     model = lora_model(
         make_model, artifact="file:///srv/models/triage", dataset="file:///srv/data/digits.npz"
     )
-    job = build_job(model, make_ctx(model))
+    job = build_job(model, make_ctx(model, allow_host_path_artifacts=True))
     pod = job["spec"]["template"]["spec"]
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["lora-base"]["hostPath"] == {"path": "/srv/models/triage", "type": "Directory"}

@@ -41,7 +41,7 @@ def test_all_objects_validate(scheme, profile, make_model, make_ctx):
             "retraining": {"dataset": dataset},
         }
     )
-    ctx = make_ctx(model)
+    ctx = make_ctx(model, allow_host_path_artifacts=scheme == "file")
     for builder in BUILDERS:
         if builder is build_job and scheme == "oci":
             continue  # an image artifact cannot be retrained into (tested in the Job tests)

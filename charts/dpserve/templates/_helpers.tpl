@@ -30,6 +30,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The selector labels as k=v,k=v (DPSERVE_OPERATOR_POD_LABELS). */}}
+{{- define "dpserve.selectorLabelList" -}}
+{{- $labels := include "dpserve.selectorLabels" . | fromYaml }}
+{{- $pairs := list }}
+{{- range $key := keys $labels | sortAlpha }}
+{{- $pairs = append $pairs (printf "%s=%s" $key (index $labels $key)) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "dpserve.labels" -}}
 helm.sh/chart: {{ include "dpserve.chart" . }}
 {{ include "dpserve.selectorLabels" . }}

@@ -366,4 +366,6 @@ def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, re
         decision=decision,
         partition_header=header,
         image_pull_policy=ctx.settings.image_pull_policy,
+        operator_pod_labels=ctx.settings.operator_pod_labels,
+        allow_host_path_artifacts=ctx.settings.allow_host_path_artifacts,
     )

@@ -22,6 +22,7 @@ from dpserve.resources.labels import DEFAULT_OPERATOR_POD_LABELS
 from dpserve.resources.names import DNS1123_LABEL, validate_model_name
 from dpserve.resources.ownership import OwnerInfo
 from dpserve.resources.security import FILTER_RESOURCES, ResourceSpec
+from dpserve.resources.uris import Location, parse_uri
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 _VERSION = re.compile(r"^v[0-9]+$")
@@ -56,6 +57,10 @@ class BuildContext:
     training_resources: ResourceSpec | None = None  # None: the serving resources
     ledger_ca: LedgerCa | None = None
     revision_history_limit: int = 3
+    # file:// URIs become hostPath volumes of any host directory: a confused deputy for
+    # whoever may create a PrivateModel. Off unless the operator is told otherwise (the
+    # demo and single-node development do).
+    allow_host_path_artifacts: bool = False
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -71,6 +76,17 @@ class BuildContext:
             raise ValueError(f"replicas must be >= 0, got {self.replicas}")
         if self.revision_history_limit < 0:
             raise ValueError("revision_history_limit must be >= 0")
+
+    def location(self, uri: str, field: str) -> Location:
+        """``uri`` parsed, refused when it is a host path and host paths are off."""
+        location = parse_uri(uri, field)
+        if location.scheme == "file" and not self.allow_host_path_artifacts:
+            raise ValueError(
+                f"{field}: {uri!r}: file:// URIs mount a directory of the node (hostPath) and "
+                "are off on this operator; use pvc:// or oci://, or start the operator with "
+                "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS=true (chart value "
+                "allowHostPathArtifacts) for local development only")
+        return location
 
     @property
     def ledger_port(self) -> int:
@@ -114,6 +130,7 @@ def build_context(
     operator_pod_labels: Mapping[str, str] | None = None,
     image_pull_policy: PullPolicy = "IfNotPresent",
     ledger_ca: LedgerCa | None = None,
+    allow_host_path_artifacts: bool = False,
 ) -> BuildContext:
     """The usual context: version, artifact and budget from status when a retrain set them,
     else from the spec; the confidential placement from the controller's decision."""
@@ -137,4 +154,5 @@ def build_context(
         ),
         image_pull_policy=image_pull_policy,
         ledger_ca=ledger_ca,
+        allow_host_path_artifacts=allow_host_path_artifacts,
     )

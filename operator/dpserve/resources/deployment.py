@@ -67,7 +67,7 @@ from dpserve.resources.security import (
     container_security_context,
     pod_security_context,
 )
-from dpserve.resources.uris import parse_uri, volume, volume_mount
+from dpserve.resources.uris import volume, volume_mount
 
 TMP_SIZE_LIMIT = "64Mi"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -131,7 +131,7 @@ def model_resources(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
 
 
 def model_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
-    location = parse_uri(ctx.artifact, "spec.model.artifact")
+    location = ctx.location(ctx.artifact, "spec.model.artifact")
     return {
         "name": MODEL_CONTAINER,
         "image": ctx.image,
@@ -178,7 +178,7 @@ def filter_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
     ]
     if model.spec.output_filter.verbatim_guard.enabled:
         # The fingerprint file ships with the artifact (hashes only, never raw text).
-        location = parse_uri(ctx.artifact, "spec.model.artifact")
+        location = ctx.location(ctx.artifact, "spec.model.artifact")
         mounts.append(volume_mount(ARTIFACT_VOLUME, location, ARTIFACT_MOUNT, read_only=True))
     if ctx.ledger_ca is not None:
         mounts.append({"name": LEDGER_CA_VOLUME, "mountPath": LEDGER_CA_DIR, "readOnly": True})
@@ -208,7 +208,7 @@ def filter_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
 
 
 def pod_volumes(model: PrivateModel, ctx: BuildContext) -> list[dict[str, Any]]:
-    location = parse_uri(ctx.artifact, "spec.model.artifact")
+    location = ctx.location(ctx.artifact, "spec.model.artifact")
     volumes: list[dict[str, Any]] = [
         volume(ARTIFACT_VOLUME, location, read_only=True, image_pull_policy=ctx.image_pull_policy),
         {

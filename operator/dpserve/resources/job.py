@@ -58,7 +58,7 @@ from dpserve.resources.security import (
     container_security_context,
     pod_security_context,
 )
-from dpserve.resources.uris import Location, next_artifact_location, parse_uri, volume, volume_mount
+from dpserve.resources.uris import Location, next_artifact_location, volume, volume_mount
 
 # The trainer's own defaults, rendered explicitly so the pod spec says what trains.
 DEFAULT_HIDDEN_DIMS = (128,)
@@ -90,15 +90,15 @@ def _retraining(model: PrivateModel) -> Retraining:
 def training_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
     retraining = _retraining(model)
     version = next_version(ctx.model_version)
-    dataset = parse_uri(retraining.dataset, "spec.retraining.dataset")
+    dataset = ctx.location(retraining.dataset, "spec.retraining.dataset")
     if dataset.scheme != "oci" and not dataset.name:
         kind = "a JSONL" if model.spec.model.format == "huggingface" else "an .npz"
         raise ValueError(f"spec.retraining.dataset: {retraining.dataset!r} must name {kind} file")
-    current = parse_uri(ctx.artifact, "spec.model.artifact")
+    current = ctx.location(ctx.artifact, "spec.model.artifact")
     lora_base: Location | None = None
     if retraining.lora is not None:
         lora_base = (
-            parse_uri(retraining.lora.base, "spec.retraining.lora.base")
+            ctx.location(retraining.lora.base, "spec.retraining.lora.base")
             if retraining.lora.base is not None
             else current  # the version being served, which this retrain replaces
         )
