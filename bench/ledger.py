@@ -18,13 +18,23 @@ Scenarios, side by side in one run:
 API writes are counted by the API server (status writes, conflicts and Events included).
 The last line is ``grants_per_s=<x> api_writes_per_1000_queries=<y>`` of ``mixed adaptive``.
 
-Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500]
+PLD grant decisions (``--pld-only`` runs just these; they also run after the scenarios):
+the accountant work of one grant as ``ledger/grant.py`` does it (the fit, ε of the ledger,
+the lease size under the at-risk ceiling, ε of the debited ledger) on a ledger holding one
+14,063-step DP-SGD run (z=1.1, q=256/60000) and 10,000 gaussian queries (z=100), budget
+ε=8 δ=1e-6, accountant ``pld``; each grant debits what it granted. Warm: grants in one
+process; cold: the first grant in a fresh process (an operator restart). Today's solver
+(``tests/accounting/reference_solver.py``, the oracle of the property test) runs the same
+grants side by side. The last line is ``pld_grant_p99_ms=<x> pld_cold_s=<y>``.
+
+Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -328,6 +338,109 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+PLD_RUN = (1.1, 256 / 60000, 14063)
+PLD_QUERY_Z = 100.0
+PLD_BUDGET, PLD_DELTA, PLD_REQUEST = 8.0, 1e-6, 500
+
+
+def _pld_solvers(which: str) -> tuple[Any, Any]:
+    """(epsilon(spends), max_additional(spends, event, eps, limit)) of ours or today's."""
+    if which == "ours":
+        from dpserve.ledger.accountant import LedgerAccounting
+
+        accounting = LedgerAccounting()
+        return (
+            lambda spends: accounting.epsilon(spends, PLD_DELTA, "pld"),
+            lambda spends, event, eps, limit: accounting.max_additional(
+                spends, event, eps, PLD_DELTA, "pld", limit
+            ),
+        )
+    # By path: bench/accounting.py would shadow the tests' accounting directory.
+    path = Path(__file__).resolve().parents[1] / "tests" / "accounting" / "reference_solver.py"
+    spec = importlib.util.spec_from_file_location("reference_solver", path)
+    assert spec is not None and spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    sys.modules["reference_solver"] = reference  # its dataclass looks itself up there
+    spec.loader.exec_module(reference)
+    reference_epsilon, reference_max_additional = (
+        reference.reference_epsilon, reference.reference_max_additional
+    )
+
+    cache: dict[Any, float] = {}  # today's ledger also memoised ε per exact spends
+
+    def epsilon(spends: Any) -> float:
+        key = tuple(spends)
+        if key not in cache:
+            cache[key] = reference_epsilon(spends, PLD_DELTA, "pld")
+        return cache[key]
+
+    return epsilon, lambda spends, event, eps, limit: reference_max_additional(
+        spends, event, eps, PLD_DELTA, "pld", limit
+    )
+
+
+def pld_grants(which: str, grants: int) -> list[float]:
+    """Seconds of each of ``grants`` successive grant decisions (see the docstring)."""
+    from dpserve.accounting import GaussianQuery, SubsampledGaussian
+
+    epsilon, max_additional = _pld_solvers(which)
+    run, query = SubsampledGaussian(*PLD_RUN), GaussianQuery(PLD_QUERY_Z)
+    count, seconds = 10_000, []
+    for _ in range(grants):
+        spends = [(run, 1), (query, count)]
+        started = time.perf_counter()
+        fit = max_additional(spends, query, PLD_BUDGET, PLD_REQUEST)
+        if fit < 1:
+            break
+        ceiling = min(PLD_BUDGET, epsilon(spends) + 0.01 * PLD_BUDGET)
+        granted = min(fit, max(1, max_additional(spends, query, ceiling, fit)))
+        count += granted
+        epsilon([(run, 1), (query, count)])
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def pld_cold(which: str) -> float:
+    """The first grant decision in a fresh interpreter (no cache), in seconds."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
+        "print(ledger.pld_grants(sys.argv[2], 1)[0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).resolve().parent), which],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def pld_bench(grants: int, today_grants: int) -> None:
+    def p99(values: list[float]) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+    print(
+        "pld grant decisions: ledger = one 14,063-step DP-SGD run + 10,000 gaussian queries "
+        f"(z={PLD_QUERY_Z:g}), budget ε={PLD_BUDGET:g} δ={PLD_DELTA:g}, lease request "
+        f"{PLD_REQUEST}",
+        flush=True,
+    )
+    results = {}
+    for which, count in (("today", today_grants), ("ours", grants)):
+        cold = pld_cold(which)
+        warm = pld_grants(which, count + 1)[1:]  # the first one is the cold start
+        results[which] = (p99(warm), cold)
+        print(
+            f"{which:>6}: cold {cold:6.2f} s; warm over {len(warm)} grants: median "
+            f"{1000 * statistics.median(warm):8.1f} ms p99 {1000 * p99(warm):8.1f} ms",
+            flush=True,
+        )
+    (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]
+    print(
+        f"today_pld_grant_p99_ms={1000 * today_p99:.1f} today_pld_cold_s={today_cold:.2f}"
+    )
+    print(f"pld_grant_p99_ms={1000 * ours_p99:.1f} pld_cold_s={ours_cold:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sidecars", type=int, default=20)
@@ -338,8 +451,15 @@ def main(argv: list[str] | None = None) -> int:
         help="time limit per run (a run also ends when the budget refuses)",
     )
     parser.add_argument("--request", type=int, default=500, help="queries asked per lease")
+    parser.add_argument("--pld-only", action="store_true", help="only the PLD decisions")
+    parser.add_argument("--pld-grants", type=int, default=100, help="warm grants measured")
+    parser.add_argument(
+        "--pld-today-grants", type=int, default=8, help="warm grants of today's solver"
+    )
     args = parser.parse_args(argv)
-    return bench(args)
+    status = 0 if args.pld_only else bench(args)
+    pld_bench(args.pld_grants, args.pld_today_grants)
+    return status
 
 
 if __name__ == "__main__":

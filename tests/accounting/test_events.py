@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from dpserve.accounting import (
@@ -15,6 +17,8 @@ from dpserve.accounting import (
     epsilon_spent,
     max_additional,
 )
+from dpserve.accounting.events import DPEvent
+from dpserve.accounting.rdp import gaussian_rdp
 
 
 @pytest.mark.parametrize(
@@ -83,3 +87,55 @@ def test_empty_ledger_spends_nothing() -> None:
         assert epsilon_spent([], 1e-5, accountant=kind) == 0.0  # type: ignore[arg-type]
         assert epsilon_spent([(GaussianQuery(1.0), 0)], 1e-5, accountant=kind) == 0.0  # type: ignore[arg-type]
         assert Accountant(kind).bounds([], 1e-5) == {}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class _GaussianPair(DPEvent):
+    """A mechanism the accounting package has never seen: two Gaussian releases at once.
+
+    Defined only here, through the DPEvent methods, to show that the composers and the
+    solver take a new event class without a change anywhere else.
+    """
+
+    noise_multiplier: float
+
+    def rdp(self, orders: tuple[float, ...]) -> np.ndarray:
+        return 2.0 * gaussian_rdp(self.noise_multiplier, orders)
+
+    def gaussian_units(self) -> tuple[float, float] | None:
+        return self.noise_multiplier, 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _RdpOnly(DPEvent):
+    """A new event that states only its RDP curve: every accountant still answers."""
+
+    epsilon_per_order: float
+
+    def rdp(self, orders: tuple[float, ...]) -> np.ndarray:
+        return np.full(len(orders), self.epsilon_per_order)
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld"])
+def test_a_new_event_class_composes_through_its_methods(kind: str) -> None:
+    accountant = Accountant(kind)  # type: ignore[arg-type]
+    pair, single = _GaussianPair(8.0), GaussianQuery(8.0)
+    assert accountant.epsilon([(pair, 7)], 1e-6) == accountant.epsilon([(single, 14)], 1e-6)
+    with_laplace = [(pair, 3), (LaplaceQuery(0.2), 2)]
+    same = [(single, 6), (LaplaceQuery(0.2), 2)]
+    assert accountant.bounds(with_laplace, 1e-6) == accountant.bounds(same, 1e-6)
+    # n pairs fit exactly when 2n singles fit.
+    pairs = accountant.max_additional([], pair, 2.0, 1e-6)
+    singles = accountant.max_additional([], single, 2.0, 1e-6)
+    assert pairs == singles // 2
+
+    rdp_only = [(_RdpOnly(0.01), 5), (GNMaxQuery(40.0), 10)]
+    bounds = accountant.bounds(rdp_only, 1e-6)
+    assert set(bounds) == {"rdp"}  # no PLD, no Gaussian DP claimed for it
+    assert accountant.max_additional(rdp_only, _RdpOnly(0.01), 1.0, 1e-6) > 0
+
+
+def test_validation_lists_the_registered_event_classes() -> None:
+    with pytest.raises(ValueError, match=r"GaussianQuery.*got str") as failure:
+        epsilon_spent([("gaussian", 1)], 1e-5)  # type: ignore[list-item]
+    assert "SubsampledGaussian" in str(failure.value)

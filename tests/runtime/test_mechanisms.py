@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -13,15 +13,17 @@ import torch
 from scipy import stats
 from torch import nn
 
-from dpserve.api.mechanism import Mechanism
+from dpserve.api.mechanism import Mechanism, MechanismType
 from dpserve_runtime.architectures import MlpArchitecture
 from dpserve_runtime.artifact import Manifest
 from dpserve_runtime.server.mechanisms import (
+    MECHANISMS,
     GaussianMechanism,
     LaplaceEmbeddingMechanism,
     MechanismConfigError,
     PateMechanism,
     build_mechanism,
+    register,
 )
 from dpserve_runtime.server.model import ModelOutputError, ServedModel
 
@@ -273,3 +275,25 @@ def test_wrong_output_width_is_an_error() -> None:
     mechanism = build_mechanism(mech(type="none"), model)
     with pytest.raises(ModelOutputError, match="3 outputs, not 2"):
         mechanism.release(torch.zeros(1, 4))
+
+
+def test_every_api_mechanism_type_has_one_registered_server_class() -> None:
+    assert set(MECHANISMS) == set(get_args(MechanismType))
+    for kind, served in MECHANISMS.items():
+        assert served.type == kind
+
+
+def test_a_second_server_class_for_a_type_is_refused() -> None:
+    class AnotherPate(PateMechanism):
+        type = "pate"
+
+    with pytest.raises(TypeError, match="'pate' is served by PateMechanism already"):
+        register(AnotherPate)
+    assert MECHANISMS["pate"] is PateMechanism
+
+
+def test_an_unserved_type_is_a_config_error_naming_the_field() -> None:
+    spec = Mechanism.model_construct(type="exponential")  # type: ignore[arg-type]
+    model = served([Constant([1.0, 0.0])], 2)
+    with pytest.raises(MechanismConfigError, match=r"mechanism\.type: 'exponential'"):
+        build_mechanism(spec, model)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +136,26 @@ def _label_output(model: ServedModel, label: int) -> Output:
     return out
 
 
+MECHANISMS: dict[str, type[OutputMechanism]] = {}
+MechanismClass = TypeVar("MechanismClass", bound="type[OutputMechanism]")
+
+
+def register(cls: MechanismClass) -> MechanismClass:
+    """Class decorator: serve ``spec.serving.mechanism.type == cls.type`` with ``cls``.
+
+    The one registry of the server's mechanisms: a new mechanism is one decorated class
+    here (its accounting is its event class in ``dpserve.accounting.events``).
+    """
+    known = MECHANISMS.get(cls.type)
+    if known is not None and known is not cls:
+        raise TypeError(
+            f"mechanism type {cls.type!r} is served by {known.__name__} already, "
+            f"not also by {cls.__name__}"
+        )
+    MECHANISMS[cls.type] = cls
+    return cls
+
+
 class OutputMechanism(ABC):
     """Applies one mechanism type to model outputs."""
 
@@ -165,6 +185,7 @@ class OutputMechanism(ABC):
         return None
 
 
+@register
 class NoMechanism(OutputMechanism):
     type = "none"
 
@@ -195,6 +216,7 @@ class NoMechanism(OutputMechanism):
         return 0
 
 
+@register
 class PateMechanism(OutputMechanism):
     type = "pate"
 
@@ -233,6 +255,7 @@ class PateMechanism(OutputMechanism):
         return self.sampler.describe()
 
 
+@register
 class GaussianMechanism(OutputMechanism):
     type = "gaussian"
 
@@ -283,6 +306,7 @@ class GaussianMechanism(OutputMechanism):
         return None if self._sampler is None else self._sampler.describe()
 
 
+@register
 class LaplaceEmbeddingMechanism(OutputMechanism):
     type = "laplace-embedding"
 
@@ -319,12 +343,11 @@ class LaplaceEmbeddingMechanism(OutputMechanism):
         return None if self._sampler is None else self._sampler.describe()
 
 
-MECHANISMS: dict[str, type[OutputMechanism]] = {
-    cls.type: cls
-    for cls in (NoMechanism, PateMechanism, GaussianMechanism, LaplaceEmbeddingMechanism)
-}
-
-
 def build_mechanism(spec: Mechanism, model: MechanismTarget) -> OutputMechanism:
     """The mechanism for ``spec`` over ``model`` (MechanismConfigError if they do not fit)."""
-    return MECHANISMS[spec.type](spec, model)
+    served = MECHANISMS.get(spec.type)
+    if served is None:
+        raise MechanismConfigError(
+            f"mechanism.type: {spec.type!r} is not served here (known: {sorted(MECHANISMS)})"
+        )
+    return served(spec, model)

@@ -14,7 +14,9 @@ from dpserve.accounting.accountant import (
 )
 from dpserve.accounting.compose import ACCOUNTANT_KINDS, AccountantKind
 from dpserve.accounting.events import (
+    MECHANISM_EVENTS,
     SAMPLING_SCHEMES,
+    DPEvent,
     Event,
     GaussianQuery,
     GNMaxQuery,
@@ -30,10 +32,12 @@ __all__ = [
     "DEFAULT_LIMIT",
     "DEFAULT_ORDERS",
     "DEFAULT_PLD_DISCRETIZATION",
+    "MECHANISM_EVENTS",
     "OPACUS_ORDERS",
     "SAMPLING_SCHEMES",
     "Accountant",
     "AccountantKind",
+    "DPEvent",
     "Event",
     "GNMaxQuery",
     "GaussianQuery",

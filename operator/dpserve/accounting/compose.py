@@ -29,10 +29,10 @@ from typing import Literal
 
 import numpy as np
 
-from dpserve.accounting.events import Event, LaplaceQuery, Spend, SubsampledGaussian
+from dpserve.accounting.events import Event, Spend
 from dpserve.accounting.gdp import epsilon_for_mu_squared
-from dpserve.accounting.pld import Component, component_order, pld_epsilon
-from dpserve.accounting.rdp import Conversion, gaussian_units
+from dpserve.accounting.pld import Component, merged_gaussian, pld_epsilon
+from dpserve.accounting.rdp import Conversion
 
 AccountantKind = Literal["rdp", "pld"]
 ACCOUNTANT_KINDS: tuple[str, ...] = ("rdp", "pld")
@@ -61,13 +61,17 @@ class Summary:
 
 
 def summarize(spends: tuple[Spend, ...], vector_of: VectorLookup, size: int) -> Summary:
-    """Reduce validated spends to a :class:`Summary` (left folds: deterministic)."""
+    """Reduce validated spends to a :class:`Summary` (left folds: deterministic).
+
+    Asks each event for its bounds (``pure_epsilon``, ``gaussian_units``,
+    ``pld_component``); never for its class.
+    """
     rdp_all = np.zeros(size, dtype=np.float64)
     rdp_non_pure = np.zeros(size, dtype=np.float64)
     pure_terms: list[float] = []
     mu_terms: list[float] = []
-    laplace_counts: dict[float, int] = {}
-    poisson_steps: dict[tuple[float, float], int] = {}
+    # Components of the same mechanism (rank, kind, params) merge their repetitions.
+    components: dict[tuple[int, str, tuple[float, ...]], Component] = {}
     non_pure_all_gaussian = True
     pld_supported = True
     has_non_pure = False
@@ -76,32 +80,32 @@ def summarize(spends: tuple[Spend, ...], vector_of: VectorLookup, size: int) -> 
             continue
         scaled = count * vector_of(event)
         rdp_all = rdp_all + scaled
-        if isinstance(event, LaplaceQuery):
-            pure_terms.append(count * event.epsilon)
-            laplace_counts[event.epsilon] = laplace_counts.get(event.epsilon, 0) + count
-            continue
-        has_non_pure = True
-        rdp_non_pure = rdp_non_pure + scaled
-        gaussian = gaussian_units(event)
-        if gaussian is not None:
-            noise_multiplier, units = gaussian
-            mu_terms.append(count * units / (noise_multiplier * noise_multiplier))
-            continue
-        non_pure_all_gaussian = False
-        assert isinstance(event, SubsampledGaussian)
-        if event.sampling == "poisson":
-            key = (event.sample_rate, event.noise_multiplier)
-            poisson_steps[key] = poisson_steps.get(key, 0) + count * event.steps
+        pure = event.pure_epsilon()
+        if pure is None:
+            has_non_pure = True
+            rdp_non_pure = rdp_non_pure + scaled
+            gaussian = event.gaussian_units()
+            if gaussian is not None:
+                noise_multiplier, units = gaussian
+                mu_terms.append(count * units / (noise_multiplier * noise_multiplier))
+                continue
+            non_pure_all_gaussian = False
         else:
+            pure_terms.append(count * pure)
+        component = event.pld_component(count)
+        if component is None:
             pld_supported = False
+            continue
+        key = (component.rank, component.kind, component.params)
+        known = components.get(key)
+        components[key] = component if known is None else known.merged(component.repetitions)
     mu_squared = math.fsum(mu_terms)
-    components: tuple[Component, ...] | None = None
+    found: tuple[Component, ...] | None = None
     if pld_supported:
-        found: list[Component] = [("poisson", q, z, s) for (q, z), s in poisson_steps.items()]
-        found += [("laplace", eps, c) for eps, c in laplace_counts.items()]
+        parts = list(components.values())
         if mu_squared > 0:
-            found.append(("gaussian", mu_squared))
-        components = tuple(sorted(found, key=component_order))
+            parts.append(merged_gaussian(mu_squared))
+        found = tuple(sorted(parts))
     return Summary(
         rdp_all=rdp_all,
         rdp_non_pure=rdp_non_pure,
@@ -110,7 +114,7 @@ def summarize(spends: tuple[Spend, ...], vector_of: VectorLookup, size: int) -> 
         has_non_pure=has_non_pure,
         gaussian_mu_squared=mu_squared,
         non_pure_all_gaussian=non_pure_all_gaussian,
-        pld_components=components,
+        pld_components=found,
     )
 
 

@@ -1,7 +1,8 @@
 """RDP of each event, the RDP -> (epsilon, delta) conversion, and its closed-form inverse.
 
 RDP composes by addition at every order, so the ledger keeps one vector per event
-(cached: events are hashable) and sums ``count * vector``. The conversion is the one
+(cached: events are hashable; each event class computes its own vector from the pure
+functions here) and sums ``count * vector``. The conversion is the one
 dp-accounting's ``compute_epsilon`` and Opacus' ``get_privacy_spent`` both use
 (Balle et al. 2020, Thm. 21; Canonne, Kamath and Steinke 2020, Prop. 12):
 
@@ -18,19 +19,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import dp_accounting
 import numpy as np
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
-from dpserve.accounting.events import (
-    Event,
-    GaussianQuery,
-    GNMaxQuery,
-    LaplaceQuery,
-    SubsampledGaussian,
-)
-from dpserve.accounting.sampled_gaussian import poisson_subsampled_gaussian_rdp
+if TYPE_CHECKING:
+    from dpserve.accounting.events import Event
 
 _ADD_OR_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 # dp-accounting's conversion is undefined (unstable) at orders <= 1.01.
@@ -52,41 +48,37 @@ def _library_rdp(
     return np.asarray(accountant.rdp, dtype=np.float64)
 
 
-def gaussian_units(event: Event) -> tuple[float, float] | None:
-    """(noise multiplier, repetitions) when one event is plain unsubsampled Gaussians.
-
-    Gaussian queries, GNMax, full-batch training (q = 1) and shuffled training (no
-    amplification claimed) all are; Poisson and without-replacement training with
-    q < 1, and Laplace, are not.
-    """
-    if isinstance(event, GaussianQuery | GNMaxQuery):
-        return event.noise_multiplier, 1.0
-    if isinstance(event, SubsampledGaussian):
-        if event.sample_rate == 1.0:
-            return event.noise_multiplier, float(event.steps)
-        if event.sampling == "shuffle":
-            return event.noise_multiplier, float(shuffle_units(event))
-    return None
+def gaussian_rdp(noise_multiplier: float, orders: tuple[float, ...]) -> np.ndarray:
+    """RDP of one Gaussian mechanism (noise std / L2 sensitivity = ``noise_multiplier``)."""
+    return _library_rdp(dp_accounting.GaussianDpEvent(noise_multiplier), orders)
 
 
-def shuffle_units(event: SubsampledGaussian) -> int:
+def laplace_rdp(epsilon: float, orders: tuple[float, ...]) -> np.ndarray:
+    """RDP of one pure ``epsilon``-DP Laplace release (Mironov 2017, Prop. 6)."""
+    return _library_rdp(dp_accounting.LaplaceDpEvent(1.0 / epsilon), orders)
+
+
+def shuffle_units(steps: int, sample_rate: float) -> int:
     """Unit-sensitivity Gaussian steps charged for a shuffled-batch run.
 
     One per step (the conservative, amplification-free count), but never fewer than
     five per started epoch, which is what one epoch can cost when batches are huge.
     """
-    epochs = math.ceil(event.steps * event.sample_rate)
-    return max(event.steps, SHUFFLE_UNITS_PER_EPOCH * epochs)
+    epochs = math.ceil(steps * sample_rate)
+    return max(steps, SHUFFLE_UNITS_PER_EPOCH * epochs)
 
 
-def _without_replacement_rdp(event: SubsampledGaussian, orders: tuple[float, ...]) -> np.ndarray:
+def without_replacement_rdp(
+    sample_rate: float, noise_multiplier: float, orders: tuple[float, ...]
+) -> np.ndarray:
+    """RDP of one step of fixed-size batches drawn without replacement (replace-one)."""
     # dp-accounting wants integer sizes; only their ratio enters the bound, so use the
     # exact fraction behind the float sample rate.
-    ratio = Fraction(event.sample_rate).limit_denominator(10**12)
+    ratio = Fraction(sample_rate).limit_denominator(10**12)
     sampled = dp_accounting.SampledWithoutReplacementDpEvent(
         source_dataset_size=ratio.denominator,
         sample_size=ratio.numerator,
-        event=dp_accounting.GaussianDpEvent(event.noise_multiplier / _REPLACE_ONE_SENSITIVITY),
+        event=dp_accounting.GaussianDpEvent(noise_multiplier / _REPLACE_ONE_SENSITIVITY),
     )
     return _library_rdp(sampled, orders, dp_accounting.NeighboringRelation.REPLACE_ONE)
 
@@ -94,21 +86,8 @@ def _without_replacement_rdp(event: SubsampledGaussian, orders: tuple[float, ...
 @lru_cache(maxsize=1024)
 def event_rdp(event: Event, orders: tuple[float, ...]) -> np.ndarray:
     """RDP of one occurrence of ``event`` at each order (read-only, cached)."""
-    gaussian = gaussian_units(event)
-    if gaussian is not None:
-        noise_multiplier, units = gaussian
-        vector = units * _library_rdp(dp_accounting.GaussianDpEvent(noise_multiplier), orders)
-    elif isinstance(event, LaplaceQuery):
-        vector = _library_rdp(dp_accounting.LaplaceDpEvent(1.0 / event.epsilon), orders)
-    elif isinstance(event, SubsampledGaussian) and event.sampling == "poisson":
-        step = poisson_subsampled_gaussian_rdp(event.sample_rate, event.noise_multiplier, orders)
-        vector = event.steps * step
-    elif isinstance(event, SubsampledGaussian):
-        vector = event.steps * _without_replacement_rdp(event, orders)
-    else:  # pragma: no cover - validate_event rejects anything else first
-        raise ValueError(f"unsupported event {event!r}")
     # RDP is non-negative; a negative entry can only be rounding, and 0 is the safe side.
-    vector = np.maximum(vector, 0.0)
+    vector: np.ndarray = np.maximum(event.rdp(orders), 0.0)
     vector.setflags(write=False)
     return vector
 

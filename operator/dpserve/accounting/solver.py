@@ -25,9 +25,9 @@ from collections.abc import Callable
 import numpy as np
 
 from dpserve.accounting.compose import AccountantKind, Summary
-from dpserve.accounting.events import Event, LaplaceQuery
+from dpserve.accounting.events import Event
 from dpserve.accounting.gdp import epsilon_for_mu_squared, mu_squared_for_epsilon
-from dpserve.accounting.rdp import Conversion, gaussian_units
+from dpserve.accounting.rdp import Conversion
 
 
 def closed_form_guess(
@@ -41,16 +41,17 @@ def closed_form_guess(
     """A real-valued estimate of the largest count that fits (may be +-inf)."""
     candidates = [conversion.max_count(base.rdp_all, event_vector, budget)]
     pure_room = budget - base.pure_epsilon
-    if isinstance(event, LaplaceQuery):
+    pure = event.pure_epsilon()
+    if pure is not None:
         rest = conversion.epsilon(base.rdp_non_pure) if base.has_non_pure else 0.0
-        candidates.append((pure_room - rest) / event.epsilon)
+        candidates.append((pure_room - rest) / pure)
         if kind == "pld" and base.non_pure_all_gaussian:
             gdp = epsilon_for_mu_squared(base.gaussian_mu_squared, conversion.delta)
-            candidates.append((pure_room - gdp) / event.epsilon)
+            candidates.append((pure_room - gdp) / pure)
         return max(candidates)
     if base.has_pure:
         candidates.append(conversion.max_count(base.rdp_non_pure, event_vector, pure_room))
-    gaussian = gaussian_units(event)
+    gaussian = event.gaussian_units()
     if kind == "pld" and gaussian is not None and base.non_pure_all_gaussian and pure_room > 0:
         noise_multiplier, units = gaussian
         per_event = units / (noise_multiplier * noise_multiplier)

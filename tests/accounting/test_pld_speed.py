@@ -1,0 +1,108 @@
+"""The PLD speed-ups change no answer: same PLDs bit for bit, same integers as today's solver.
+
+``reference_solver.py`` is the solver as it was before (the oracle); the shipped one must
+return exactly its integers on heterogeneous ledgers, and the vectorised Gaussian PLD must
+equal dp-accounting's own, array for array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accounting.reference_solver import reference_epsilon, reference_max_additional
+from dpserve.accounting import (
+    Accountant,
+    GaussianQuery,
+    GNMaxQuery,
+    LaplaceQuery,
+    SubsampledGaussian,
+)
+from dpserve.accounting.events import Event, Spend
+from dpserve.accounting.pld import gaussian_pld
+
+
+def _pmf_state(pld: pld_lib.PrivacyLossDistribution) -> list[tuple[object, ...]]:
+    states: list[tuple[object, ...]] = []
+    for pmf in (pld._pmf_remove, pld._pmf_add):
+        if hasattr(pmf, "_probs"):  # dense
+            content: object = (pmf._lower_loss, np.asarray(pmf._probs).tobytes())
+        else:  # sparse (a few losses)
+            content = sorted(pmf._loss_probs.items())
+        states.append((type(pmf).__name__, pmf._discretization, pmf._infinity_mass, content))
+    return states
+
+
+@pytest.mark.parametrize("std", [0.3, 1.0, 1 / np.sqrt(0.73), 3.3, 25.0])
+@pytest.mark.parametrize("interval", [1e-4, 1e-3])
+def test_vectorised_gaussian_pld_is_the_library_pld_bit_for_bit(
+    std: float, interval: float
+) -> None:
+    ours = gaussian_pld(float(std), interval)
+    library = pld_lib.from_gaussian_mechanism(
+        standard_deviation=float(std), value_discretization_interval=interval
+    )
+    assert _pmf_state(ours) == _pmf_state(library)
+    for delta in (1e-3, 1e-6, 1e-9):
+        assert ours.get_epsilon_for_delta(delta) == library.get_epsilon_for_delta(delta)
+
+
+def test_subsampled_gaussian_pld_is_still_the_library_one() -> None:
+    ours = gaussian_pld(1.1, 1e-3, sampling_prob=0.01)
+    library = pld_lib.from_gaussian_mechanism(
+        standard_deviation=1.1, sampling_prob=0.01, value_discretization_interval=1e-3
+    )
+    assert _pmf_state(ours) == _pmf_state(library)
+
+
+# Small parameters keep each PLD cheap (the property is about the search, not the size).
+_poisson = st.builds(
+    SubsampledGaussian,
+    st.sampled_from([0.8, 1.1, 2.0]),
+    st.sampled_from([0.01, 0.05]),
+    st.integers(1, 60),
+    st.sampled_from(["poisson", "poisson", "shuffle", "without-replacement"]),
+)
+_queries = st.one_of(
+    st.builds(GaussianQuery, st.sampled_from([3.0, 8.0, 20.0])),
+    st.builds(GNMaxQuery, st.sampled_from([10.0, 40.0])),
+    st.builds(LaplaceQuery, st.sampled_from([0.05, 0.3])),
+)
+_spend = st.tuples(st.one_of(_poisson, _queries), st.integers(0, 40))
+
+
+@settings(
+    max_examples=30, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    spends=st.lists(_spend, max_size=3),
+    event=_queries,
+    epsilon=st.floats(0.5, 6.0),
+    delta=st.sampled_from([1e-5, 1e-7]),
+    kind=st.sampled_from(["pld", "pld", "rdp"]),
+)
+def test_max_additional_returns_todays_integers(
+    spends: list[Spend], event: Event, epsilon: float, delta: float, kind: str
+) -> None:
+    accountant = Accountant(kind)  # type: ignore[arg-type]
+    expected = reference_max_additional(spends, event, epsilon, delta, kind)
+    assert accountant.max_additional(spends, event, epsilon, delta) == expected
+    assert accountant.epsilon(spends, delta) == reference_epsilon(spends, delta, kind)
+
+
+@pytest.mark.slow
+def test_the_mnist_run_plus_ten_thousand_queries_gets_todays_answers() -> None:
+    run = SubsampledGaussian(1.1, 256 / 60000, 14063)
+    query = GaussianQuery(100.0)
+    accountant = Accountant("pld")
+    for count in (10_000, 10_500, 15_000):
+        spends: list[Spend] = [(run, 1), (query, count)]
+        assert accountant.epsilon(spends, 1e-6) == reference_epsilon(spends, 1e-6)
+        for budget in (6.0, 8.0):
+            assert accountant.max_additional(spends, query, budget, 1e-6) == (
+                reference_max_additional(spends, query, budget, 1e-6)
+            )
