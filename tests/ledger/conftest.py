@@ -41,7 +41,7 @@ def store() -> MemoryStore:
 def reviewer() -> FakeReviewer:
     r = FakeReviewer()
     r.add("tok-triage", "triage", pod="triage-0")
-    r.add("tok-embed", "embed")
+    r.add("tok-embed", "embed", pod="embed-0")
     r.add("tok-other", "someone-else")
     return r
 

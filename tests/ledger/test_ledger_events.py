@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 from ledger_helpers import GAUSS, LAPLACE, PATE, mechanism
 
-from dpserve.accounting.events import GaussianQuery, GNMaxQuery, LaplaceQuery, SubsampledGaussian
-from dpserve.api.mechanism import Mechanism
+from dpserve.accounting.events import (
+    MECHANISM_EVENTS,
+    GaussianQuery,
+    GNMaxQuery,
+    LaplaceQuery,
+    SubsampledGaussian,
+)
+from dpserve.api.mechanism import Mechanism, MechanismType
 from dpserve.api.privacybudget import LedgerEntry, TrainingSpend
 from dpserve.api.privatemodel import DeclaredTraining
 from dpserve.ledger import events as ev
@@ -86,3 +93,31 @@ def test_canonical_mechanism_compares_decimals_by_value() -> None:
     assert ev.canonical_mechanism(a) == ev.canonical_mechanism(b) == ev.canonical_mechanism(c)
     assert ev.canonical_mechanism(a) != ev.canonical_mechanism(d)
     assert ev.canonical_mechanism(a) != ev.canonical_mechanism(mechanism({**PATE, "teachers": 9}))
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [("1e-400", "underflows"), ("1e-310", "underflows"), ("1e400", "overflows")],
+)
+def test_a_decimal_outside_the_float_range_is_refused_not_rounded(text: str, word: str) -> None:
+    # 1e-400 used to become 0.0 (and 1e400 inf) without a word.
+    with pytest.raises(ValueError, match=rf"spec\.delta: '{text}' {word} a float"):
+        ev.decimal_value(text, "spec.delta")
+    assert ev.decimal_value("2.5e-308", "x") == 2.5e-308  # the smallest normals still pass
+
+
+def test_an_underflowing_mechanism_field_names_the_field() -> None:
+    # As a spec that skipped admission holds it (the schema bounds sensitivity >= 1e-6).
+    unadmitted = Mechanism.model_construct(
+        type="gaussian", noise_multiplier="2", clip_norm="1", sensitivity="1e-400"
+    )
+    with pytest.raises(ValueError, match=r"ledger\.mechanism\.sensitivity: '1e-400' underflows"):
+        ev.mechanism_event(unadmitted, "ledger.mechanism")
+
+
+def test_every_charged_api_mechanism_has_one_event_class() -> None:
+    """The API's mechanism types and the accounting's registry cannot drift apart."""
+    types = set(get_args(MechanismType))
+    assert set(MECHANISM_EVENTS) == types - {"none"}
+    for kind, event_class in MECHANISM_EVENTS.items():
+        assert event_class.mechanism == kind

@@ -253,14 +253,14 @@ async def test_authorization(client: Client) -> None:
 async def test_unknown_model_or_budget(
     client: Client, store: MemoryStore, reviewer: FakeReviewer
 ) -> None:
-    reviewer.add("tok-ghost", "ghost")
+    reviewer.add("tok-ghost", "ghost", pod="triage-0")
     await error(
         await post(client, lease_body(model=f"{NS}/ghost"), {"Authorization": "Bearer tok-ghost"}),
         404,
         "NotFound",
     )
     store.put_model(NS, "orphan", model_spec(PATE, budget="missing"))
-    reviewer.add("tok-orphan", "orphan")
+    reviewer.add("tok-orphan", "orphan", pod="triage-0")
     answer = await error(
         await post(
             client, lease_body(model=f"{NS}/orphan"), {"Authorization": "Bearer tok-orphan"}

@@ -20,6 +20,7 @@ from dpserve.ledger import events as ev
 from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.conditions import get_condition, rfc3339
+from dpserve.ledger.leases import subtract_outstanding
 
 CONSUMER = f"{NS}/triage"
 
@@ -713,17 +714,17 @@ def test_outstanding_leases_are_taken_from_their_own_versions_entry() -> None:
     entries = [_entry("v1", 100), _entry("v2", 5)]
     v2_key = (CONSUMER, "v2", None, ev.canonical_mechanism(mechanism(PATE)))
     v1_lease, v2_lease = _lease("l-1", "triage-0", "v1", 50), _lease("l-2", "triage-v2-0", "v2", 3)
-    rest = state._subtract_outstanding(entries, [v1_lease, v2_lease], v2_key)
+    rest = subtract_outstanding(entries, [v1_lease, v2_lease], v2_key)
     assert [e.count for e in rest] == [50, 2]  # v1's lease never shrinks v2's entry
     v1_key = (CONSUMER, "v1", None, ev.canonical_mechanism(mechanism(PATE)))
-    assert [e.count for e in state._subtract_outstanding(entries, [v2_lease], v1_key)] == [100, 2]
+    assert [e.count for e in subtract_outstanding(entries, [v2_lease], v1_key)] == [100, 2]
     # Own version, entry of another mechanism (a spec edit): the lease was charged there.
     edited = [_entry("v1", 100, GAUSS), _entry("v2", 5)]
     v1_pate = (CONSUMER, "v1", None, ev.canonical_mechanism(mechanism(PATE)))
-    assert [e.count for e in state._subtract_outstanding(edited, [v1_lease], v1_pate)] == [50, 5]
+    assert [e.count for e in subtract_outstanding(edited, [v1_lease], v1_pate)] == [50, 5]
     # Records without a version keep the old rule: the requester's own entry.
     legacy = _lease("l-0", "triage-0", None, 4)
-    assert [e.count for e in state._subtract_outstanding(entries, [legacy], v2_key)] == [100, 1]
+    assert [e.count for e in subtract_outstanding(entries, [legacy], v2_key)] == [100, 1]
 
 
 def test_policy_validation() -> None:

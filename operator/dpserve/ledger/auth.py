@@ -3,8 +3,10 @@
 The filter sidecar mounts a projected token with audience ``dpserve-ledger``; the ledger asks
 the API server (``authentication.k8s.io/v1`` TokenReview) whom it belongs to and accepts it
 only for ``system:serviceaccount:<model namespace>:<model name>-dpserve``, the ServiceAccount
-the operator creates for each PrivateModel's pods. A bound token also names its pod; when it
-does, the pod in the request must be that pod.
+the operator creates for each PrivateModel's pods. The token must be *bound* to a pod (a
+projected token names it, ``authentication.kubernetes.io/pod-name``) and the request's pod
+must be that pod: an unbound ServiceAccount token could invent pod names and grow the
+budget's lease records without bound.
 
 Successful reviews are cached for a short time keyed by the token's SHA-256 (never the token
 itself), so a grant does not pay a TokenReview round trip each time. A token revoked within
@@ -142,7 +144,12 @@ def authorize(identity: Identity, namespace: str, model_name: str, pod: str) -> 
             f"token of {identity.username!r} may not lease for model {namespace}/{model_name}: "
             f"expected {expected!r}"
         )
-    if identity.pod_name is not None and identity.pod_name != pod:
+    if identity.pod_name is None:
+        raise Forbidden(
+            "Authorization: the token is not bound to a pod; use the projected ServiceAccount "
+            "token of the model's pod (audience dpserve-ledger)"
+        )
+    if identity.pod_name != pod:
         raise Forbidden(f"pod: the token is bound to pod {identity.pod_name!r}, not {pod!r}")
 
 

@@ -1,23 +1,19 @@
 """API objects -> accounting events: what one answered query or one training run costs.
 
-The mapping is the only place where spec fields become DP parameters, so a reviewer checks
-the privacy arithmetic of the API here and nowhere else.
+Each mechanism's event class (``dpserve.accounting.events``, registered by
+``mechanism`` name) turns the mechanism's spec fields into its DP parameters
+(``from_mechanism``); this module reads the fields as checked decimals and looks the class
+up, so a reviewer checks the privacy arithmetic of a mechanism beside its bounds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
-from dpserve.accounting.events import (
-    Event,
-    GaussianQuery,
-    GNMaxQuery,
-    LaplaceQuery,
-    Spend,
-    SubsampledGaussian,
-)
+from dpserve.accounting.events import MECHANISM_EVENTS, Event, Spend, SubsampledGaussian
 from dpserve.api.mechanism import Mechanism, privacy_unit
 from dpserve.api.mechanism import is_tenant_side as _is_tenant_side
 from dpserve.api.privacybudget import LedgerEntry, TrainingSpend
@@ -32,7 +28,17 @@ def decimal_value(text: str, field: str) -> float:
         raise ValueError(f"{field}: {text!r} is not a decimal") from exc
     if not value.is_finite() or value <= 0:
         raise ValueError(f"{field}: must be a finite decimal > 0, got {text!r}")
-    return float(value)
+    number = float(value)
+    # A decimal beyond the float range would silently become inf, and one below the
+    # smallest normal float 0.0 or a subnormal that has lost its digits: either way the
+    # accountant would compute with a number the spec does not say. Refuse it.
+    if number == float("inf"):
+        raise ValueError(f"{field}: {text!r} overflows a float (largest {sys.float_info.max:g})")
+    if number < sys.float_info.min:
+        raise ValueError(
+            f"{field}: {text!r} underflows a float (smallest normal {sys.float_info.min:g})"
+        )
+    return number
 
 
 def _required(value: str | None, field: str) -> float:
@@ -41,30 +47,30 @@ def _required(value: str | None, field: str) -> float:
     return decimal_value(value, field)
 
 
+# API name (camelCase alias) -> attribute of Mechanism, for the event classes' parameters.
+_MECHANISM_ATTRIBUTES: dict[str, str] = {
+    info.alias or name: name for name, info in Mechanism.model_fields.items()
+}
+
+
 def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | None:
     """The DP event of one query answered with ``mechanism``; None when queries are free.
 
-    - pate: GNMax with absolute vote-noise std ``noiseMultiplier`` (sensitivity sqrt(2) is
-      inside :class:`GNMaxQuery`).
-    - gaussian: noise std is ``noiseMultiplier * clipNorm`` and one record moves the output by
-      at most ``sensitivity`` (L2), so the effective noise multiplier is
-      ``noiseMultiplier * clipNorm / sensitivity``.
-    - laplace-embedding: ``epsilon`` per query, pure DP.
-    - none: the model is DP-trained; its answers are post-processing.
+    ``none`` is free (the model is DP-trained; its answers are post-processing). Every
+    other type names its event class (``MECHANISM_EVENTS``), which builds itself from the
+    spec fields, each read here as a decimal > 0 or refused naming ``field.<name>``.
     """
     kind = mechanism.type
     if kind == "none":
         return None
-    if kind == "pate":
-        return GNMaxQuery(sigma=_required(mechanism.noise_multiplier, f"{field}.noiseMultiplier"))
-    if kind == "gaussian":
-        z = _required(mechanism.noise_multiplier, f"{field}.noiseMultiplier")
-        clip = _required(mechanism.clip_norm, f"{field}.clipNorm")
-        sensitivity = _required(mechanism.sensitivity, f"{field}.sensitivity")
-        return GaussianQuery(noise_multiplier=z * clip / sensitivity)
-    if kind == "laplace-embedding":
-        return LaplaceQuery(epsilon=_required(mechanism.epsilon, f"{field}.epsilon"))
-    raise ValueError(f"{field}.type: unknown mechanism {kind!r}")
+    event_class = MECHANISM_EVENTS.get(kind)
+    if event_class is None:
+        raise ValueError(f"{field}.type: unknown mechanism {kind!r}")
+
+    def parameter(name: str) -> float:
+        return _required(getattr(mechanism, _MECHANISM_ATTRIBUTES[name]), f"{field}.{name}")
+
+    return event_class.from_mechanism(parameter)
 
 
 def canonical_mechanism(mechanism: Mechanism) -> tuple[tuple[str, str], ...]:

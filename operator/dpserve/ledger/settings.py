@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from dpserve.ledger.state import DEFAULT_MAX_LEASES, LeasePolicy
+from dpserve.ledger.limits import DEFAULT_LEASE_TTL_S, DEFAULT_MAX_LEASES, LeasePolicy
 
 CrashHook = Literal["kill", "hang"]
 CRASH_HOOK_ENV = "DPSERVE_LEDGER_CRASH_AFTER_PERSIST"
@@ -20,9 +20,22 @@ class LedgerSettings:
     token_cache_s: float = 30.0
     model_cache_s: float = 2.0
     max_write_attempts: int = 8
+    # Slow clients (docs/ledger.md, "Connections"): a request's headers must arrive within
+    # header_timeout_s of the connection opening (or of its previous answer; this is also the
+    # keep-alive idle time), its body within body_timeout_s; each peer address may hold at
+    # most max_connections_per_client connections.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    max_connections_per_client: int = 32
     # Test hook only: after a grant's status write lands and before the reply is sent, the
     # process SIGKILLs itself ("kill") or blocks ("hang") so a test can kill -9 it there.
     crash_after_persist: CrashHook | None = None
+
+    def __post_init__(self) -> None:
+        if not self.header_timeout_s > 0 or not self.body_timeout_s > 0:
+            raise ValueError("LedgerSettings: header_timeout_s and body_timeout_s must be > 0")
+        if self.max_connections_per_client < 1:
+            raise ValueError("LedgerSettings: max_connections_per_client must be >= 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:
@@ -42,7 +55,7 @@ class LedgerSettings:
         if hook not in (None, "kill", "hang"):
             raise ValueError(f"{CRASH_HOOK_ENV}: must be 'kill' or 'hang', got {hook!r}")
         policy = LeasePolicy(
-            ttl=timedelta(seconds=number("DPSERVE_LEDGER_LEASE_TTL_S", 120.0)),
+            ttl=timedelta(seconds=number("DPSERVE_LEDGER_LEASE_TTL_S", DEFAULT_LEASE_TTL_S)),
             at_risk_fraction=number("DPSERVE_LEDGER_AT_RISK_FRACTION", 0.01),
             max_leases=int(number("DPSERVE_LEDGER_MAX_LEASES", DEFAULT_MAX_LEASES)),
         )
@@ -51,5 +64,10 @@ class LedgerSettings:
             token_cache_s=number("DPSERVE_LEDGER_TOKEN_CACHE_S", 30.0),
             model_cache_s=number("DPSERVE_LEDGER_MODEL_CACHE_S", 2.0),
             max_write_attempts=int(number("DPSERVE_LEDGER_MAX_WRITE_ATTEMPTS", 8)),
+            header_timeout_s=number("DPSERVE_LEDGER_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=number("DPSERVE_LEDGER_BODY_TIMEOUT_S", 10.0),
+            max_connections_per_client=int(
+                number("DPSERVE_LEDGER_MAX_CONNECTIONS_PER_CLIENT", 32)
+            ),
             crash_after_persist=hook,  # type: ignore[arg-type]
         )

@@ -28,7 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from dpserve import API_GROUP, API_VERSION
 from dpserve.api import privacybudget, privatemodel
 from dpserve.ledger.conditions import rfc3339
-from dpserve.ledger.state import BudgetEvent
+from dpserve.ledger.outcomes import BudgetEvent
 
 Obj = dict[str, Any]
 REQUEST_TIMEOUT_S = 5.0

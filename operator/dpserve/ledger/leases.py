@@ -1,0 +1,172 @@
+"""Lease records and lease sizing: which leases are outstanding, and the 1% at-risk rule.
+
+A crashed pod loses the unused remainder of its leases: wasted, never unaccounted. The leases
+that can still hold unused queries are the *outstanding* ones: unexpired, and by the sidecar
+protocol at most the two latest of each pod (:func:`prune_leases`). Their ε value on one
+ledger is
+
+    at_risk = ε(ledger) - ε(ledger minus the counts of the outstanding leases)
+
+(the ε the ledger would not have spent had none of them been used). A new lease gets at most
+the largest n with ``ε(ledger + n) <= ε(ledger - outstanding) + 1% * limit``, so at_risk stays
+within ``at_risk_fraction`` (1%) of that ledger's limit, except that a lease of 1 is granted
+whenever one more query fits at all: progress is always possible (docs/ledger.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from dpserve.accounting.events import Event, Spend
+from dpserve.api.privacybudget import LeaseRecord, LedgerEntry
+from dpserve.ledger import events as ev
+from dpserve.ledger.accountant import Accounting
+from dpserve.ledger.conditions import parse_rfc3339
+from dpserve.ledger.entries import QueryKey, query_key
+from dpserve.ledger.evaluation import ledger_epsilon
+from dpserve.ledger.lease_ids import ID_MEMORY, MAX_REMEMBERED, parse
+from dpserve.ledger.limits import LeasePolicy, Limits
+
+LEASES_KEPT_PER_POD = 2
+MAX_LEASE_RECORDS = 2048  # the schema's bound on status.leases
+
+
+def prune_leases(
+    leases: Sequence[LeaseRecord], now: datetime, per_pod: int = LEASES_KEPT_PER_POD
+) -> list[LeaseRecord]:
+    """The lease records still worth keeping: unexpired, and each pod's ``per_pod`` latest.
+
+    The sidecar protocol (docs/ledger.md) makes older records useless: a pod has one lease
+    request in flight at a time (retries reuse its id), serves its leases in the order they
+    were granted and asks for the next one only once the current one is in use. So only a
+    pod's latest lease id can still be retried, and only its two latest leases can still
+    hold unused queries. Keeping those bounds the status by the number of pods, not by the
+    grant rate. Records are appended in grant order, so "latest" is list order.
+    """
+    seen: dict[tuple[str, str], int] = {}
+    kept: list[LeaseRecord] = []
+    for lease in reversed(leases):
+        if parse_rfc3339(lease.expires_at) <= now:
+            continue
+        key = (lease.consumer, lease.pod)
+        if seen.get(key, 0) >= per_pod:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        kept.append(lease)
+    kept.reverse()
+    return kept
+
+
+def retain_records(leases: Sequence[LeaseRecord], now: datetime) -> list[LeaseRecord]:
+    """The lease records the status keeps: the outstanding ones (:func:`prune_leases`) and,
+    for sequenced ids (:mod:`lease_ids`), each pool's latest record for ID_MEMORY after it
+    expired: the pool's high-water mark, so a replay of a forgotten id is refused.
+
+    Only the outstanding records size leases; the remembered ones hold no unused queries.
+    """
+    kept = {id(lease) for lease in prune_leases(leases, now)}
+    latest: dict[tuple[str, str, str], tuple[int, LeaseRecord]] = {}
+    for lease in leases:
+        parsed = parse(lease.lease_id)
+        if parsed is None:
+            continue
+        key = (lease.consumer, lease.pod, parsed.tag)
+        if key not in latest or latest[key][0] < parsed.sequence:
+            latest[key] = (parsed.sequence, lease)
+    horizon = now - ID_MEMORY
+    remembered = [lease for _, lease in latest.values()
+                  if id(lease) not in kept and parse_rfc3339(lease.expires_at) > horizon]
+    remembered.sort(key=lambda lease: parse_rfc3339(lease.expires_at), reverse=True)
+    room = max(0, min(MAX_REMEMBERED, MAX_LEASE_RECORDS - len(kept)))
+    kept |= {id(lease) for lease in remembered[:room]}
+    return [lease for lease in leases if id(lease) in kept]
+
+
+def high_water(
+    leases: Sequence[LeaseRecord], consumer: str, pod: str, tag: str
+) -> int | None:
+    """The highest sequence granted to the pool (consumer, pod, tag), None if none is known."""
+    found = [parsed.sequence for lease in leases
+             if lease.consumer == consumer and lease.pod == pod
+             and (parsed := parse(lease.lease_id)) is not None and parsed.tag == tag]
+    return max(found) if found else None
+
+
+def subtract_outstanding(
+    entries: Sequence[LedgerEntry],
+    outstanding: Sequence[LeaseRecord],
+    request_key: QueryKey | None,
+) -> list[LedgerEntry]:
+    """The entries minus the counts of the outstanding leases.
+
+    A lease record names its consumer, model version and partition, not the mechanism (which
+    changes only with a spec edit, and pods on the old one are refused new leases): its count
+    is taken from the requester's own entry when the lease is the requester's (same consumer
+    and version), otherwise from the most recently created query entry of its consumer,
+    version and partition (entries are appended in creation order). Records written before
+    leases named a version match any version of their consumer. The result only sizes new
+    leases; it never decides what is spent.
+    """
+    counts = [entry.count for entry in entries]
+    for lease in outstanding:
+        target = lease_entry(entries, lease, request_key)
+        if target is not None:
+            counts[target] = max(0, counts[target] - lease.granted)
+    return [
+        entry.model_copy(update={"count": count})
+        for entry, count in zip(entries, counts, strict=True)
+    ]
+
+
+def lease_entry(
+    entries: Sequence[LedgerEntry], lease: LeaseRecord, request_key: QueryKey | None
+) -> int | None:
+    """Index of the query entry ``lease`` was debited to (see :func:`subtract_outstanding`)."""
+    own = (
+        request_key is not None
+        and lease.consumer == request_key[0]
+        and lease.model_version in (None, request_key[1])
+    )
+    latest = None
+    for index in range(len(entries) - 1, -1, -1):
+        entry = entries[index]
+        if entry.kind != "query" or entry.consumer != lease.consumer:
+            continue
+        if entry.partition != lease.partition:
+            continue
+        if lease.model_version is not None and entry.model_version != lease.model_version:
+            continue
+        if not own:
+            return index
+        if query_key(entry) == request_key:
+            return index
+        if lease.model_version is not None and latest is None:
+            latest = index  # own version, another mechanism: the entry it was charged to
+    return latest
+
+
+def lease_size(
+    ledger: Sequence[LedgerEntry],
+    outstanding: Sequence[LeaseRecord],
+    key: QueryKey,
+    event: Event,
+    fit: int,
+    limit: float,
+    limits: Limits,
+    policy: LeasePolicy,
+    accounting: Accounting,
+) -> int:
+    """How many of the ``fit`` queries that fit the ledger one new lease gets (>= 1).
+
+    The new lease is the n being solved for; ``outstanding`` are the other leases that may
+    still hold unused queries on this ledger. Accounting errors raise.
+    """
+    spends: Sequence[Spend] = ev.spends(ledger)
+    base = ledger_epsilon(ev.spends(subtract_outstanding(ledger, outstanding, key)), limits,
+                          accounting)
+    ceiling = min(limit, base + policy.at_risk_fraction * limit)
+    within_risk = accounting.max_additional(
+        spends, event, ceiling, limits.delta, limits.kind, fit
+    )
+    return min(fit, max(1, within_risk))
