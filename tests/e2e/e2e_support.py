@@ -1,6 +1,8 @@
 """End to end with real processes: LocalKube over HTTP, the operator process (``dpserve run``
 with its ledger), and the local kubelet running the model server, the filter sidecar and the
-trainer of what the operator creates.
+trainer of what the operator creates. The emulator enforces RBAC: the operator runs as the
+chart's ServiceAccount under the chart's rendered (Cluster)Roles (``rbac_support``), the
+tests act as the cluster admin.
 
 Every scenario runs twice, once per container runtime of the kubelet (the ``e2e`` fixture's
 parameter):
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from dpserve.demo.stack import LocalStack
 from dpserve.demo.traffic import QueryClient
 from dpserve.ledger.events import spends
 from dpserve.localkube.client import Client
+from dpserve.localkube.server import LocalKubeServer
 from dpserve.localkube.waiting import wait_until
 from podman_support import (
     CONTAINERS_CONF,
@@ -44,6 +47,7 @@ from podman_support import (
     podman,
     unavailable_reason,
 )
+from rbac_support import chart_values, operator_credentials
 
 DELTA = "1e-5"
 # Every class text carries contact details: the sidecar must never let them out raw.
@@ -172,6 +176,18 @@ class E2E:
         return "\n".join(parts)
 
 
+def under_chart_rbac(stack: LocalStack) -> Callable[[], Path]:
+    """The operator's credentials in ``stack``: the chart's ServiceAccount and RBAC, with
+    RBAC enforced from before the operator's first request."""
+    def server() -> LocalKubeServer:
+        assert stack.server is not None, "the stack's API server is not started"
+        return stack.server
+
+    return operator_credentials(server, stack.workdir / "operator-kubeconfig",
+                                values=chart_values(namespaces=stack.namespaces),
+                                enable_rbac=True)
+
+
 def granted_queries(status: PrivacyBudgetStatus) -> int:
     """Queries the ledger debited (granted in leases), all consumers together."""
     return sum(entry.count for entry in status.ledger if entry.kind == "query")
@@ -203,6 +219,7 @@ def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         podman_image = INFERENCE_IMAGE
     stack = LocalStack(tmp_path_factory.mktemp(f"stack-{request.param}"),
                        podman_image=podman_image, containers_conf=CONTAINERS_CONF)
+    stack.operator.credentials = under_chart_rbac(stack)
     stack.start()
     try:
         yield E2E(stack, trained)

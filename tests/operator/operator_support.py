@@ -1,6 +1,9 @@
 """The real operator process (``dpserve run``) against LocalKube on loopback.
 
-One emulator and one operator per test module; each test works in its own namespace.
+One emulator and one operator per test module; each test works in its own namespace. The
+emulator enforces RBAC and the operator runs as the chart's ServiceAccount with the chart's
+rendered (Cluster)Roles (``rbac_support``): a call the chart does not grant fails with 403
+here as on a cluster. The tests themselves act as the cluster admin.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import pytest
 
 from dpserve.localkube import LocalKubeServer, serve
 from dpserve.localkube.client import Client
-from dpserve.localkube.harness import OperatorProcess, start_operator
+from dpserve.localkube.harness import OperatorPorts, OperatorProcess
 from dpserve.localkube.waiting import wait_until as _wait_until
+from dpserve.resources.access import ACCESS, Res
+from rbac_support import chart_values, operator_credentials
 
 T = TypeVar("T")
+RESOURCES: dict[str, Res] = {a.res.plural: a.res for a in ACCESS}
 GROUP = "/apis/dpserve.io/v1alpha1/namespaces/{ns}"
 
 
@@ -43,11 +49,9 @@ class Cluster:
     def pb(self, ns: str, name: str = "") -> str:
         return GROUP.format(ns=ns) + "/privacybudgets" + (f"/{name}" if name else "")
 
-    def path(self, ns: str, kind: str, name: str = "") -> str:
-        base = {"deployments": "/apis/apps/v1", "networkpolicies": "/apis/networking.k8s.io/v1",
-                "poddisruptionbudgets": "/apis/policy/v1", "jobs": "/apis/batch/v1"}.get(
-            kind, "/api/v1")
-        return f"{base}/namespaces/{ns}/{kind}" + (f"/{name}" if name else "")
+    def path(self, ns: str, plural: str, name: str = "") -> str:
+        """The URL of an owned kind's objects (or pods, events) by plural, from the table."""
+        return RESOURCES[plural].path(ns, name or None)
 
     def events(self, ns: str, involved: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self.api.items(f"/api/v1/namespaces/{ns}/events")
@@ -111,10 +115,14 @@ def model_body(name: str, budget: str, *, replicas: int = 1, profile: str = "non
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir: Path = tmp_path_factory.mktemp("operator")
-    server = serve(kubeconfig=workdir / "kubeconfig")
+    # anonymous_admin: kubectl sends no credentials over plain HTTP (test_operator_examples).
+    server = serve(kubeconfig=workdir / "kubeconfig", rbac=True, anonymous_admin=True)
     server.start_simulator()
-    operator = start_operator(server.kubeconfig, workdir / "operator.log")
+    operator = OperatorProcess(server.kubeconfig, workdir, OperatorPorts.pick())
+    operator.credentials = operator_credentials(server, workdir / "operator-kubeconfig",
+                                                values=chart_values())
     try:
+        operator.start()
         operator.wait_ready()
         yield Cluster(server, operator)
     finally:

@@ -40,7 +40,11 @@ def test_model_renders_owned_objects_and_becomes_ready(cluster: Cluster) -> None
     assert status["phase"] == "Serving" and status["replicas"] == 1
     assert status["observedGeneration"] == model["metadata"]["generation"]
     types = {c["type"]: c for c in status["conditions"]}
-    assert set(types) == {"Ready", "BudgetAvailable", "Confidential", "Retraining"}
+    assert set(types) == {"Ready", "BudgetAvailable", "Confidential", "Retraining",
+                          "Reconciling", "Stalled"}
+    assert (types["Reconciling"]["status"], types["Stalled"]["status"]) == ("False", "False")
+    assert status["accepted"] == {"budgetRef": "b", "artifact": "pvc://models/m/v1",
+                                  "version": "v1", "spent": False}
     assert all(c["observedGeneration"] == 1 for c in types.values())
     assert types["BudgetAvailable"]["status"] == "True"
     budget = api.get(cluster.pb(ns, "b"))

@@ -1,44 +1,24 @@
 """One reconciler per owned kind: build desired, read live, then create / skip / replace.
 
+The kinds, their builders and their order come from :data:`dpserve.resources.access.OWNED_KINDS`.
+
 Skipping is the common case: ``needs_update`` false means no write at all, which is what
 keeps a steady state at zero API writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dpserve.api.privatemodel import PrivateModel
 from dpserve.controllers.kubeapi import BY_KIND, ApiError, Conflict, KubeApi
 from dpserve.metrics import OperatorMetrics
-from dpserve.resources import (
-    BuildContext,
-    build_configmap,
-    build_deployment,
-    build_networkpolicy,
-    build_poddisruptionbudget,
-    build_service,
-    build_serviceaccount,
-    merge_for_update,
-    needs_update,
-)
-from dpserve.resources.names import pod_disruption_budget_name
+from dpserve.resources import BuildContext, merge_for_update, needs_update
+from dpserve.resources.access import SERVING_KINDS
 
 Obj = dict[str, Any]
 Action = Literal["created", "updated", "unchanged", "deleted", "absent"]
-Builder = Callable[[PrivateModel, BuildContext], Obj | None]
-
-# Order matters: identity and config first, so the pods find them when they start.
-SERVING_CHILDREN: tuple[tuple[str, Builder], ...] = (
-    ("ServiceAccount", build_serviceaccount),
-    ("ConfigMap", build_configmap),
-    ("Service", build_service),
-    ("NetworkPolicy", build_networkpolicy),
-    ("PodDisruptionBudget", build_poddisruptionbudget),
-    ("Deployment", build_deployment),
-)
 
 
 class NotOwned(Exception):
@@ -112,11 +92,13 @@ async def apply_serving(api: KubeApi, model: PrivateModel, ctx: BuildContext, ow
     """Every serving child; returns them by kind."""
     namespace = str(model.metadata["namespace"])
     out: dict[str, Applied] = {}
-    for kind, builder in SERVING_CHILDREN:
-        desired = builder(model, ctx)
+    for owned in SERVING_KINDS:
+        assert owned.builder is not None
+        kind = owned.kind
+        desired = owned.builder(model, ctx)
         if desired is None:
-            if kind == "PodDisruptionBudget":
-                name = pod_disruption_budget_name(str(model.metadata["name"]))
+            if owned.removed_name is not None:
+                name = owned.removed_name(str(model.metadata["name"]))
                 out[kind] = await remove(api, kind, namespace, name, owner_uid, metrics)
             continue
         out[kind] = await apply(api, kind, desired, owner_uid, metrics)

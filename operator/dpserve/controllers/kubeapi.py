@@ -1,69 +1,43 @@
 """The operator's own API calls on plain JSON objects (kubernetes_asyncio's raw ``call_api``).
 
 Builders produce dicts and the diff compares dicts, so objects stay dicts end to end: the
-typed models of kubernetes_asyncio would only convert back and forth.
+typed models of kubernetes_asyncio would only convert back and forth. The resources (group,
+version, plural) come from the one table, :mod:`dpserve.resources.access`.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from dpserve import API_GROUP, API_VERSION
+from dpserve.resources.access import (
+    EVENTS,
+    JOBS,
+    NODES,
+    OWNED_KINDS,
+    PODS,
+    PRIVACYBUDGETS,
+    PRIVATEMODELS,
+    RUNTIMECLASSES,
+    Res,
+)
+
+# Re-exported: the controllers name the resources they call through this module.
+__all__ = [
+    "BY_KIND", "EVENTS", "JOBS", "NODES", "PODS", "PRIVACYBUDGETS", "PRIVATEMODELS",
+    "RUNTIMECLASSES", "ApiError", "Conflict", "KubeApi", "Res", "Unreachable",
+]
 
 Obj = dict[str, Any]
 TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class Res:
-    """A resource as its URL spells it."""
-
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    def path(self, namespace: str | None = None, name: str | None = None,
-             subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace is not None:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{name}"
-        if subresource is not None:
-            base += f"/{subresource}"
-        return base
-
-
-PRIVATEMODELS = Res(API_GROUP, API_VERSION, "privatemodels")
-PRIVACYBUDGETS = Res(API_GROUP, API_VERSION, "privacybudgets")
-DEPLOYMENTS = Res("apps", "v1", "deployments")
-SERVICES = Res("", "v1", "services")
-CONFIGMAPS = Res("", "v1", "configmaps")
-SERVICEACCOUNTS = Res("", "v1", "serviceaccounts")
-NETWORKPOLICIES = Res("networking.k8s.io", "v1", "networkpolicies")
-PODDISRUPTIONBUDGETS = Res("policy", "v1", "poddisruptionbudgets")
-JOBS = Res("batch", "v1", "jobs")
-PODS = Res("", "v1", "pods")
-EVENTS = Res("", "v1", "events")
-RUNTIMECLASSES = Res("node.k8s.io", "v1", "runtimeclasses", namespaced=False)
-NODES = Res("", "v1", "nodes", namespaced=False)
-
 BY_KIND: dict[str, Res] = {
-    "Deployment": DEPLOYMENTS,
-    "Service": SERVICES,
-    "ConfigMap": CONFIGMAPS,
-    "ServiceAccount": SERVICEACCOUNTS,
-    "NetworkPolicy": NETWORKPOLICIES,
-    "PodDisruptionBudget": PODDISRUPTIONBUDGETS,
-    "Job": JOBS,
+    **{owned.kind: owned.res for owned in OWNED_KINDS},
     "PrivacyBudget": PRIVACYBUDGETS,
     "PrivateModel": PRIVATEMODELS,
 }

@@ -2,7 +2,9 @@
 
 Raw event handlers (no finalizers, no annotations written on the owned objects), filtered by
 the managed-by label; the reconcile re-applies what was edited or deleted by hand, and picks
-up Deployment availability, pod crash loops and Job completion.
+up Deployment availability, pod crash loops and Job completion. The kinds come from
+:data:`dpserve.resources.access.OWNED_KINDS`; every watch here needs list and watch in that
+module's ``ACCESS`` (the chart's RBAC), which ``tests/chart/test_chart_rbac.py`` checks.
 """
 
 from __future__ import annotations
@@ -12,18 +14,10 @@ from typing import Any
 import kopf
 
 from dpserve.controllers.context import OperatorContext
+from dpserve.resources.access import NODES, OWNED_KINDS, PODS, RUNTIMECLASSES, Res
 from dpserve.resources.labels import MANAGED_BY, MANAGED_BY_VALUE, MODEL
 
 MANAGED = {MANAGED_BY: MANAGED_BY_VALUE}
-OWNED = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "serviceaccounts"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("batch", "v1", "jobs"),
-)
 
 
 async def _kick(labels: Any, namespace: str | None, memo: Any) -> None:
@@ -33,19 +27,20 @@ async def _kick(labels: Any, namespace: str | None, memo: Any) -> None:
         ctx.kick_model(namespace, model)
 
 
-def _register(group: str, version: str, plural: str) -> None:
+def _register(res: Res) -> None:
     async def changed(labels: Any, namespace: str | None, memo: Any, **_: Any) -> None:
         await _kick(labels, namespace, memo)
 
-    changed.__name__ = f"owned_{plural}"
-    kopf.on.event(group, version, plural, labels=MANAGED, id=f"owned-{plural}")(changed)
+    changed.__name__ = f"owned_{res.plural}"
+    kopf.on.event(res.group, res.version, res.plural, labels=MANAGED,
+                  id=f"owned-{res.plural}")(changed)
 
 
-for _group, _version, _plural in OWNED:
-    _register(_group, _version, _plural)
+for _owned in OWNED_KINDS:
+    _register(_owned.res)
 
 
-@kopf.on.event("", "v1", "pods", labels={MODEL: kopf.PRESENT})
+@kopf.on.event(PODS.group, PODS.version, PODS.plural, labels={MODEL: kopf.PRESENT})
 async def pod_changed(labels: Any, namespace: str | None, memo: Any, **_: Any) -> None:
     """Pods carry the model label from their template: crash loops flip Ready."""
     await _kick(labels, namespace, memo)
@@ -64,12 +59,12 @@ def _kick_blocked(memo: Any, index: Any) -> None:
                 ctx.kick_model(namespace, entry["name"])
 
 
-@kopf.on.event("node.k8s.io", "v1", "runtimeclasses")
+@kopf.on.event(RUNTIMECLASSES.group, RUNTIMECLASSES.version, RUNTIMECLASSES.plural)
 async def runtime_class_changed(memo: Any, **kwargs: Any) -> None:
     _kick_blocked(memo, kwargs.get("models_by_budget"))
 
 
-@kopf.on.event("", "v1", "nodes")
+@kopf.on.event(NODES.group, NODES.version, NODES.plural)
 async def node_changed(name: str, labels: Any, event: Any, memo: Any, **kwargs: Any) -> None:
     """Nodes change often (heartbeats); only a change of labels or presence matters here."""
     current = None if event.get("type") == "DELETED" else dict(labels)

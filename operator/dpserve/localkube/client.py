@@ -7,6 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from dpserve.localkube.emulator import ADMIN_TOKEN
+
 Obj = dict[str, Any]
 
 
@@ -18,15 +20,19 @@ class ApiFailure(Exception):
 
 
 class Client:
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    """Requests as the admin (``token``: another identity, e.g. a ServiceAccount's token)."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0, *, token: str = ADMIN_TOKEN) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.token = token
 
     def request(self, method: str, path: str, body: Any = None,
                 content_type: str = "application/json") -> Obj:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": content_type,
+                                              "Authorization": f"Bearer {self.token}",
                                               "User-Agent": "localkube-client"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:

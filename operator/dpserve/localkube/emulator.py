@@ -8,6 +8,20 @@ status and scale subresources, CRD schema validation and defaulting, owner-refer
 garbage collection, label and field selectors, resumable watches, TokenReview, server-side
 Tables for printer columns, and a count of every write request.
 
+With :meth:`LocalKube.enable_rbac` it authenticates and authorises like a real API server:
+a bearer token is the admin's (:data:`ADMIN_TOKEN`, group ``system:masters``, as a
+cluster's admin kubeconfig), the local kubelet's, or a ServiceAccount token registered with
+:attr:`LocalKube.tokens` (valid for the API audience); anything else is 401, no token is
+``system:anonymous`` -- or, with ``anonymous_admin``, the admin, as on kube-apiserver's old
+insecure port: kubectl (client-go) never sends credentials over plain HTTP, which is what
+LocalKube serves, so the harness's kubectl needs it. A request that presents a token is
+never upgraded: the operator under test (kubernetes_asyncio sends its token over HTTP) gets
+exactly what its ServiceAccount is granted. Each object request is then evaluated against
+the stored Roles, ClusterRoles and bindings (:mod:`dpserve.localkube.rbac`) and refused
+with kube-apiserver's 403 ``Status``. SubjectAccessReviews are answered by the same
+evaluation. Without it every request is allowed (the unit tests of other parts need no
+credentials).
+
 User-defined kmock reactions still take precedence (``kube['patch', ...] << 500`` injects a
 fault); the emulator's own behaviour is registered as a fallback.
 """
@@ -28,7 +42,7 @@ import kmock
 from kmock import KubernetesScaffold, RawHandler
 from kmock import Response as KResponse  # type: ignore[attr-defined]  # exported, not in __all__
 
-from dpserve.localkube import errors, protobuf, selectors, tables
+from dpserve.localkube import errors, protobuf, rbac, selectors, tables
 from dpserve.localkube.kinds import Kind, KindRegistry
 from dpserve.localkube.store import Obj, Store, Watcher, WatchEvent
 from dpserve.localkube.tokens import TokenRegistry
@@ -43,6 +57,16 @@ def _is_json(content_type: str) -> bool:
 PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+ADMIN_TOKEN = "localkube-admin"  # the kubeconfig's user: the tests and the demo as admin
+ADMIN = rbac.User("localkube-admin", (rbac.SUPERUSER_GROUP, rbac.AUTHENTICATED))
+# The local kubelet reads every pod's Secrets and ConfigMaps and writes pod status: the Node
+# authorizer that limits a real kubelet to its own pods is not emulated, so it is privileged.
+KUBELET_TOKEN = "localkube-kubelet"
+KUBELET = rbac.User("system:node:localkube-node",
+                    ("system:nodes", rbac.SUPERUSER_GROUP, rbac.AUTHENTICATED))
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+_METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,9 @@ class LocalKube(kmock.KubernetesEmulator):
     writes: list[WriteRecord] = attrs.field(factory=list, init=False)
     kinds: KindRegistry = attrs.field(init=False)
     store: Store = attrs.field(init=False)
+    rbac_enabled: bool = attrs.field(default=False, init=False)
+    anonymous_admin: bool = attrs.field(default=False, init=False)
+    _rbac_index: rbac.RbacIndex | None = attrs.field(default=None, init=False)
     _own_payloads: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -79,6 +106,7 @@ class LocalKube(kmock.KubernetesEmulator):
         KubernetesScaffold.__attrs_post_init__(self)
         self.kinds = KindRegistry(self)
         self.store = Store(self._objects, self.kinds)
+        self.store.listeners.append(self._rbac_changed)
         self.fallback[self._is_object_request] << self._serve
         self.fallback["get /openapi/v3"] << self._serve_openapi_root
         self.fallback["get", re.compile(r"/openapi/v3/.+")] << self._serve_openapi_group
@@ -221,6 +249,81 @@ class LocalKube(kmock.KubernetesEmulator):
             if self.store.find(kind, None, crd["metadata"]["name"]) is None:
                 self.store.create(kind, None, crd)
 
+    def enable_rbac(self, *, anonymous_admin: bool = False) -> None:
+        """Authenticate every object request and authorise it by the stored RBAC objects.
+
+        ``anonymous_admin``: a request without credentials is the admin (see the module
+        docstring: kubectl over plain HTTP); otherwise it is ``system:anonymous``.
+        """
+        self.rbac_enabled = True
+        self.anonymous_admin = anonymous_admin
+
+    def authenticate(self, authorization: str | None) -> rbac.User:
+        """The user an ``Authorization`` header names (401 for an unknown token)."""
+        if not authorization:
+            return ADMIN if self.anonymous_admin else rbac.User(rbac.ANONYMOUS,
+                                                                 (rbac.UNAUTHENTICATED,))
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise errors.unauthorized()
+        if token == ADMIN_TOKEN:
+            return ADMIN
+        if token == KUBELET_TOKEN:
+            return KUBELET
+        identity = self.tokens.authenticate(token, API_AUDIENCE)
+        if identity is None:
+            raise errors.unauthorized()
+        return rbac.User.service_account(identity.namespace, identity.service_account)
+
+    def allows(self, user: rbac.User, attributes: rbac.Attributes) -> bool:
+        """Whether RBAC lets ``user`` do what ``attributes`` say (always, RBAC disabled)."""
+        if not self.rbac_enabled:
+            return True
+        return self._rbac().allows(user, attributes)
+
+    def _rbac(self) -> rbac.RbacIndex:
+        if self._rbac_index is None:
+            def objects(plural: str) -> list[Obj]:
+                kind = self.kinds.get(rbac.RBAC_GROUP, "v1", plural)
+                assert kind is not None
+                return self.store.query(kind, None, lambda _: True)
+
+            self._rbac_index = rbac.RbacIndex.build(
+                objects("roles"), objects("clusterroles"), objects("rolebindings"),
+                objects("clusterrolebindings"))
+        return self._rbac_index
+
+    def _rbac_changed(self, kind: Kind) -> None:
+        if kind.group == rbac.RBAC_GROUP:
+            self._rbac_index = None  # rebuilt at the next request
+
+    def _authorize(self, request: kmock.Request, route: Route, method: str) -> rbac.User:
+        """The requesting user, once RBAC allowed the request (else 401/403)."""
+        headers = request.headers
+        user = self.authenticate(headers.get("Authorization") or headers.get("authorization"))
+        kind, name = route.kind, route.name
+        params: Mapping[str, str] = request.url.query
+        if method == "GET":
+            watch = params.get("watch") in ("true", "1")
+            verb = "watch" if watch else "get" if name is not None else "list"
+            if name is None:  # a list or watch of one object by name is a request for it
+                name = selectors.single_name(params.get("fieldSelector"))
+        elif method == "DELETE" and name is None:
+            verb = "deletecollection"
+        else:
+            verb = _METHOD_VERBS.get(method, method.lower())
+        namespace = route.namespace
+        if kind.plural == "namespaces" and kind.group == "" and name is not None:
+            namespace = name  # a namespace object is in itself (RoleBindings there reach it)
+        attributes = rbac.Attributes(verb, kind.group, kind.plural, route.subresource or "",
+                                     namespace, name)
+        if not self._rbac().allows(user, attributes):
+            raise errors.ApiError(status=403, reason="Forbidden",
+                                  message=rbac.forbidden_message(user, attributes),
+                                  details=rbac.forbidden_details(attributes))
+        return user
+
     def kind(self, api_version: str, plural: str) -> Kind:
         group, _, version = api_version.rpartition("/")
         kind = self.kinds.get(group, version, plural)
@@ -305,6 +408,7 @@ class LocalKube(kmock.KubernetesEmulator):
     def _dispatch(self, request: kmock.Request, method: str) -> tuple[Any, int]:
         route = self._route(request.url.path)
         assert route is not None
+        user = self._authorize(request, route, method) if self.rbac_enabled else ADMIN
         kind, ns, name, sub = route.kind, route.namespace, route.name, route.subresource
         params: Mapping[str, str] = request.url.query
         if params.get("dryRun"):
@@ -327,7 +431,7 @@ class LocalKube(kmock.KubernetesEmulator):
         strict = params.get("fieldValidation") == "Strict"
         if method == "POST" and name is None:
             if kind.is_review:
-                return self._review(kind, body), 201
+                return self._review(kind, body, user, ns), 201
             return self.store.create(kind, ns, body, strict=strict), 201
         if method == "DELETE" and name is None:
             label = selectors.label_selector(params.get("labelSelector"))
@@ -361,13 +465,36 @@ class LocalKube(kmock.KubernetesEmulator):
                                     strict=strict), 200
         raise errors.method_not_allowed(f"{method} is not supported")
 
-    def _review(self, kind: Kind, body: Any) -> Obj:
+    def _review(self, kind: Kind, body: Any, user: rbac.User, namespace: str | None) -> Obj:
         if kind.plural == "tokenreviews":
             return self.tokens.review(body)
-        # Authorization reviews: the emulator authorises everything (it has no RBAC).
         spec = body.get("spec", {}) if isinstance(body, dict) else {}
+        spec = spec if isinstance(spec, dict) else {}
+        if not self.rbac_enabled:
+            return {"apiVersion": kind.api_version, "kind": kind.kind, "spec": spec,
+                    "status": {"allowed": True, "reason": "localkube runs without RBAC"}}
+        if kind.plural == "selfsubjectrulesreviews":
+            raise errors.method_not_allowed("selfsubjectrulesreviews are not emulated")
+        # Subject access reviews: the same evaluation as the requests themselves get.
+        subject = user
+        if kind.plural in ("subjectaccessreviews", "localsubjectaccessreviews"):
+            subject = rbac.User(str(spec.get("user") or ""),
+                                tuple(str(g) for g in spec.get("groups") or []))
+        raw = spec.get("resourceAttributes")
+        if not isinstance(raw, dict):
+            raise errors.bad_request("spec.resourceAttributes: required (non-resource URLs "
+                                     "are not emulated)")
+        attributes = rbac.Attributes(
+            str(raw.get("verb") or ""), str(raw.get("group") or ""),
+            str(raw.get("resource") or ""), str(raw.get("subresource") or ""),
+            namespace if kind.plural == "localsubjectaccessreviews"
+            else raw.get("namespace") or None, raw.get("name") or None)
+        allowed = self._rbac().allows(subject, attributes)
+        status: dict[str, Any] = {"allowed": allowed}
+        if not allowed:
+            status["reason"] = rbac.forbidden_message(subject, attributes)
         return {"apiVersion": kind.api_version, "kind": kind.kind, "spec": spec,
-                "status": {"allowed": True, "reason": "localkube has no RBAC"}}
+                "status": status}
 
     def _list_body(self, kind: Kind, items: list[Obj], rv: str, cont: str = "") -> Obj:
         meta: dict[str, Any] = {"resourceVersion": rv}

@@ -99,3 +99,8 @@ def forbidden(kind: str, group: str, name: str, message: str) -> ApiError:
     return ApiError(
         status=403, reason="Forbidden", message=message, details=_details(kind, name, group)
     )
+
+
+def unauthorized() -> ApiError:
+    """401: no valid credentials (kube-apiserver says no more than this)."""
+    return ApiError(status=401, reason="Unauthorized", message="Unauthorized", details={})

@@ -7,19 +7,39 @@ demo: the same command a pod runs, on loopback ports picked here.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dpserve.localkube.server import LocalKubeServer
 
 INFERENCE_IMAGE = "localhost/dpserve-inference:dev"
 OPERATOR_NAMESPACE = "dpserve-system"
+
+
+def service_account_kubeconfig(server: LocalKubeServer, path: Path, *, namespace: str,
+                               service_account: str) -> Path:
+    """A kubeconfig at ``path`` that authenticates as the ServiceAccount (a fresh token).
+
+    What a pod of that ServiceAccount gets from its mounted token: with RBAC enabled on the
+    emulator, the process using it can do exactly what the bindings grant.
+    """
+    from dpserve.localkube.server import write_kubeconfig
+
+    token = secrets.token_urlsafe(32)
+    server.call(lambda kube: kube.tokens.register(
+        token, namespace=namespace, service_account=service_account))
+    return write_kubeconfig(path, server.url, namespace, token=token,
+                            user=f"system:serviceaccount:{namespace}:{service_account}")
 
 
 def free_port() -> int:
@@ -46,6 +66,10 @@ class OperatorProcess:
     Each start writes its own log (``operator-<n>.log``) so a restart keeps the previous
     run's output. With ``peering`` it runs ``--peering NAME --priority P`` instead of
     ``--standalone`` (an active/standby pair, as the chart's hot standby).
+
+    ``credentials``, when set, is called before each start and returns the kubeconfig to run
+    under (e.g. :func:`service_account_kubeconfig` of the chart's ServiceAccount, once the
+    chart's RBAC is applied); otherwise the process uses ``kubeconfig``.
     """
 
     def __init__(
@@ -54,6 +78,7 @@ class OperatorProcess:
         log_format: str = "json", peering: str | None = None, priority: int = 0,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.credentials: Callable[[], Path] | None = None
         self.peering = peering
         self.priority = priority
         self.log_dir = log_dir
@@ -80,11 +105,14 @@ class OperatorProcess:
         self.starts += 1
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        kubeconfig = self.credentials() if self.credentials is not None else self.kubeconfig
         child_env.update({
-            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECONFIG": str(kubeconfig),
             "DPSERVE_BIND_ADDRESS": "127.0.0.1",
             "DPSERVE_LOG_FORMAT": self.log_format,
             "DPSERVE_LEDGER_URL": self.ledger_url,
+            # The ledger on loopback speaks plain HTTP (no certificates in a local run).
+            "DPSERVE_LEDGER_INSECURE": "true",
             "DPSERVE_INFERENCE_IMAGE": INFERENCE_IMAGE,
             "DPSERVE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
         })

@@ -94,3 +94,12 @@ def _field_check(path: str, equal: bool, value: str) -> Predicate:
         return (_field_value(obj, path) == value) == equal
 
     return check
+
+
+def single_name(selector: str | None) -> str | None:
+    """The name a ``metadata.name=<x>`` field selector pins (authorised as a request for it)."""
+    for part in _split(selector or ""):
+        match = re.match(r"^\s*metadata\.name\s*(==|=)\s*(.*?)\s*$", part)
+        if match:
+            return match.group(2) or None
+    return None

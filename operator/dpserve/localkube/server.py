@@ -1,7 +1,8 @@
 """Serve LocalKube on 127.0.0.1 (in a background thread or in the caller's loop) + kubeconfig.
 
-The kubeconfig points kopf, kubernetes_asyncio and kubectl at the emulator over plain HTTP;
-the emulator accepts any bearer token (it has no RBAC), the file carries a dummy one.
+The kubeconfig points kopf, kubernetes_asyncio and kubectl at the emulator over plain HTTP,
+as the admin (:data:`dpserve.localkube.emulator.ADMIN_TOKEN`, in ``system:masters``); with
+``rbac=True`` the emulator authorises every other identity by the RBAC objects it stores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Self, TypeVar
 import kmock
 import yaml
 
-from dpserve.localkube.emulator import LocalKube
+from dpserve.localkube.emulator import ADMIN_TOKEN, LocalKube
 
 T = TypeVar("T")
 
@@ -29,16 +30,18 @@ def dpserve_crds() -> list[dict[str, Any]]:
     return list(all_crds().values())
 
 
-def write_kubeconfig(path: str | Path, url: str, namespace: str = "default") -> Path:
+def write_kubeconfig(path: str | Path, url: str, namespace: str = "default", *,
+                     token: str = ADMIN_TOKEN, user: str = "localkube") -> Path:
+    """A kubeconfig for ``url`` authenticating with ``token`` (default: the admin's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "localkube", "cluster": {"server": url}}],
-        "users": [{"name": "localkube", "user": {"token": "localkube-admin"}}],
+        "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "localkube",
-                      "context": {"cluster": "localkube", "user": "localkube",
+                      "context": {"cluster": "localkube", "user": user,
                                   "namespace": namespace}}],
         "current-context": "localkube",
         "preferences": {},
@@ -50,10 +53,16 @@ def write_kubeconfig(path: str | Path, url: str, namespace: str = "default") -> 
 @contextlib.asynccontextmanager
 async def serving(
     kube: LocalKube | None = None, *, port: int = 0, kubeconfig: str | Path | None = None,
-    install_crds: bool = True,
+    install_crds: bool = True, rbac: bool = False, anonymous_admin: bool = False,
 ) -> AsyncIterator[tuple[LocalKube, str]]:
-    """Serve ``kube`` in the running loop; yields (emulator, base URL)."""
+    """Serve ``kube`` in the running loop; yields (emulator, base URL).
+
+    ``rbac``: authenticate and authorise requests (:meth:`LocalKube.enable_rbac`, with
+    ``anonymous_admin`` for kubectl over plain HTTP).
+    """
     kube = kube or LocalKube()
+    if rbac:
+        kube.enable_rbac(anonymous_admin=anonymous_admin)
     async with kube, kmock.Server(kube, host="127.0.0.1", port=port or None) as server:
         if install_crds:
             kube.install_crds(dpserve_crds())
@@ -72,9 +81,11 @@ class LocalKubeServer:
 
     def __init__(
         self, *, port: int = 0, kubeconfig: str | Path | None = None, install_crds: bool = True,
-        kube: LocalKube | None = None,
+        kube: LocalKube | None = None, rbac: bool = False, anonymous_admin: bool = False,
     ) -> None:
         self._port = port
+        self._rbac = rbac
+        self._anonymous_admin = anonymous_admin
         self._kubeconfig = Path(kubeconfig) if kubeconfig is not None else None
         self._install_crds = install_crds
         self._kube = kube
@@ -116,7 +127,8 @@ class LocalKubeServer:
         self._stop = asyncio.Event()
         try:
             async with serving(self._kube, port=self._port, kubeconfig=self._kubeconfig,
-                               install_crds=self._install_crds) as (kube, url):
+                               install_crds=self._install_crds, rbac=self._rbac,
+                               anonymous_admin=self._anonymous_admin) as (kube, url):
                 self._ready.set_result((kube, url))
                 await self._stop.wait()
                 if self._simulator is not None:
@@ -163,11 +175,14 @@ class LocalKubeServer:
 
 
 def serve(
-    port: int = 0, *, kubeconfig: str | Path | None = None, install_crds: bool = True
+    port: int = 0, *, kubeconfig: str | Path | None = None, install_crds: bool = True,
+    rbac: bool = False, anonymous_admin: bool = False,
 ) -> LocalKubeServer:
     """Start the emulator on 127.0.0.1:``port`` (0 = any free port) in a background thread.
 
-    Writes a kubeconfig to ``kubeconfig`` when given. Stop it with ``.stop()`` (or use it as
-    a context manager).
+    Writes an admin kubeconfig to ``kubeconfig`` when given; ``rbac``: authorise every other
+    identity by the stored RBAC objects (``anonymous_admin``: requests without credentials,
+    kubectl's over plain HTTP, are the admin's). Stop it with ``.stop()``.
     """
-    return LocalKubeServer(port=port, kubeconfig=kubeconfig, install_crds=install_crds).start()
+    return LocalKubeServer(port=port, kubeconfig=kubeconfig, install_crds=install_crds,
+                           rbac=rbac, anonymous_admin=anonymous_admin).start()

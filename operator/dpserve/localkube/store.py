@@ -102,6 +102,8 @@ class Store:
         self._log_floor: dict[Key, int] = {}  # newest rv evicted from the log
         self._watchers: dict[Key, set[Watcher]] = {}
         self._uids: set[str] = set()
+        # Called with the kind of every committed change (the RBAC index's invalidation).
+        self.listeners: list[Callable[[Kind], None]] = []
         for name in _INITIAL_NAMESPACES:
             ns_kind = self._kind_of(NAMESPACES)
             self.create(ns_kind, None, {"metadata": {"name": name}})
@@ -187,6 +189,8 @@ class Store:
         log.append(event)
         for watcher in self._watchers.get(key, ()):
             watcher.queue.put_nowait(event)
+        for listener in self.listeners:
+            listener(kind)
 
     def _validate(self, kind: Kind, obj: Obj, name: str, *, status_only: bool = False,
                   strict: bool = False) -> Obj:

@@ -43,6 +43,17 @@ class TokenRegistry:
     def revoke(self, token: str) -> None:
         self._tokens.pop(token, None)
 
+    def authenticate(self, token: str, audience: str) -> TokenIdentity | None:
+        """The identity of ``token`` when it is valid for ``audience``.
+
+        A token registered without audiences is valid for any (a legacy ServiceAccount token);
+        a projected token only for its own: a sidecar's ledger token does not open the API.
+        """
+        identity = self._tokens.get(token)
+        if identity is None or (identity.audiences and audience not in identity.audiences):
+            return None
+        return identity
+
     def review(self, body: Any) -> dict[str, Any]:
         """The answered TokenReview object (``status.authenticated`` false for unknown tokens)."""
         spec = body.get("spec") if isinstance(body, dict) else None
