@@ -43,16 +43,20 @@ def test_no_status_is_an_empty_readable_one() -> None:
     assert read.problem is None and read.status.versions == []
 
 
-def test_unreadable_keeps_everything_but_ready() -> None:
+def test_unreadable_keeps_everything_but_ready_and_the_kstatus_pair() -> None:
     raw = {"phase": "Draining", "versions": [RECORD], "conditions": [READY]}
     out = sf.unreadable(raw, "status.phase: bad", 3, NOW)
     assert out is not None
     assert {k: v for k, v in out.items() if k != "conditions"} == {
         "phase": "Draining", "versions": [RECORD]}
-    (ready,) = out["conditions"]
-    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
-        "False", "StatusUnreadable", 3)
+    ready, stalled, reconciling = out["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"], ready["observedGeneration"]) == (
+        "Ready", "False", "StatusUnreadable", 3)
     assert "status.phase: bad" in ready["message"]
+    # GitOps tools (kstatus, the Argo CD health check) read Stalled: it needs a person.
+    assert (stalled["type"], stalled["status"], stalled["reason"]) == (
+        "Stalled", "True", "StatusUnreadable")
+    assert (reconciling["type"], reconciling["status"]) == ("Reconciling", "False")
     # Idempotent: the same problem again changes nothing (no write, no Event).
     assert sf.unreadable(out, "status.phase: bad", 3, NOW) == out
     assert sf.unreadable({"conditions": "garbage"}, "x", 1, NOW) is None

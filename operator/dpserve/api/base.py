@@ -55,7 +55,7 @@ class Condition(ApiModel):
     type: Annotated[str, StringConstraints(max_length=316)]
     status: ConditionStatus
     observed_generation: Annotated[int, Field(ge=0)] | None = None
-    last_transition_time: str
+    last_transition_time: Annotated[str, StringConstraints(max_length=64)]
     reason: Annotated[
         str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
     ]

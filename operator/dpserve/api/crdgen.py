@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from dpserve import API_GROUP, API_VERSION
 from dpserve.api import privacybudget, privatemodel
+from dpserve.api.cel import CelRule
 
 CATEGORY = "dpserve"
 _CONDITION_LIST_MARKERS = {
@@ -94,8 +95,11 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     return dict(schema)
 
 
-def _top_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> dict[str, Any]:
-    return {
+def _top_schema(
+    spec: type[BaseModel], status: type[BaseModel], description: str,
+    rules: tuple[CelRule, ...] = (),
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {
         "type": "object",
         "description": description,
         "required": ["spec"],
@@ -107,6 +111,9 @@ def _top_schema(spec: type[BaseModel], status: type[BaseModel], description: str
             "status": structural_schema(status),
         },
     }
+    if rules:  # rules over spec and status together (transition rules reading oldSelf)
+        schema["x-kubernetes-validations"] = [r.as_validation() for r in rules]
+    return schema
 
 
 def _condition_column(name: str, cond: str) -> dict[str, Any]:
@@ -194,6 +201,7 @@ def privatemodel_crd() -> dict[str, Any]:
             privatemodel.PrivateModelStatus,
             "A model served behind a DP mechanism and an output filter, spending a "
             "PrivacyBudget, on confidential nodes.",
+            privatemodel.OBJECT_RULES,
         ),
         columns=[
             _condition_column("Ready", "Ready"),

@@ -171,6 +171,17 @@ def _crd_section(crd: dict[str, Any]) -> list[str]:
     lines += ["", "### Validation rules (CEL)", "",
               "Enforced by the API server (`x-kubernetes-validations`) and by the operator when "
               "it parses an object.", "", *_rule_table(schema["properties"]["spec"], "spec")]
+    transition = schema.get("x-kubernetes-validations", [])
+    if transition:
+        lines += ["", "### Update rules (CEL transition rules)", "",
+                  "Evaluated by the API server on an update, with `oldSelf` the object it "
+                  "replaces; the operator refuses the same edits where a cluster did not "
+                  "enforce them (`Ready=False`, `Stalled=True`, reason `SpecEditRefused`, "
+                  "and a Warning Event). See docs/gitops.md, \"Editing specs\".", "",
+                  "| Reports on | Rule | Message |", "| --- | --- | --- |"]
+        lines += [f"| `{rule.get('fieldPath', '').lstrip('.') or '<object>'}` | "
+                  f"{_cell(_code(rule['rule']))} | {_cell(rule.get('message', ''))} |"
+                  for rule in transition]
     return lines
 
 

@@ -56,10 +56,19 @@ class Partitions(CelModel):
 
 
 class PrivacyBudgetSpec(CelModel):
-    epsilon: Decimal = Field(description="Total ε of the budget, a decimal string, 0 < ε <= 1000.")
-    delta: Decimal = Field(description="δ of the budget, a decimal string with 0 < δ < 1.")
+    epsilon: Decimal = Field(
+        description="Total ε of the budget, a decimal string, 0 < ε <= 1000. Mutable: the "
+        "ledger keeps every spend, so raising ε resumes a stopped model and lowering it "
+        "below what was spent exhausts the budget."
+    )
+    delta: Decimal = Field(
+        description="δ of the budget, a decimal string with 0 < δ < 1. Mutable: the ledger "
+        "holds mechanisms and counts, not ε values, so ε spent is recomputed at the new δ "
+        "(a smaller δ spends more ε)."
+    )
     accountant: AccountantKind = Field(
-        "rdp", description="rdp (agrees with Opacus) or pld (tighter, slower)."
+        "rdp", description="rdp (agrees with Opacus) or pld (tighter, slower). Mutable: ε "
+        "spent is recomputed by the new accountant from the same ledger."
     )
     alert_thresholds: Annotated[list[Decimal], Field(max_length=8)] = defaulted(
         lambda: ["0.8", "0.95"],

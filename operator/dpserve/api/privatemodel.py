@@ -40,7 +40,12 @@ ExhaustionPolicy = Literal["ScaleToZero", "Retrain"]
 
 
 class BudgetRef(ApiModel):
-    name: Name
+    name: Name = Field(
+        description="The PrivacyBudget this model spends. Mutable until the model has spent "
+        "on it (status.accepted.spent): a typo can be fixed. Then fixed: the edit is refused "
+        "at admission (the spend is recorded on that budget); retraining moves the model to "
+        "spec.retraining.nextBudget, reported in status.budget."
+    )
 
 
 class DeclaredTraining(CelModel):
@@ -71,7 +76,8 @@ class DeclaredTraining(CelModel):
 class ModelSource(CelModel):
     artifact: ArtifactUri = Field(
         description="pvc://<claim>/<path>, oci://<image reference> (image volume) or "
-        "file://<absolute path> (local development only)."
+        "file://<absolute path> (local development only). Mutable until the model has spent; "
+        "after that only together with a new version (a new artifact is a new version)."
     )
     format: ModelFormat = Field(
         description="state-dict, torchscript or pate-ensemble (dpserve's tensor models) or "
@@ -84,8 +90,19 @@ class ModelSource(CelModel):
         "otherwise): text-generation, text-classification or feature-extraction (sentence "
         "embeddings, pooling stated in the artifact).",
     )
-    version: Version = "v1"
-    training: DeclaredTraining | None = None
+    version: Version = Field(
+        "v1",
+        description="The version the artifact is served as; its declared training is charged "
+        "once per version. Mutable until the model has spent; after that a new version "
+        "with a new artifact is rolled out on the budget the model spends (status.budget), "
+        "its training charged first, the old version kept in status.versions. A version this "
+        "model already served is refused.",
+    )
+    training: DeclaredTraining | None = Field(
+        default=None,
+        description="The DP-SGD spend that produced the artifact, charged once per version. "
+        "Like artifact: after the model has spent, it changes only with a new version.",
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule("self.format != 'huggingface' || has(self.task)",
@@ -411,12 +428,34 @@ Phase = Literal[
 ]
 
 
+StatusText = Annotated[str, StringConstraints(max_length=1024)]
+StatusDecimal = Annotated[str, StringConstraints(max_length=64)]
+Timestamp = Annotated[str, StringConstraints(max_length=64)]
+
+
 class VersionRecord(ApiModel):
     version: Version
     budget: Name
-    artifact: str
-    epsilon_spent: str | None = None
-    retired_at: str | None = None
+    artifact: Annotated[str, StringConstraints(max_length=512)]
+    epsilon_spent: StatusDecimal | None = None
+    retired_at: Timestamp | None = None
+
+
+class AcceptedSpec(ApiModel):
+    """The declared model the operator acts on, and whether the model has spent on it.
+
+    Until ``spent``, edits of spec.budgetRef.name, spec.model.artifact, .version and
+    .training are followed. Once the model has spent (a ledger entry of it on its budget,
+    or a retrained version), spec.budgetRef.name is fixed, and a new artifact or training
+    needs a new spec.model.version, rolled out on the budget the model spends
+    (docs/gitops.md, "Editing specs").
+    """
+
+    budget_ref: Name
+    artifact: Annotated[str, StringConstraints(max_length=512)]
+    version: Version
+    training: DeclaredTraining | None = None
+    spent: bool = False
 
 
 class PrivateModelStatus(ApiModel):
@@ -424,27 +463,63 @@ class PrivateModelStatus(ApiModel):
     phase: Phase | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
-    selector: str | None = None
-    model_version: str | None = None
-    artifact: str | None = None
-    budget: str | None = None  # the budget the current version spends (changes on retrain)
-    endpoint: str | None = None
-    epsilon_spent: str | None = None
-    epsilon_limit: str | None = None
-    lifetime_epsilon: str | None = None
+    selector: StatusText | None = None
+    model_version: Annotated[str, StringConstraints(max_length=16)] | None = None
+    artifact: Annotated[str, StringConstraints(max_length=512)] | None = None
+    # the budget the current version spends (changes on retrain)
+    budget: Annotated[str, StringConstraints(max_length=63)] | None = None
+    endpoint: StatusText | None = None
+    epsilon_spent: StatusDecimal | None = None
+    epsilon_limit: StatusDecimal | None = None
+    lifetime_epsilon: StatusDecimal | None = None
     restore_replicas: int | None = None  # replicas to restore after a ScaleToZero
-    retrain_job: str | None = None
+    retrain_job: Annotated[str, StringConstraints(max_length=253)] | None = None
     retrain_attempts: int | None = None
+    accepted: AcceptedSpec | None = Field(
+        default=None, description="The declared budgetRef.name, model.artifact, .version and "
+        ".training the operator acts on; spent: the model has spent on its budget, and "
+        "admission then refuses a new budgetRef.name, and a new artifact or training "
+        "without a new version."
+    )
     versions: Annotated[list[VersionRecord], Field(max_length=64)] = Field(default_factory=list)
     dropped_versions: int | None = Field(
         default=None, description="Retired versions no longer listed in versions (it keeps "
         "the latest 64)."
     )
-    dropped_versions_epsilon: str | None = Field(
+    dropped_versions_epsilon: StatusDecimal | None = Field(
         default=None, description="ε the budgets of the dropped versions spent, each budget "
         "once; part of lifetimeEpsilon."
     )
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+
+
+# Transition rules on the whole object (they read the status: whether the model has spent).
+# The API server evaluates them on updates only; the operator refuses the same edits itself
+# (Ready=False, Stalled=True, reason SpecEditRefused) where a cluster did not enforce them.
+_SPENT = ("has(oldSelf.status) && has(oldSelf.status.accepted) && "
+          "has(oldSelf.status.accepted.spent) && oldSelf.status.accepted.spent")
+OBJECT_RULES: tuple[CelRule, ...] = (
+    CelRule(f"!({_SPENT}) || self.spec.budgetRef.name == oldSelf.spec.budgetRef.name",
+            "spec.budgetRef.name cannot change once the model has spent on its budget "
+            "(status.accepted.spent): its spend is recorded there; serve from a new budget "
+            "with spec.retraining.nextBudget, or create a new PrivateModel",
+            ".spec.budgetRef.name"),
+    CelRule(f"!({_SPENT}) || self.spec.model.version != oldSelf.spec.model.version || "
+            "(self.spec.model.artifact == oldSelf.spec.model.artifact && "
+            "has(self.spec.model.training) == has(oldSelf.spec.model.training) && "
+            "(!has(self.spec.model.training) || "
+            "self.spec.model.training == oldSelf.spec.model.training))",
+            "spec.model.artifact and spec.model.training change only with a new "
+            "spec.model.version once the model has spent: a version's training is charged "
+            "once, so a new artifact is a new version", ".spec.model.artifact"),
+    CelRule("self.spec.model.version == oldSelf.spec.model.version || !has(oldSelf.status) || "
+            "((!has(oldSelf.status.modelVersion) || "
+            "oldSelf.status.modelVersion != self.spec.model.version) && "
+            "(!has(oldSelf.status.versions) || "
+            "!oldSelf.status.versions.exists(v, v.version == self.spec.model.version)))",
+            "spec.model.version must name a version this model has not served yet: the "
+            "ledger keys spend by version", ".spec.model.version"),
+)
 
 
 class PrivateModel(ApiModel):

@@ -45,9 +45,18 @@ def probes(mechanisms: Iterable[Any]) -> list[Event]:
 
 
 def uses(model: Obj, budget: str) -> bool:
+    """The model spends ``budget``, or did: a retired version's budget stays protected.
+
+    The model's lifetime ε is read from the budgets of its retired versions
+    (``status.versions[].budget``): deleting one would lose spend that still counts.
+    """
     spec = model.get("spec") or {}
     status = model.get("status") or {}
-    return budget in ((spec.get("budgetRef") or {}).get("name"), status.get("budget"))
+    named = {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}
+    versions = status.get("versions")
+    if isinstance(versions, list):
+        named |= {v.get("budget") for v in versions if isinstance(v, dict)}
+    return budget in named
 
 
 async def ensure_protection(ctx: OperatorContext, raw: Obj) -> None:

@@ -14,9 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpserve.api.privacybudget import PrivacyBudgetSpec, PrivacyBudgetStatus
-from dpserve.api.privatemodel import PrivateModel
+from dpserve.api.privatemodel import (
+    AcceptedSpec,
+    PrivateModel,
+    PrivateModelStatus,
+    VersionRecord,
+)
+from dpserve.controllers import (
+    kstatus,
+    retrain,
+    retrainstate,
+    servingstate,
+    specedits,
+    statusfields,
+)
 from dpserve.controllers import modelstatus as ms
-from dpserve.controllers import retrain, retrainstate, servingstate, statusfields
 from dpserve.controllers.children import NotOwned, apply_serving
 from dpserve.controllers.context import ModelKey, OperatorContext, now
 from dpserve.controllers.kubeapi import PODS, PRIVACYBUDGETS, PRIVATEMODELS, ApiError
@@ -205,6 +217,67 @@ async def _charge_declared_training(
     return None
 
 
+async def _accepted_before_upgrade(
+    ctx: OperatorContext, model: PrivateModel, status: PrivateModelStatus,
+) -> AcceptedSpec:
+    """``status.accepted`` of a status written by an operator that did not record it: what
+    that operator served (it ignored later edits of budgetRef / model), and whether the
+    model spent, so that an edit it ignored is now followed or refused, never dropped."""
+    spec = model.spec
+    if status.versions:  # retrained: spent; the first declared values are the spec's
+        return specedits.declared(spec, spent=True)
+    budget = await _budget(ctx, str(model.metadata["namespace"]), status.budget or "")
+    key = model_key(str(model.metadata["namespace"]), str(model.metadata["name"]))
+    spent = budget.status is not None and any(e.consumer == key for e in budget.status.ledger)
+    return AcceptedSpec(
+        budget_ref=status.budget or spec.budget_ref.name,
+        artifact=status.artifact or spec.model.artifact,
+        version=status.model_version or spec.model.version,
+        training=spec.model.training, spent=spent)
+
+
+async def _roll_declared_version(
+    ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder, budget: BudgetView,
+    edit: specedits.EditDecision,
+) -> ms.Transition | str:
+    """Roll out a new declared version on the budget the model spends: its declared
+    training charged first (a refusal keeps the old version and is returned), the old
+    version kept in status.versions."""
+    status = sb.status
+    spec = model.spec
+    namespace, name = str(model.metadata["namespace"]), str(model.metadata["name"])
+    new = spec.model.version
+    declared = spec.model.training
+    key = model_key(namespace, name)
+    if declared is not None and not _training_recorded(budget.status, key, new):
+        result = await ctx.ledger.record_training(
+            namespace, budget.name, consumer=key, model_version=new,
+            spend=ledger_events.training_spend(declared))
+        if isinstance(result, ledger_state.Refusal):
+            return (f"spec.model.version: {new}'s declared training does not fit PrivacyBudget "
+                    f"{budget.name}: {result.message}")
+        budget.status = result.status
+    old_version = status.model_version or new
+    retired = retrainstate.retire(
+        status.versions,
+        VersionRecord(version=old_version, budget=budget.name,
+                      artifact=status.artifact or spec.model.artifact,
+                      epsilon_spent=budget.status.epsilon_spent if budget.status else None,
+                      retired_at=_stamp()),
+        current_budget=budget.name, dropped_versions=status.dropped_versions or 0,
+        dropped_epsilon=status.dropped_versions_epsilon)
+    status.versions = retired.versions
+    status.dropped_versions = retired.dropped_versions or None
+    status.dropped_versions_epsilon = retired.dropped_epsilon
+    status.model_version = new
+    status.artifact = spec.model.artifact
+    status.accepted = edit.accepted
+    return ms.Transition("Normal", "VersionRolledOut",
+                         f"{old_version} -> {new} ({spec.model.artifact}) on budget "
+                         f"{budget.name}" + (", its declared training charged"
+                                             if declared is not None else ""))
+
+
 async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     raw = await ctx.api.get(PRIVATEMODELS, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -232,8 +305,32 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     good = decision.ok and not decision.degraded
     sb.set(ms.CONFIDENTIAL, "True" if good else "False", decision.reason, decision.message)
 
+    notices: list[ms.Transition] = []
+    if status.accepted is None and status.budget is not None:
+        status.accepted = await _accepted_before_upgrade(ctx, model, status)
+    edit = specedits.decide(spec, status.accepted, current_version=status.model_version,
+                            served_versions=[v.version for v in status.versions])
+    refused = edit.refused
+    if edit.action == specedits.FOLLOW:  # nothing spent yet: the spec is followed
+        status.budget = spec.budget_ref.name
+        status.artifact = spec.model.artifact
+        status.model_version = spec.model.version
+        notices.append(ms.Transition(
+            "Normal", "SpecEditApplied",
+            f"{', '.join(edit.changed)} changed before the model spent anything: now serving "
+            f"{spec.model.version} ({spec.model.artifact}) from budget {spec.budget_ref.name}"))
+    if edit.action != specedits.ROLL:
+        status.accepted = edit.accepted
+
     version = status.model_version or spec.model.version
     budget = await _budget(ctx, namespace, status.budget or spec.budget_ref.name)
+    if edit.action == specedits.ROLL and budget.problem is None:
+        rolled = await _roll_declared_version(ctx, model, sb, budget, edit)
+        if isinstance(rolled, str):
+            refused = rolled
+        else:
+            notices.append(rolled)
+            version = status.model_version or version
     fits = False
     training_refusal: str | None = None
     if budget.problem is None:
@@ -326,6 +423,14 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
                readiness.message)
         status.phase = servingstate.running_phase(phase, readiness.ready)
 
+    if refused is not None:  # still serving what was accepted; a person must act
+        sb.set(ms.READY, "False", kstatus.SPEC_EDIT_REFUSED,
+               f"{refused}; still serving {status.model_version} from budget {status.budget}")
+    if status.accepted is not None:
+        has_spent = bool(status.versions) or (budget.status is not None and any(
+            e.consumer == model_key(namespace, name) for e in budget.status.ledger))
+        if has_spent and not status.accepted.spent:
+            status.accepted = status.accepted.model_copy(update={"spent": True})
     status.replicas = replicas
     status.ready_replicas = ready_replicas
     status.selector = _selector(name)
@@ -336,7 +441,7 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         status.versions, budget.name, status.epsilon_spent, status.dropped_versions_epsilon)
     new = statusfields.with_extras(sb.finish().wire(), read)
     if await _update_status(ctx, raw, new):
-        for t in sb.transitions():
+        for t in [*notices, *sb.transitions()]:
             await ctx.api.event(raw, type=t.type, reason=t.reason, message=t.message,
                                 now=_stamp())
     ctx.metrics.model_replicas.labels(namespace, name).set(replicas)
@@ -368,4 +473,5 @@ def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, re
         image_pull_policy=ctx.settings.image_pull_policy,
         operator_pod_labels=ctx.settings.operator_pod_labels,
         allow_host_path_artifacts=ctx.settings.allow_host_path_artifacts,
+        ledger_ca_pem=ctx.ledger_ca.pem() if ctx.ledger_ca is not None else None,
     )

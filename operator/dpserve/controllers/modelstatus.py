@@ -7,6 +7,7 @@ from datetime import datetime
 
 from dpserve.api.base import ConditionStatus
 from dpserve.api.privatemodel import PrivateModelStatus
+from dpserve.controllers import kstatus
 from dpserve.ledger.conditions import get_condition, set_condition
 
 READY = "Ready"
@@ -55,7 +56,14 @@ class StatusBuilder:
         return cond.status if cond is not None else None
 
     def finish(self) -> PrivateModelStatus:
+        """The status to write: this generation observed, Reconciling / Stalled derived."""
         self.status.observed_generation = self.generation
+        decided = kstatus.model_kstatus(
+            generation=self.generation, observed_generation=self.generation,
+            phase=self.status.phase, conditions=self.status.conditions)
+        for kind, cond in ((kstatus.RECONCILING, decided.reconciling),
+                           (kstatus.STALLED, decided.stalled)):
+            self.set(kind, cond.status, cond.reason, cond.message[:32768])
         return self.status
 
     def transitions(self) -> list[Transition]:

@@ -58,10 +58,12 @@ async def reconcile(namespace: str | None, name: str, memo: Any, **_: Any) -> No
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
 async def deleted(namespace: str | None, name: str, spec: Any, status: Any, memo: Any,
                   **_: Any) -> None:
-    """Owned objects go by garbage collection; the budgets it used may be released now."""
+    """Owned objects go by garbage collection; the budgets it used may be released now
+    (its retired versions' budgets too: they were protected for its lifetime ε)."""
     assert namespace is not None
     ctx = _ctx(memo)
     budgets = {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}
+    budgets |= {v.get("budget") for v in status.get("versions") or [] if isinstance(v, dict)}
     for budget in budgets:
         if budget:
             ctx.kick_budget(namespace, budget, 1.0)

@@ -55,7 +55,11 @@ def next_budget_name(model: PrivateModel, version: str) -> str:
     """
     retraining = model.spec.retraining
     assert retraining is not None
-    return retraining.next_budget.name or f"{model.spec.budget_ref.name}-{version}"
+    # The accepted budget: a budgetRef edit refused after the model spent does not rename
+    # the per-version budgets.
+    accepted = model.status.accepted if model.status is not None else None
+    first = accepted.budget_ref if accepted is not None else model.spec.budget_ref.name
+    return retraining.next_budget.name or f"{first}-{version}"
 
 
 def parse_report(pods: list[Obj]) -> dict[str, Any]:

@@ -106,7 +106,8 @@ def with_extras(wire: Obj, read: StatusRead) -> Obj:
 def unreadable(
     raw_status: Obj, message: str, generation: int | None, now: datetime
 ) -> Obj | None:
-    """The raw status, untouched but for ``Ready=False StatusUnreadable``.
+    """The raw status, untouched but for ``Ready=False StatusUnreadable`` (and the kstatus
+    pair GitOps tools read: ``Stalled=True``, ``Reconciling=False``, same reason).
 
     None when ``conditions`` itself is what cannot be read: nothing is then written (an
     Event alone says why), since replacing the list would lose it.
@@ -116,20 +117,26 @@ def unreadable(
         conditions = []
     if not isinstance(conditions, list):
         return None
-    before = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"),
-                  None)
-    same = before is not None and before.get("reason") == STATUS_UNREADABLE
-    ready: Obj = {
-        "type": "Ready", "status": "False", "reason": STATUS_UNREADABLE,
-        "message": ("the operator cannot read this status and changes nothing until it can "
-                    f"(it is kept as it is): {message}")[:32768],
-        "lastTransitionTime": before.get("lastTransitionTime", rfc3339(now))
-        if same and before is not None else rfc3339(now),
-    }
-    if generation is not None:
-        ready["observedGeneration"] = generation
+    text = ("the operator cannot read this status and changes nothing until it can "
+            f"(it is kept as it is): {message}")[:32768]
+    wanted = (("Ready", "False", STATUS_UNREADABLE), ("Stalled", "True", STATUS_UNREADABLE),
+              ("Reconciling", "False", "Stalled"))
+    replaced = {kind for kind, _, _ in wanted}
     out = copy.deepcopy(raw_status)
-    out["conditions"] = [*(c for c in conditions if c is not before), ready]
+    kept = [c for c in conditions if not (isinstance(c, dict) and c.get("type") in replaced)]
+    for kind, status, reason in wanted:
+        before = next((c for c in conditions
+                       if isinstance(c, dict) and c.get("type") == kind), None)
+        same = before is not None and before.get("status") == status
+        cond: Obj = {
+            "type": kind, "status": status, "reason": reason, "message": text,
+            "lastTransitionTime": before.get("lastTransitionTime", rfc3339(now))
+            if same and before is not None else rfc3339(now),
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        kept.append(cond)
+    out["conditions"] = kept
     return out
 
 
