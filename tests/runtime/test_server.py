@@ -246,7 +246,8 @@ WIDE = [0.5] * 64
     [
         (b"{not json", 400, "MalformedJSON", "not valid JSON"),
         (b"\xff\xfe\x00", 400, "MalformedJSON", "not valid JSON"),
-        (b"[" * 100_000, 400, "MalformedJSON", "not valid JSON"),
+        (b"[" * 100_000, 400, "MalformedJSON", "the body is nested too deeply"),
+        (b'{"inputs": ' + b"[" * 100_000, 400, "MalformedJSON", "field 'inputs' is nested"),
         (b"", 400, "MalformedJSON", "not valid JSON"),
         (b"[1, 2]", 400, "InvalidRequest", "object"),
         (b"{}", 400, "InvalidRequest", "inputs"),

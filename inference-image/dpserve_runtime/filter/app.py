@@ -59,6 +59,8 @@ from dpserve_runtime.filter.pii import PiiAnalyzer
 from dpserve_runtime.filter.scan import OutputScanner, ScanResult
 from dpserve_runtime.filter.stream import StreamFilter
 from dpserve_runtime.filter.verbatim import VerbatimGuard
+from dpserve_runtime.httplimits import ConnectionGuard, ConnectionLimits
+from dpserve_runtime.jsondepth import nesting_message
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +70,12 @@ MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
 INLINE_SCAN_CHARS = 16 * 1024
 _PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SAFE_REASON = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 CONFIG_KEY = web.AppKey("config", FilterConfig)
+# Header deadline and connections per client of the public port (see httplimits); the body
+# deadline is FilterConfig.clientTimeoutSeconds (read_json_body).
+GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
 
 
 class ProxyError(Exception):
@@ -110,14 +116,20 @@ _NO_ENTITIES: Mapping[str, int] = {}
 class Audit:
     """One audit line per request: counts and types, never values or text."""
 
-    __slots__ = ("entities", "inputs", "outcome", "queries_charged", "queries_reserved",
-                 "request_id", "started", "status", "tenant", "upstream_status",
-                 "verbatim_blocked", "written")
+    __slots__ = ("client_request_id", "entities", "inputs", "outcome", "queries_charged",
+                 "queries_reserved", "request_id", "started", "status", "tenant",
+                 "tenant_confirmed", "upstream_status", "verbatim_blocked", "written")
 
-    def __init__(self, request_id: str, started: float) -> None:
+    def __init__(self, request_id: str, started: float, *,
+                 client_request_id: bool = False) -> None:
         self.request_id = request_id  # validated or generated: [A-Za-z0-9._-] only
+        # The client chose it: logged as a keyed hash only (AuditFormatter.client_id).
+        self.client_request_id = client_request_id
         self.started = started
         self.tenant: str | None = None  # validated like the request id
+        # The ledger granted a lease for this tenant: a partition of the budget, not just a
+        # string the client sent (logged verbatim only then).
+        self.tenant_confirmed = False
         self.outcome = "error"
         self.status = 500
         self.inputs = 0
@@ -128,9 +140,22 @@ class Audit:
         self.verbatim_blocked = False
         self.written = False
 
+    @classmethod
+    def of(cls, request: web.Request) -> Audit:
+        """The audit record of a request, started now, with its id (see request_id)."""
+        given = request.headers.get("X-Request-Id")
+        if given is not None and _REQUEST_ID_RE.match(given):
+            return cls(given, time.perf_counter(), client_request_id=True)
+        return cls(_new_request_id(), time.perf_counter())
+
     def line(self, formatter: AuditFormatter, ended: float) -> str:
+        request_id = (formatter.client_id(self.request_id) if self.client_request_id
+                      else self.request_id)
+        tenant = self.tenant
+        if tenant is not None and not self.tenant_confirmed:
+            tenant = formatter.client_id(tenant)
         return formatter.predict_line(
-            request_id=self.request_id, tenant=self.tenant, outcome=self.outcome,
+            request_id=request_id, tenant=tenant, outcome=self.outcome,
             status=self.status, inputs=self.inputs, queries_reserved=self.queries_reserved,
             queries_charged=self.queries_charged, upstream_status=self.upstream_status,
             entities=self.entities, verbatim_blocked=self.verbatim_blocked,
@@ -144,12 +169,13 @@ class SidecarState:
     def __init__(self, config: FilterConfig, pod_name: str, *,
                  analyzer: PiiAnalyzer | None = None, guard: VerbatimGuard | None = None,
                  metrics: FilterMetrics | None = None,
-                 audit_sink: AuditSink | None = None) -> None:
+                 audit_sink: AuditSink | None = None,
+                 audit_id_key: bytes | None = None) -> None:
         self.config = config
         self.pod_name = pod_name
         self.metrics = metrics or FilterMetrics(config.model)
         self.audit_sink: AuditSink = audit_sink or LoggingAuditSink()
-        self.audit_format = AuditFormatter(config.model)
+        self.audit_format = AuditFormatter(config.model, audit_id_key)
         of = config.output_filter
         if analyzer is None and of.entities:
             analyzer = PiiAnalyzer(
@@ -212,9 +238,15 @@ _ID_COUNTER = itertools.count(1)
 
 
 def request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when well-formed (echoed back and forwarded, never logged
+    as is), else a new one."""
     given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID_RE.match(given):
         return given
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
     # Unique per process start and request; cheaper than a uuid4 (an urandom call) each time.
     return f"{_ID_PREFIX}-{next(_ID_COUNTER)}"
 
@@ -250,8 +282,8 @@ async def read_json_body(request: web.Request, config: FilterConfig) -> tuple[by
                                             f"line {exc.lineno} column {exc.colno}",
                          code="invalid_json") from exc
     except RecursionError as exc:
-        raise ProxyError(400, "BadRequest", "body is nested too deeply",
-                         code="invalid_json") from exc
+        message, field = nesting_message(text)
+        raise ProxyError(400, "BadRequest", message, param=field, code="invalid_json") from exc
 
 
 def _batch_size(body: Any, config: FilterConfig) -> int:
@@ -327,6 +359,31 @@ def upstream_message(document: Any, status: int) -> str:
         source = error
     message = source.get("message")
     return message if isinstance(message, str) else f"the model answered HTTP {status}"
+
+
+def scanned_message(state: SidecarState, message: str, status: int) -> str:
+    """An error message of the model as it may be released: scanned like output (redacted),
+    or replaced when the filter blocks it or fails."""
+    try:
+        scanned = state.scanner.scan(message)
+    except Exception:
+        logger.exception("output filter failed on an error message of the model")
+        scanned = None
+    if scanned is None or scanned.blocked is not None:
+        return f"the model answered HTTP {status} (its message was withheld)"
+    text: str = scanned.document
+    return text
+
+
+def upstream_rejection(state: SidecarState, answer: Answer) -> ProxyError:
+    """The model's 4xx/5xx on ``/v1/predict`` as the sidecar's ``{"reason", "message"}``:
+    its status, its reason when a short name, its message scanned."""
+    document = answer.document if isinstance(answer.document, dict) else {}
+    reason = document.get("reason")
+    if not isinstance(reason, str) or not _SAFE_REASON.match(reason):
+        reason = "UpstreamRejected"
+    message = scanned_message(state, upstream_message(document, answer.status), answer.status)
+    return ProxyError(answer.status, reason, message)
 
 
 def upstream_timeout(state: SidecarState) -> ProxyError:
@@ -405,6 +462,7 @@ async def reserve(state: SidecarState, audit: Audit, batch: int,
         raise ProxyError(503, "LedgerUnavailable", exc.message,
                          headers={"Retry-After": str(retry)}) from exc
     audit.queries_reserved = batch
+    audit.tenant_confirmed = partition is not None
     return reservation
 
 
@@ -488,7 +546,7 @@ def fail(audit: Audit, error: ProxyError) -> None:
 async def handle_predict(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     config = state.config
-    audit = Audit(request_id(request), time.perf_counter())
+    audit = Audit.of(request)
     try:
         if config.task in ("text-generation", "feature-extraction"):
             # The model server has no /v1/predict for these tasks: say where to go instead.
@@ -501,18 +559,20 @@ async def handle_predict(request: web.Request) -> web.StreamResponse:
         audit.tenant = partition = partition_of(request, config)
         answer = await exchange(state, audit, path=PREDICT_PATH, payload=raw, batch=batch,
                                 partition=partition)
-        # A refusal of the model (e.g. bad inputs) is passed on as its JSON error, scanned
-        # like any answer.
+        headers = {"X-Request-Id": audit.request_id}
+        if answer.status != 200:
+            # A refusal of the model (e.g. bad inputs) becomes the sidecar's own error: its
+            # status, reason and scanned message; nothing else of its body is released.
+            rejection = upstream_rejection(state, answer)
+            audit.outcome = "upstream_rejected"
+            audit.status = answer.status
+            response = rejection.response()
+            response.headers.update(headers)
+            return response
         result = await scan(state, answer.document, len(answer.raw))
         raise_if_blocked(state, audit, result)
-        if answer.status != 200:
-            audit.outcome = "upstream_rejected"
-        elif result.changed:
-            audit.outcome = "redacted"
-        else:
-            audit.outcome = "ok"
+        audit.outcome = "redacted" if result.changed else "ok"
         audit.status = answer.status
-        headers = {"X-Request-Id": audit.request_id}
         if result.changed:
             return web.json_response(result.document, status=answer.status, headers=headers)
         return web.Response(body=answer.raw, status=answer.status, headers=headers,
@@ -633,17 +693,25 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def create_app(config: FilterConfig, pod_name: str, *, analyzer: PiiAnalyzer | None = None,
                guard: VerbatimGuard | None = None, metrics: FilterMetrics | None = None,
-               audit_sink: AuditSink | None = None) -> web.Application:
+               audit_sink: AuditSink | None = None,
+               limits: ConnectionLimits | None = None,
+               audit_id_key: bytes | None = None) -> web.Application:
     """The sidecar as an aiohttp application (sessions open on startup, close on cleanup).
 
-    Audit lines go to ``audit_sink``; by default to the ``dpserve.audit`` logger.
+    Audit lines go to ``audit_sink``; by default to the ``dpserve.audit`` logger; client-chosen
+    ids in them are hashed under ``audit_id_key`` (default: random per process). The
+    connection limits are enforced when it is served with ``app[GUARD_KEY]``
+    (:func:`dpserve_runtime.httplimits.serve_until`).
     """
     # The protocol modules build on the shared request path defined here.
     from dpserve_runtime.filter import oip, openai_api
 
     state = SidecarState(config, pod_name, analyzer=analyzer, guard=guard, metrics=metrics,
-                         audit_sink=audit_sink)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+                         audit_sink=audit_sink, audit_id_key=audit_id_key)
+    connections = ConnectionGuard(limits or ConnectionLimits())
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[connections.middleware, json_errors])
+    app[GUARD_KEY] = connections
     app[CONFIG_KEY] = config
     app[STATE_KEY] = state
     app[ERROR_SHAPES_KEY] = [*openai_api.ERROR_SHAPES, *oip.ERROR_SHAPES]
@@ -665,4 +733,4 @@ def create_app(config: FilterConfig, pod_name: str, *, analyzer: PiiAnalyzer | N
     return app
 
 
-__all__ = ["DEFAULT_GROUP", "create_app", "error_response"]
+__all__ = ["DEFAULT_GROUP", "GUARD_KEY", "create_app", "error_response"]

@@ -6,6 +6,15 @@ every free-text field is either escaped once at start (the model name) or restri
 outcomes and entity types are fixed names), so it needs no escaping; anything else is
 escaped with ``json.dumps`` as a fallback.
 
+No client-chosen string reaches the log: a request id the client sent (``X-Request-Id``,
+which may hold a phone number, an SSN or a card number as well as anything else that
+matches ``[A-Za-z0-9._-]``) and a tenant the ledger has not confirmed are logged as
+:meth:`AuditFormatter.client_id`, ``h-`` and 24 hex digits of HMAC-SHA256 under a key the
+process holds: configured (a mounted secret, ``--audit-key-file``), so that lines of all
+replicas and restarts join on the same id, or else 32 random bytes drawn at start, so that
+they join within one process only. The hash is one-way for anyone without the key; with it,
+an operator can check whether a given id was seen.
+
 Sinks: :class:`LoggingAuditSink` (the ``dpserve.audit`` logger; the default when the app is
 embedded, e.g. in tests) and :class:`StreamAuditSink` (the ``dpserve-filter`` process: lines
 to stdout, written and flushed once per event-loop iteration, so a burst of requests costs
@@ -15,9 +24,12 @@ one ``write`` instead of one per line, and no line waits for more than that iter
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from typing import BinaryIO, Protocol
@@ -94,10 +106,18 @@ def _json_optional(value: str | int | None) -> str:
 class AuditFormatter:
     """Formats predict audit lines for one model (timestamps cached per second)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, id_key: bytes | None = None) -> None:
         self._model = json.dumps(model)
         self._second = -1
         self._ts = ""
+        if id_key is not None and len(id_key) < 16:
+            raise ValueError("the audit id key must hold at least 16 bytes")
+        self._id_key = id_key if id_key is not None else secrets.token_bytes(32)
+
+    def client_id(self, value: str) -> str:
+        """The keyed hash of a client-chosen id, as the log holds it."""
+        digest = hmac.new(self._id_key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return "h-" + digest[:24]
 
     def _timestamp(self) -> str:
         now = int(time.time())

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from importlib import metadata as package_metadata
 from typing import Annotated, Any
 
@@ -53,7 +52,6 @@ from dpserve_runtime.filter.app import (
     partition_of,
     raise_if_blocked,
     read_json_body,
-    request_id,
     scan,
     upstream_message,
     upstream_ready,
@@ -336,7 +334,7 @@ async def handle_model_metadata(request: web.Request) -> web.Response:
 async def handle_infer(request: web.Request) -> web.Response:
     state: SidecarState = request.app[STATE_KEY]
     config = state.config
-    audit = Audit(request_id(request), time.perf_counter())
+    audit = Audit.of(request)
     try:
         _check_model(config, request)
         _check_task(config)

@@ -73,7 +73,6 @@ from dpserve_runtime.filter.app import (
     raise_if_blocked,
     read_bounded,
     read_json_body,
-    request_id,
     scan,
     upstream_message,
     upstream_timeout,
@@ -356,7 +355,7 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
 async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     config = state.config
-    audit = Audit(request_id(request), time.perf_counter())
+    audit = Audit.of(request)
     path = CHAT_PATH if chat else COMPLETIONS_PATH
     try:
         _check_task(config, "text-generation", path)
@@ -416,7 +415,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     config = state.config
-    audit = Audit(request_id(request), time.perf_counter())
+    audit = Audit.of(request)
     try:
         _check_task(config, "feature-extraction", EMBEDDINGS_PATH)
         _, body = await read_json_body(request, config)

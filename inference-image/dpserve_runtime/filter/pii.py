@@ -22,6 +22,11 @@ what this module does instead, with the same findings:
   and values of a model's answer) without a cache digest or a recognizer call.
 - The phone recognizer (eight regional phonenumbers matchers, the slowest part) skips
   candidates too short to be a valid number: see :mod:`dpserve_runtime.filter.phone`.
+- The URL and e-mail patterns run in linear time with the same matches: the pattern is
+  tried only at candidate starts found by linear scans (:mod:`dpserve_runtime.filter.anchored`;
+  Presidio's own ``finditer`` spends about 1.5 ms per start position in a run of dots).
+- Without an NLP model the recognizers are called directly (same thresholds and duplicate
+  rule as ``AnalyzerEngine.analyze``), skipping the engine's per-call overhead.
 - A bounded cache of findings (and of the redacted form) per text, since model outputs such
   as class labels repeat; keyed by a digest, so the cache never holds the PII values.
 - The e-mail recognizer validates the domain with tldextract, whose default extractor
@@ -65,7 +70,11 @@ import tldextract
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NoOpNlpEngine
-from presidio_analyzer.predefined_recognizers import EmailRecognizer, PhoneRecognizer
+from presidio_analyzer.predefined_recognizers import (
+    EmailRecognizer,
+    PhoneRecognizer,
+    UrlRecognizer,
+)
 from presidio_analyzer.recognizer_registry import RecognizerRegistry, RecognizerRegistryProvider
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
@@ -74,6 +83,7 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from dpserve.api.outputfilter import NER_ENTITIES, PATTERN_ENTITIES
+from dpserve_runtime.filter.anchored import LinearEmailRecognizer, LinearUrlRecognizer
 from dpserve_runtime.filter.names import SCORE_STRONG as NAMES_SCORE_CEILING
 from dpserve_runtime.filter.names import GazetteerDataError, NamesRecognizer
 from dpserve_runtime.filter.phone import FastPhoneRecognizer
@@ -224,11 +234,17 @@ def offline_tld_extractor() -> tldextract.TLDExtract:
     return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
 
+def offline_domain_check(pattern_text: str) -> bool:
+    """Presidio's e-mail domain check (tldextract finds a registered domain), offline."""
+    return bool(offline_tld_extractor()(pattern_text).fqdn != "")
+
+
 class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
-    """Presidio's e-mail recognizer with the domain check on the bundled suffix snapshot."""
+    """Presidio's e-mail recognizer with the domain check on the bundled suffix snapshot
+    (the reference engine's; the analyzer uses :class:`LinearEmailRecognizer`)."""
 
     def validate_result(self, pattern_text: str) -> bool:
-        return bool(offline_tld_extractor()(pattern_text).fqdn != "")
+        return offline_domain_check(pattern_text)
 
 
 def installed_spacy_model() -> str | None:
@@ -248,8 +264,9 @@ def default_recognizers(entities: Iterable[str]) -> list[EntityRecognizer]:
     """Presidio's default (YAML-configured) English recognizers for ``entities``, offline.
 
     The registry is built exactly as ``AnalyzerEngine()`` builds it, so each recognizer has
-    the default patterns, context words, regions and flags; only the e-mail recognizer is
-    swapped for :class:`OfflineEmailRecognizer`.
+    the default patterns, context words, regions and flags. Swapped for subclasses with the
+    same findings: e-mail and URL (:mod:`dpserve_runtime.filter.anchored`: linear time; the
+    e-mail domain check offline), phone (:mod:`dpserve_runtime.filter.phone`).
     """
     wanted = set(entities)
     registry = RecognizerRegistryProvider(
@@ -260,7 +277,12 @@ def default_recognizers(entities: Iterable[str]) -> list[EntityRecognizer]:
         if not wanted & set(recognizer.supported_entities):
             continue
         if type(recognizer) is EmailRecognizer:
-            recognizer = OfflineEmailRecognizer(
+            recognizer = LinearEmailRecognizer(
+                offline_domain_check, context=recognizer.context,
+                supported_language=recognizer.supported_language,
+            )
+        elif type(recognizer) is UrlRecognizer:
+            recognizer = LinearUrlRecognizer(
                 context=recognizer.context, supported_language=recognizer.supported_language
             )
         elif type(recognizer) is PhoneRecognizer:
@@ -419,6 +441,15 @@ class PiiAnalyzer:
         # Lazy NLP: with a trained model but only pattern entities, first run the recognizers
         # on empty artifacts; the pipeline runs only when they found something.
         self._lazy_nlp = model is not None and not self.ner_entities
+        # Without an NLP model the engine's work around the recognizers is pure overhead:
+        # it builds empty NLP artifacts, copies the registry per call, runs a context
+        # enhancer that can change nothing (NoTextContextEnhancer) and resolves thresholds
+        # through recognizer ids. _analyze_direct calls the same recognizers and applies the
+        # same threshold and duplicate rules (AnalyzerEngine.analyze's order: recognizers,
+        # per-entity thresholds, EntityRecognizer.remove_duplicates).
+        self._direct: tuple[tuple[EntityRecognizer, frozenset[str]], ...] | None = (
+            tuple((r, frozenset(r.supported_entities)) for r in registry.recognizers)
+            if model is None else None)
         bounds = [recognizer_bounds(r) for r in registry.recognizers]
         # Longest finding any enabled recognizer can produce, and the furthest any of them
         # reads beyond a finding (context words, boundaries): the stream filter's hold-back.
@@ -495,10 +526,26 @@ class PiiAnalyzer:
                     self._cache.popitem(last=False)
         return findings
 
+    def _analyze_direct(self, text: str, entities: list[str],
+                        recognizers: tuple[tuple[EntityRecognizer, frozenset[str]], ...]
+                        ) -> list[Finding]:
+        wanted = set(entities)
+        results: list[RecognizerResult] = []
+        for recognizer, supported in recognizers:
+            if supported.isdisjoint(wanted):
+                continue
+            for result in recognizer.analyze(text=text, entities=entities,
+                                             nlp_artifacts=self._empty_artifacts):
+                if result.score >= self.thresholds.get(result.entity_type, 0.0):
+                    results.append(result)
+        return [_finding(r) for r in EntityRecognizer.remove_duplicates(results)]
+
     def _analyze(self, text: str) -> list[Finding]:
         entities = self.candidate_entities(text)
         if not entities:
             return []
+        if self._direct is not None:
+            return self._analyze_direct(text, entities, self._direct)
         if self._lazy_nlp:
             raw = self.engine.analyze(
                 text, LANGUAGE, entities=entities, score_threshold=0.0,

@@ -46,6 +46,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
     """The server config and the torch thread count from flags and environment."""
     parser = argparse.ArgumentParser(prog="dpserve-server", description=__doc__.splitlines()[0])
@@ -101,6 +115,26 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
         default=_env("DPSERVE_DEVICE", "auto"),
         help="huggingface artifacts: auto (CUDA when visible, else CPU), cpu or cuda[:N]",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=_env("DPSERVE_SERVER_HEADER_TIMEOUT", "10"),
+        help="seconds a client has for its request line and headers (then the connection "
+        "is closed)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=_env("DPSERVE_SERVER_BODY_TIMEOUT", "30"),
+        help="seconds a client has for its request body (then 408 and close)",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=_count,
+        default=_env("DPSERVE_SERVER_MAX_CONNECTIONS_PER_CLIENT", "512"),
+        help="open connections one client address may hold (0: unlimited); the sidecar "
+        "keeps up to 256",
+    )
     args = parser.parse_args(argv)
     if args.task is not None and args.task not in TEXT_TASKS:  # from DPSERVE_TASK
         parser.error(f"--task: must be one of {', '.join(TEXT_TASKS)}, got {args.task!r}")
@@ -126,6 +160,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
         max_tokens=args.max_tokens,
         max_choices=args.max_choices,
         device=args.device,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections_per_client=args.max_connections_per_client,
     )
     return config, args.torch_threads
 

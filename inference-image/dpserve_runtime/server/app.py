@@ -32,6 +32,8 @@ from pydantic import ValidationError
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.text import ModelTask
 from dpserve_runtime.hfartifact import read_format
+from dpserve_runtime.httplimits import ConnectionLimits, serve_until
+from dpserve_runtime.jsondepth import nesting_message
 from dpserve_runtime.server.lifecycle import ServingProcess
 from dpserve_runtime.server.mechanisms import OutputMechanism, build_mechanism
 from dpserve_runtime.server.model import ModelOutputError, ServedModel
@@ -54,6 +56,7 @@ _REASONS = {
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "PayloadTooLarge",
+    408: "RequestTimeout",
     415: "UnsupportedMediaType",
     503: "NotReady",
 }
@@ -76,6 +79,15 @@ class ServerConfig:
     max_tokens: int | None = None
     max_choices: int | None = None
     device: str = "auto"  # auto | cpu | cuda[:N]
+    # Slow clients: seconds for request headers / body, open connections per client address
+    # (0: unlimited; the sidecar's pool to this server holds up to 256).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections_per_client: int = 512
+
+    def limits(self) -> ConnectionLimits:
+        return ConnectionLimits(header_timeout=self.header_timeout,
+                                max_per_client=self.max_connections_per_client)
 
 
 class RequestError(Exception):
@@ -116,7 +128,8 @@ class ModelServer(ServingProcess):
     """Holds the loaded model and mechanism and serves them."""
 
     def __init__(self, config: ServerConfig) -> None:
-        super().__init__(config.workers, "dpserve-infer")
+        super().__init__(config.workers, "dpserve-infer", limits=config.limits(),
+                         body_timeout=config.body_timeout)
         self.config = config
         self.model: ServedModel | None = None
         self.mechanism: OutputMechanism | None = None
@@ -156,8 +169,11 @@ class ModelServer(ServingProcess):
         """The request's inputs as a float32 tensor ``[n, input_size]`` (RequestError if bad)."""
         try:
             raw = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(400, "MalformedJSON", f"body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            message, _ = nesting_message(body.decode("utf-8", "replace"))
+            raise RequestError(400, "MalformedJSON", message) from exc
         if not isinstance(raw, dict):
             raise RequestError(400, "InvalidRequest", 'body must be an object {"inputs": [...]}')
         rows = raw.get("inputs")
@@ -190,10 +206,14 @@ class ModelServer(ServingProcess):
         if model is None or mechanism is None:
             raise RequestError(503, "NotReady", "the model is still loading")
         try:
-            body = await request.read()
+            body = await self.read_body(request)
         except web.HTTPRequestEntityTooLarge as exc:
             raise RequestError(
                 413, "PayloadTooLarge", f"body exceeds {self.config.max_body_bytes} bytes"
+            ) from exc
+        except TimeoutError as exc:
+            raise RequestError(
+                408, "RequestTimeout", f"body not received within {self.config.body_timeout}s"
             ) from exc
         x = self.parse_inputs(body)
         loop = asyncio.get_running_loop()
@@ -223,18 +243,23 @@ def build_server(config: ServerConfig) -> ModelServer | TextModelServer:
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     """Open the socket, load the model, serve until ``stop`` is set; the exit code."""
     server = build_server(config)
-    runner = web.AppRunner(server.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    log.info("listening on %s:%d", config.host, config.port)
+    stop = stop or asyncio.Event()
+    listening = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(serve_until(
+        server.app(), config.host, config.port, server.guard, stop,
+        on_listening=listening.set_result))
     try:
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():  # it could not listen
+            serving.result()
+        log.info("listening on %s:%d", config.host, listening.result())
         try:
             await server.load()
         except Exception as exc:
             log.error("cannot serve %s: %s", config.artifact, exc)
             return 1
-        await (stop or asyncio.Event()).wait()
+        await stop.wait()
         return 0
     finally:
-        await runner.cleanup()
+        stop.set()
+        await serving

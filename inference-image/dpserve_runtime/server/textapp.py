@@ -43,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 
 from dpserve.api.text import ModelTask
 from dpserve_runtime.generation import FinishReason, SamplingParams, Step, generate
+from dpserve_runtime.jsondepth import nesting_message
 from dpserve_runtime.server.lifecycle import ServingProcess
 from dpserve_runtime.server.mechanisms import (
     MechanismConfigError,
@@ -124,7 +125,8 @@ class TextModelServer(ServingProcess):
     """Holds one huggingface artifact and serves its task."""
 
     def __init__(self, config: ServerConfig) -> None:
-        super().__init__(config.workers, "dpserve-text")
+        super().__init__(config.workers, "dpserve-text", limits=config.limits(),
+                         body_timeout=config.body_timeout)
         self.config = config
         self.text: TextModel | None = None
         self.mechanism: OutputMechanism | None = None
@@ -216,15 +218,23 @@ class TextModelServer(ServingProcess):
 
     async def _parse(self, request: web.Request, schema: type[RequestT]) -> RequestT:
         try:
-            body = await request.read()
+            body = await self.read_body(request)
         except web.HTTPRequestEntityTooLarge as exc:
             raise OpenAIError(
                 413, f"body exceeds {self.config.max_body_bytes} bytes", code="payload_too_large"
             ) from exc
+        except TimeoutError as exc:
+            raise OpenAIError(
+                408, f"body not received within {self.config.body_timeout}s",
+                code="request_timeout",
+            ) from exc
         try:
             raw = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise OpenAIError(400, f"body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            message, field = nesting_message(body.decode("utf-8", "replace"))
+            raise OpenAIError(400, message, param=field) from exc
         if not isinstance(raw, dict):
             raise OpenAIError(400, "body must be a JSON object")
         try:
