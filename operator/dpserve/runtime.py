@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 from prometheus_client import REGISTRY, start_http_server
 
 from dpserve.settings import OperatorSettings
+from dpserve.tls import CaBundle, RotatingServerCert
 
 FINALIZER = "dpserve.io/finalizer"
 ANNOTATION_PREFIX = "dpserve.io"
@@ -54,6 +56,16 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330.0
 
 
+def ledger_tls(settings: OperatorSettings) -> tuple[RotatingServerCert | None, CaBundle | None]:
+    """The ledger's server certificate (followed for rotation) and the CA for sidecars;
+    (None, None) only when settings say plain HTTP (validated there)."""
+    if settings.ledger_insecure:
+        return None, None
+    assert settings.ledger_tls_cert and settings.ledger_tls_key and settings.ledger_tls_ca
+    return (RotatingServerCert(Path(settings.ledger_tls_cert), Path(settings.ledger_tls_key)),
+            CaBundle(Path(settings.ledger_tls_ca)))
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     from dpserve import kube
@@ -79,8 +91,13 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     accounting = default_accounting()
     ledger = LedgerService(KubeStore(ledger_api), KubeTokenReviewer(ledger_api),
                            accounting=accounting)
-    port = await ledger.start(options.bind_address, options.ledger_port)
-    logger.info("ledger service listening on %s:%d", options.bind_address, port)
+    server_cert, ledger_ca = ledger_tls(op_settings)
+    port = await ledger.start(options.bind_address, options.ledger_port,
+                              server_cert.context if server_cert else None)
+    logger.info("ledger service listening on %s:%d (%s)", options.bind_address, port,
+                "TLS" if server_cert else "plain HTTP: DPSERVE_LEDGER_INSECURE")
+    if server_cert is not None:
+        memo.tls_follow = asyncio.create_task(server_cert.follow())
     if options.metrics_port:
         memo.metrics_server = start_http_server(options.metrics_port, options.bind_address,
                                                 registry=REGISTRY)
@@ -92,6 +109,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings=op_settings,
         metrics=operator_metrics(),
         cluster=ClusterView(kube_api, op_settings.cluster_cache_s),
+        ledger_ca=ledger_ca,
     )
     ctx.models = WorkQueue(lambda key: model_ctl.queue_handler(ctx, key),
                            delay_s=op_settings.requeue_delay_s)
@@ -105,6 +123,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    follow = getattr(memo, "tls_follow", None)
+    if follow is not None:
+        follow.cancel()
     ctx = getattr(memo, "ctx", None)
     if ctx is None:
         return

@@ -15,7 +15,7 @@ from dpserve.resources.labels import DEFAULT_OPERATOR_POD_LABELS
 
 LogFormat = Literal["json", "text"]
 DEFAULT_IMAGE = "ghcr.io/dpserve/inference:0.1.0"
-DEFAULT_LEDGER_URL = "http://dpserve-ledger.dpserve-system.svc:8443"
+DEFAULT_LEDGER_URL = "https://dpserve-ledger.dpserve-system.svc:8443"
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -77,6 +77,33 @@ class OperatorSettings:
         default_factory=lambda: dict(DEFAULT_OPERATOR_POD_LABELS))
     # file:// artifacts and datasets (hostPath volumes): local development only.
     allow_host_path_artifacts: bool = False
+    # The ledger serves TLS from these files (a Secret's tls.crt / tls.key / ca.crt); the CA
+    # goes to every sidecar. Plain HTTP only with ledger_insecure (LocalKube), never silently.
+    ledger_tls_cert: str | None = None
+    ledger_tls_key: str | None = None
+    ledger_tls_ca: str | None = None
+    ledger_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        tls = (self.ledger_tls_cert, self.ledger_tls_key, self.ledger_tls_ca)
+        scheme = self.ledger_url.partition("://")[0]
+        if self.ledger_insecure:
+            if any(tls):
+                raise ValueError("DPSERVE_LEDGER_INSECURE: set together with "
+                                 "DPSERVE_LEDGER_TLS_*; choose one")
+            if scheme != "http":
+                raise ValueError(f"DPSERVE_LEDGER_URL: {self.ledger_url!r} must be http:// "
+                                 "when DPSERVE_LEDGER_INSECURE=true")
+            return
+        if not all(tls):
+            raise ValueError(
+                "DPSERVE_LEDGER_TLS_CERT, DPSERVE_LEDGER_TLS_KEY and DPSERVE_LEDGER_TLS_CA: the "
+                "ledger serves TLS (bearer tokens cross the network); give all three (the "
+                "chart mounts them from its Secret), or DPSERVE_LEDGER_INSECURE=true for a "
+                "local test cluster only")
+        if scheme != "https":
+            raise ValueError(f"DPSERVE_LEDGER_URL: {self.ledger_url!r} must be https:// "
+                             "(the ledger serves TLS)")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -108,4 +135,8 @@ class OperatorSettings:
             peering_lifetime_s=max(1.0, _number(env, "DPSERVE_PEERING_LIFETIME_S", 60.0)),
             operator_pod_labels=_labels(env, "DPSERVE_OPERATOR_POD_LABELS"),
             allow_host_path_artifacts=_flag(env, "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS"),
+            ledger_tls_cert=env.get("DPSERVE_LEDGER_TLS_CERT") or None,
+            ledger_tls_key=env.get("DPSERVE_LEDGER_TLS_KEY") or None,
+            ledger_tls_ca=env.get("DPSERVE_LEDGER_TLS_CA") or None,
+            ledger_insecure=_flag(env, "DPSERVE_LEDGER_INSECURE"),
         )

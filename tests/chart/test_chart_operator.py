@@ -61,7 +61,7 @@ def test_restricted_pod_security(scenario_objects: Objects) -> None:
             assert container["resources"]["requests"] and container["resources"]["limits"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert "emptyDir" in volumes["tmp"]
-        assert all(set(v) <= {"name", "emptyDir", "configMap", "projected"}
+        assert all(set(v) <= {"name", "emptyDir", "configMap", "projected", "secret"}
                    for v in volumes.values())
 
 
@@ -160,7 +160,7 @@ def test_environment(render: Render, release_name: str, release_namespace: str) 
     (deployment,) = _kind(objects, "Deployment")
     env = _env(deployment)
     assert env["DPSERVE_INFERENCE_IMAGE"] == "registry.local/dpserve-inference:1.2.3"
-    ledger_url = f"http://{release_name}-dpserve-ledger.{release_namespace}.svc:8443"
+    ledger_url = f"https://{release_name}-dpserve-ledger.{release_namespace}.svc:8443"
     assert env["DPSERVE_LEDGER_URL"] == ledger_url
     assert env["DPSERVE_WATCH_NAMESPACES"] == ""
     assert env["DPSERVE_LOG_FORMAT"] == "json"

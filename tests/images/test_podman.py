@@ -37,6 +37,7 @@ from dpserve.localkube.harness import free_port
 from dpserve.resources.names import (
     FILTER_CONFIG_FILE,
     FILTER_PORT,
+    LEDGER_CA_FILE,
     MODEL_PORT,
     TOKEN_AUDIENCE,
     TOKEN_FILE,
@@ -62,6 +63,7 @@ from podman_support import (
     unavailable_reason,
     wait_for,
 )
+from tls_support import CertAuthority
 
 REASON = unavailable_reason()
 pytestmark = [
@@ -133,6 +135,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("podman")
 
 
+TLS_DIR = "/etc/dpserve/ledger-tls"
+
+
 def readable(path: Path) -> None:
     """World-readable files and traversable dirs: the containers run as uid 65532."""
     for item in [path, *path.rglob("*")]:
@@ -190,10 +195,15 @@ def cluster(workdir: Path, artifact: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def operator(images: str, cluster: Cluster) -> Iterator[Operator]:
-    """``dpserve run`` from the operator image, on the host network, against the emulator."""
+def operator(images: str, cluster: Cluster, workdir: Path) -> Iterator[Operator]:
+    """``dpserve run`` from the operator image, on the host network, against the emulator;
+    its ledger serves TLS from a Secret-like directory (a test CA here, the chart's Secret in
+    a cluster), and the sidecar verifies it with the CA the operator puts in its ConfigMap."""
     name = f"dpserve-test-operator-{uuid.uuid4().hex[:8]}"
     liveness, ledger, metrics = free_port(), free_port(), free_port()
+    tls = workdir / "ledger-tls"
+    CertAuthority.create().issue(tls, hosts=("127.0.0.1",))
+    readable(tls)
     podman(
         "run", "-d", "--name", name, "--network=host",
         # The chart's securityContext, as podman flags: read-only root (podman mounts a
@@ -204,7 +214,11 @@ def operator(images: str, cluster: Cluster) -> Iterator[Operator]:
         "-e", "DPSERVE_BIND_ADDRESS=127.0.0.1",
         # The operator's own settings, not adaptations: where its pods find the ledger (in a
         # cluster, the ledger Service) and which inference image they run.
-        "-e", f"DPSERVE_LEDGER_URL=http://127.0.0.1:{ledger}",
+        "-e", f"DPSERVE_LEDGER_URL=https://127.0.0.1:{ledger}",
+        "-v", f"{tls}:{TLS_DIR}:ro",
+        "-e", f"DPSERVE_LEDGER_TLS_CERT={TLS_DIR}/tls.crt",
+        "-e", f"DPSERVE_LEDGER_TLS_KEY={TLS_DIR}/tls.key",
+        "-e", f"DPSERVE_LEDGER_TLS_CA={TLS_DIR}/ca.crt",
         "-e", f"DPSERVE_INFERENCE_IMAGE={INFERENCE_IMAGE}",
         # The artifact is a host directory here (single-node development): host paths on.
         "-e", "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS=true",
@@ -281,6 +295,7 @@ def pod(cluster: Cluster, operator: Operator, workdir: Path) -> Iterator[Pod]:
     )
     configmap = cluster.api.get(f"/api/v1/namespaces/{ns}/configmaps/"
                                 f"{filter_configmap_name(name)}")
+    assert configmap["data"][LEDGER_CA_FILE] == (workdir / "ledger-tls" / "ca.crt").read_text()
     token = secrets.token_urlsafe(32)
     cluster.server.call(lambda kube: kube.tokens.register(
         token, namespace=ns, service_account=service_account_name(name), pod_name=pod_name,

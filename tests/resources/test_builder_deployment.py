@@ -244,20 +244,25 @@ def test_recommended_labels(make_model, make_ctx):
     }
 
 
-def test_ledger_ca_is_mounted_when_configured(make_model, make_ctx):
-    from dpserve.resources.context import LedgerCa
-
+def test_ledger_ca_is_written_beside_the_filter_config(make_model, make_ctx):
     model = make_model()
-    ctx = make_ctx(
-        model,
-        ledger_url="https://ledger.dpserve-system.svc:8443",
-        ledger_ca=LedgerCa("dpserve-ledger-ca"),
-    )
-    dep = build_deployment(model, ctx)
-    assert volumes(dep)["ledger-ca"]["configMap"]["name"] == "dpserve-ledger-ca"
-    assert mounts(containers(dep)["filter"])["/etc/dpserve-ca"]["readOnly"] is True
-    config = json.loads(build_configmap(model, ctx)["data"]["filter.json"])
-    assert config["ledgerCaPath"] == "/etc/dpserve-ca/ca.crt"
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    ctx = make_ctx(model, ledger_url="https://ledger.dpserve-system.svc:8443",
+                   ledger_ca_pem=pem)
+    configmap = build_configmap(model, ctx)
+    assert configmap["data"]["ledger-ca.crt"] == pem
+    config = json.loads(configmap["data"]["filter.json"])
+    assert config["ledgerCaPath"] == "/etc/dpserve/ledger-ca.crt"
+    assert mounts(containers(build_deployment(model, ctx))["filter"])["/etc/dpserve"]
+    # A rotated CA rolls the pods.
+    rotated = make_ctx(model, ledger_url="https://ledger.dpserve-system.svc:8443",
+                       ledger_ca_pem=pem.replace("MIIB", "MIIC"))
+    assert (template_annotations(build_deployment(model, ctx))
+            != template_annotations(build_deployment(model, rotated)))
+
+
+def template_annotations(dep):
+    return dep["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_bad_names_and_uris_name_the_field(make_model, make_ctx):

@@ -72,74 +72,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "dpserve.ledgerUrl" -}}
-{{- default (printf "http://%s-ledger.%s.svc:8443" (include "dpserve.fullname" .) .Release.Namespace) .Values.ledgerUrl }}
+{{- default (printf "https://%s-ledger.%s.svc:8443" (include "dpserve.fullname" .) .Release.Namespace) .Values.ledgerUrl }}
 {{- end }}
 
-{{/*
-RBAC rules on namespaced resources: bound cluster-wide (ClusterRole) or per watched namespace
-(Role). Every verb is justified next to it.
-*/}}
-{{- define "dpserve.namespacedRules" -}}
-# PrivateModels and PrivacyBudgets: Kopf lists and watches them (get/list/watch) and patches
-# the objects themselves for its finalizer and handler-progress annotations (patch).
-- apiGroups: [dpserve.io]
-  resources: [privatemodels, privacybudgets]
-  verbs: [get, list, watch, patch]
-# Retrain: the operator creates the next PrivacyBudget (spec.retraining.nextBudget) that
-# version N+1 spends; it never deletes a budget (the ledger is the audit trail).
-- apiGroups: [dpserve.io]
-  resources: [privacybudgets]
-  verbs: [create]
-# Status: controllers merge-patch conditions and phase (patch); the ledger replaces
-# PrivacyBudget status with a resourceVersion precondition so no debit is ever lost (update).
-- apiGroups: [dpserve.io]
-  resources: [privatemodels/status, privacybudgets/status]
-  verbs: [patch, update]
-# Owned children of a PrivateModel, created/updated/deleted as their owner; watched so that
-# readiness (Deployment) and completion (Job) changes trigger a reconcile.
-- apiGroups: [apps]
-  resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
-- apiGroups: [""]
-  resources: [services, configmaps, serviceaccounts]
-  verbs: [get, list, watch, create, update, patch, delete]
-- apiGroups: [networking.k8s.io]
-  resources: [networkpolicies]
-  verbs: [get, list, watch, create, update, patch, delete]
-- apiGroups: [policy]
-  resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, update, patch, delete]
-- apiGroups: [batch]
-  resources: [jobs]
-  verbs: [get, list, watch, create, update, patch, delete]
-# Pods, read-only: crash-loop detection (Ready must not be True while containers restart) and
-# the retraining Job's termination message (its σ, q, steps, ε).
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list]
-# Events on PrivateModels/PrivacyBudgets (BudgetLow, Exhausted, Retraining, ...); Kopf patches
-# an Event to bump its count when the same one repeats.
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
-{{- end }}
-
-{{/* Rules on cluster-scoped resources: always a ClusterRole. */}}
-{{- define "dpserve.clusterRules" -}}
-# The ledger authenticates sidecars by their projected ServiceAccount token (TokenReview).
-- apiGroups: [authentication.k8s.io]
-  resources: [tokenreviews]
-  verbs: [create]
-# Confidential profiles: the RuntimeClass a profile needs must exist, and (required: true)
-# some node must carry the confidential-node label, before pods are created (fail closed).
-- apiGroups: [node.k8s.io]
-  resources: [runtimeclasses]
-  verbs: [get, list]
-- apiGroups: [""]
-  resources: [nodes]
-  verbs: [get, list]
-# Kopf discovers the served resources from the CRDs and watches them to notice CRD upgrades.
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+{{/* The Secret holding the ledger's tls.crt, tls.key and ca.crt. */}}
+{{- define "dpserve.ledgerTlsSecret" -}}
+{{- if eq .Values.ledgerTls.mode "secret" }}{{ .Values.ledgerTls.secretName }}{{ else }}{{ printf "%s-ledger-tls" (include "dpserve.fullname" .) }}{{ end }}
 {{- end }}

@@ -15,6 +15,7 @@ from dpserve.ledger.accountant import Accounting
 from dpserve.ledger.service import LedgerService
 from dpserve.metrics import OperatorMetrics
 from dpserve.settings import OperatorSettings
+from dpserve.tls import CaBundle
 
 ModelKey = tuple[str, str]  # (namespace, name)
 
@@ -33,6 +34,8 @@ class OperatorContext:
     cluster: ClusterView
     models: WorkQueue[ModelKey] | None = None
     budgets: WorkQueue[ModelKey] | None = None
+    # The CA sidecars verify the ledger's certificate with (None: plain HTTP, LocalKube only).
+    ledger_ca: CaBundle | None = None
     _locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
     # Last budget state seen per budget: which changes matter to its models.
     budget_seen: dict[ModelKey, tuple[Any, ...]] = field(default_factory=dict)

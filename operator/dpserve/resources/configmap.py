@@ -1,4 +1,5 @@
-"""The filter sidecar's ConfigMap (``<model>-filter``, key ``filter.json``).
+"""The filter sidecar's ConfigMap (``<model>-filter``: ``filter.json`` and, when the ledger
+serves TLS, ``ledger-ca.crt``, the CA the sidecar verifies the ledger with).
 
 The JSON is :class:`dpserve.api.filterconfig.FilterConfig`, rendered with sorted keys so the
 same spec always gives the same bytes; its hash is a pod template annotation, so a changed
@@ -28,7 +29,8 @@ from dpserve.resources.names import (
     FILTER_CONFIG_FILE,
     FILTER_PORT,
     FINGERPRINT_PATH,
-    LEDGER_CA_DIR,
+    LEDGER_CA_FILE,
+    LEDGER_CA_PATH,
     TOKEN_PATH,
     UPSTREAM_URL,
     filter_configmap_name,
@@ -65,7 +67,7 @@ def filter_config(model: PrivateModel, ctx: BuildContext) -> FilterConfig:
         listen_host="0.0.0.0",
         listen_port=FILTER_PORT,
         ledger_url=ctx.ledger_url,
-        ledger_ca_path=f"{LEDGER_CA_DIR}/{ctx.ledger_ca.key}" if ctx.ledger_ca else None,
+        ledger_ca_path=LEDGER_CA_PATH if ctx.ledger_ca_pem else None,
         token_path=TOKEN_PATH,
         output_filter=output_filter,
         fingerprint_path=FINGERPRINT_PATH if output_filter.verbatim_guard.enabled else None,
@@ -83,8 +85,9 @@ def filter_config_json(model: PrivateModel, ctx: BuildContext) -> str:
 
 
 def filter_config_hash(model: PrivateModel, ctx: BuildContext) -> str:
-    """SHA-256 of ``filter.json``: the pod template annotation that rolls pods on change."""
-    return content_hash(filter_config_json(model, ctx))
+    """SHA-256 of the ConfigMap's files: the pod template annotation that rolls pods on
+    change (of filter.json or of the ledger's CA)."""
+    return content_hash(filter_config_json(model, ctx) + (ctx.ledger_ca_pem or ""))
 
 
 def build_configmap(model: PrivateModel, ctx: BuildContext) -> Manifest:
@@ -95,6 +98,9 @@ def build_configmap(model: PrivateModel, ctx: BuildContext) -> Manifest:
             "metadata": object_meta(
                 model, ctx, filter_configmap_name(model_name(model)), COMPONENT
             ),
-            "data": {FILTER_CONFIG_FILE: filter_config_json(model, ctx)},
+            "data": {
+                FILTER_CONFIG_FILE: filter_config_json(model, ctx),
+                **({LEDGER_CA_FILE: ctx.ledger_ca_pem} if ctx.ledger_ca_pem else {}),
+            },
         }
     )

@@ -29,14 +29,6 @@ _VERSION = re.compile(r"^v[0-9]+$")
 
 
 @dataclass(frozen=True)
-class LedgerCa:
-    """A ConfigMap (in the model's namespace) holding the CA that signed the ledger's cert."""
-
-    configmap: str
-    key: str = "ca.crt"
-
-
-@dataclass(frozen=True)
 class BuildContext:
     image: str  # the inference image (model server, filter and trainer)
     ledger_url: str  # e.g. http://dpserve-ledger.dpserve-system.svc:8443
@@ -55,7 +47,9 @@ class BuildContext:
     image_pull_policy: PullPolicy = "IfNotPresent"
     filter_resources: ResourceSpec = FILTER_RESOURCES
     training_resources: ResourceSpec | None = None  # None: the serving resources
-    ledger_ca: LedgerCa | None = None
+    # PEM of the CA that signed the ledger's TLS certificate: written beside filter.json, so
+    # the sidecar verifies the ledger (and a rotated CA rolls the pods through the hash).
+    ledger_ca_pem: str | None = None
     revision_history_limit: int = 3
     # file:// URIs become hostPath volumes of any host directory: a confused deputy for
     # whoever may create a PrivateModel. Off unless the operator is told otherwise (the
@@ -129,7 +123,7 @@ def build_context(
     partition_header: str | None = None,
     operator_pod_labels: Mapping[str, str] | None = None,
     image_pull_policy: PullPolicy = "IfNotPresent",
-    ledger_ca: LedgerCa | None = None,
+    ledger_ca_pem: str | None = None,
     allow_host_path_artifacts: bool = False,
 ) -> BuildContext:
     """The usual context: version, artifact and budget from status when a retrain set them,
@@ -153,6 +147,6 @@ def build_context(
             operator_pod_labels if operator_pod_labels is not None else DEFAULT_OPERATOR_POD_LABELS
         ),
         image_pull_policy=image_pull_policy,
-        ledger_ca=ledger_ca,
+        ledger_ca_pem=ledger_ca_pem,
         allow_host_path_artifacts=allow_host_path_artifacts,
     )

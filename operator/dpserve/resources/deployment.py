@@ -45,8 +45,6 @@ from dpserve.resources.names import (
     FILTER_PORT,
     FILTER_PORT_NAME,
     FILTER_TMP_VOLUME,
-    LEDGER_CA_DIR,
-    LEDGER_CA_VOLUME,
     MODEL_CONTAINER,
     MODEL_HOST,
     MODEL_PORT,
@@ -180,8 +178,6 @@ def filter_container(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
         # The fingerprint file ships with the artifact (hashes only, never raw text).
         location = ctx.location(ctx.artifact, "spec.model.artifact")
         mounts.append(volume_mount(ARTIFACT_VOLUME, location, ARTIFACT_MOUNT, read_only=True))
-    if ctx.ledger_ca is not None:
-        mounts.append({"name": LEDGER_CA_VOLUME, "mountPath": LEDGER_CA_DIR, "readOnly": True})
     return {
         "name": FILTER_CONTAINER,
         "image": ctx.image,
@@ -232,16 +228,6 @@ def pod_volumes(model: PrivateModel, ctx: BuildContext) -> list[dict[str, Any]]:
         tmp_volume(MODEL_TMP_VOLUME),
         tmp_volume(FILTER_TMP_VOLUME),
     ]
-    if ctx.ledger_ca is not None:
-        volumes.append(
-            {
-                "name": LEDGER_CA_VOLUME,
-                "configMap": {
-                    "name": ctx.ledger_ca.configmap,
-                    "items": [{"key": ctx.ledger_ca.key, "path": ctx.ledger_ca.key}],
-                },
-            }
-        )
     return volumes
 
 
