@@ -426,8 +426,20 @@ def test_spec_needs_exactly_one_jwks_source() -> None:
         with pytest.raises(ValidationError, match="exactly one of inline"):
             AttestationSpec.model_validate({**base, "jwks": jwks})
     ref = AttestationSpec.model_validate(
-        {**base, "jwks": {"secretKeyRef": {"name": "as-keys", "key": "jwks.json"}}})
-    assert ref.jwks.secret_key_ref is not None
+        {**base, "jwks": {"configMapKeyRef": {"name": "as-keys", "key": "jwks.json"}}})
+    assert ref.jwks.config_map_key_ref is not None
+    # public keys need no Secret (and the operator is granted none): refused, not ignored
+    with pytest.raises(ValidationError, match="secretKeyRef"):
+        AttestationSpec.model_validate(
+            {**base, "jwks": {"secretKeyRef": {"name": "as-keys", "key": "jwks.json"}}})
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.5:8006/aa/token", "http://agent.svc/aa/token",
+                                 "http://127.0.0.1.example/aa/token", "file:///etc/passwd"])
+def test_the_agent_is_on_loopback_only(url: str) -> None:
+    with pytest.raises(ValidationError, match=r"agent\.url"):
+        spec(agent={"url": url})
+    assert spec(agent={"url": "http://[::1]:8006/aa/token"}).agent.url.startswith("http://[")
 
 
 @pytest.mark.parametrize("path", ["submods/cpu0", "", "/a/~2"])

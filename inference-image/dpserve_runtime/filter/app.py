@@ -47,6 +47,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dpserve.api.filterconfig import FilterConfig
+from dpserve_runtime.filter.attestation import AttestationClient
 from dpserve_runtime.filter.auditlog import AuditFormatter, AuditSink, LoggingAuditSink
 from dpserve_runtime.filter.lease_client import (
     BudgetExhausted,
@@ -191,6 +192,7 @@ class SidecarState:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan")
         self.upstream: aiohttp.ClientSession | None = None
         self.ledger: aiohttp.ClientSession | None = None
+        self.agent: aiohttp.ClientSession | None = None  # the in-guest attestation agent
         self.leases: LeaseClient | None = None
 
     def stream_filter(self) -> StreamFilter:
@@ -211,6 +213,16 @@ class SidecarState:
 
             ssl_context = ssl.create_default_context(cafile=self.config.ledger_ca_path)
         self.ledger = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context))
+        attestation = None
+        settings = self.config.attestation
+        if settings is not None and self.charged:
+            # Its own session, no cookies: the agent is on loopback, the ledger is not.
+            self.agent = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            attestation = AttestationClient(
+                session=self.agent, agent=settings.agent, binding=settings.binding,
+                max_age_s=settings.max_age_seconds, model=self.config.model,
+                pod=self.pod_name,
+            )
         if self.charged:
             self.leases = LeaseClient(
                 session=self.ledger, ledger_url=self.config.ledger_url, model=self.config.model,
@@ -218,12 +230,13 @@ class SidecarState:
                 mechanism=self.config.mechanism,
                 token_path=self.config.token_path, settings=self.config.lease,
                 metrics=self.metrics, request_timeout=self.config.ledger_timeout_seconds,
+                attestation=attestation,
             )
 
     async def stop(self) -> None:
         if self.leases is not None:
             await self.leases.close()
-        for session in (self.upstream, self.ledger):
+        for session in (self.upstream, self.ledger, self.agent):
             if session is not None:
                 await session.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -20,6 +20,10 @@ Every request names the model version this pod serves, so the ledger charges tha
 budget (a pod of a retired version, still serving during a rollout, spends its own budget,
 never the new version's). A ``VersionMismatch`` refusal (the model lists no such version, or
 not yet) fails closed like an unreachable ledger: 503 with Retry-After, asked again later.
+
+With ``attestation`` (the model's ``spec.confidential.attestation``) every lease request
+carries the pod's attestation token and proof (``filter/attestation.py``); without a token
+none is sent, and a 403 ``AttestationFailed`` drops the cached token (docs/attestation.md).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pydantic import ValidationError
 from dpserve.api.filterconfig import LeaseSettings
 from dpserve.api.lease import LEASE_PATH, LeaseGrant, LeaseRequest
 from dpserve.api.mechanism import Mechanism
+from dpserve_runtime.filter.attestation import AttestationClient, AttestationUnavailable
 from dpserve_runtime.filter.metrics import DEFAULT_GROUP, FilterMetrics
 
 logger = logging.getLogger(__name__)
@@ -169,6 +174,7 @@ class LeaseClient:
         attempts: int = 3,
         horizon_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        attestation: AttestationClient | None = None,
     ) -> None:
         self._session = session
         self._url = ledger_url.rstrip("/") + LEASE_PATH
@@ -183,6 +189,7 @@ class LeaseClient:
         self._attempts = max(1, attempts)
         self._horizon = horizon_seconds
         self._clock = clock
+        self._attestation = attestation
         self._pools: dict[str | None, _Pool] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -385,6 +392,17 @@ class LeaseClient:
             raise LedgerUnavailable(f"token file {self._token_path} is empty")
         return token
 
+    async def _attestation_headers(self, lease_id: str) -> dict[str, str]:
+        """The attestation token (and proof) of one lease request; none unless configured.
+        Fail closed: without a token no request is sent (503 + Retry-After to clients)."""
+        if self._attestation is None:
+            return {}
+        try:
+            return await self._attestation.headers(lease_id)
+        except AttestationUnavailable as exc:
+            logger.warning("no attestation token, no lease request: %s", exc.message)
+            raise LedgerUnavailable(f"no attestation token: {exc.message}") from exc
+
     async def _request_lease(self, pool: _Pool, size: int) -> _Lease:
         if pool.pending is None:
             pool.pending = (f"{uuid.uuid4().hex}", size)
@@ -402,9 +420,10 @@ class LeaseClient:
             started = self._clock()
             try:
                 token = self._read_token()
+                headers = {"Authorization": f"Bearer {token}",
+                           **await self._attestation_headers(lease_id)}
                 async with self._session.post(
-                    self._url, json=body, timeout=self._timeout,
-                    headers={"Authorization": f"Bearer {token}"},
+                    self._url, json=body, timeout=self._timeout, headers=headers,
                 ) as response:
                     status = response.status
                     raw = await response.read()
@@ -457,6 +476,8 @@ class LeaseClient:
                 raise LedgerUnavailable(
                     f"the ledger charges no budget for {self._model} {self._model_version}: "
                     f"{message}")
+            if reason == "AttestationFailed" and self._attestation is not None:
+                self._attestation.invalidate()  # the next request presents a fresh token
             logger.error("ledger refused lease request: %s %s: %s", status, reason, message)
             raise LedgerUnavailable(f"ledger refused the lease ({status} {reason}): {message}")
         logger.warning("no lease after %d attempts: %s", self._attempts, last_problem)

@@ -17,6 +17,7 @@ from dpserve.api.lease import MAX_REQUESTED, ModelKey, ModelVersion
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.outputfilter import OutputFilter
 from dpserve.api.text import GenerationLimits, ModelTask
+from dpserve.attestation.spec import AgentSettings, PodBinding
 
 HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
                                            max_length=2048)]
@@ -42,6 +43,15 @@ class LeaseSettings(ApiModel):
                 f"lease.maxSize ({self.max_size})"
             )
         return self
+
+
+class AttestationSettings(ApiModel):
+    """What the sidecar needs of ``spec.confidential.attestation``: where its token comes
+    from, how it is bound to the pod, and how long the ledger accepts one."""
+
+    agent: AgentSettings
+    binding: PodBinding
+    max_age_seconds: Annotated[int, Field(ge=10, le=86400)]
 
 
 class FilterConfig(ApiModel):
@@ -80,6 +90,9 @@ class FilterConfig(ApiModel):
     served_model_name: Name | None = None
     # Bounds on max_tokens and n, checked before anything is forwarded or charged.
     generation: GenerationLimits = Field(default_factory=GenerationLimits)
+    # spec.confidential.attestation: every lease request carries a token from the in-guest
+    # agent (and a proof in tee-key mode). None: no attestation headers are sent.
+    attestation: AttestationSettings | None = None
 
     @property
     def served_name(self) -> str:
@@ -96,6 +109,14 @@ class FilterConfig(ApiModel):
                 f"task text-generation is served with mechanism 'none' (its DP training is "
                 f"the spend), not {self.mechanism.type!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _attestation_needs_leases(self) -> Self:
+        # Tokens travel with lease requests; a model served free never sends one.
+        if self.attestation is not None and self.mechanism.type == "none":
+            raise ValueError("attestation: mechanism 'none' takes no leases, so no token "
+                             "would ever be presented")
         return self
 
     @classmethod

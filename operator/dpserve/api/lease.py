@@ -10,6 +10,9 @@
   budget), 409 ``MechanismMismatch`` (request's mechanism differs from the model's spec),
   409 ``VersionMismatch`` (the model lists no such version: neither its current one nor a
   retired one in ``status.versions``), 413 ``TooLarge`` (body over the limit),
+  403 ``AttestationFailed`` (the model has ``spec.confidential.attestation`` and the
+  request's attestation token fails verification; ``claim`` names the failing claim,
+  docs/attestation.md),
   503 ``Unavailable`` (API server unreachable or the ledger could not persist: nothing was
   granted; retry with the same ``leaseId``)
 
@@ -82,11 +85,14 @@ LeaseErrorReason = Literal[
     "TooLarge",
     "BudgetExhausted",
     "Unavailable",
+    "AttestationFailed",
 ]
 
 
 class LeaseError(ApiModel):
     reason: LeaseErrorReason
     message: str
+    # AttestationFailed only: "alg", "signature", "exp", ... or the JSON Pointer of a claim
+    claim: Annotated[str, StringConstraints(max_length=512)] | None = None
     epsilon_spent: float | None = None
     epsilon_remaining: float | None = None

@@ -13,6 +13,7 @@ from dpserve.api.outputfilter import OutputFilter
 from dpserve.api.privacybudget import Sampling
 from dpserve.api.text import GenerationLimits, ModelTask
 from dpserve.api.validation import CelModel
+from dpserve.attestation.spec import AttestationSpec
 
 KIND = "PrivateModel"
 PLURAL = "privatemodels"
@@ -193,14 +194,33 @@ class Serving(CelModel):
     )
 
 
+# Profiles whose TEE is the pod's own VM, with an attestation agent inside it. A node-level
+# TEE (aks-cvm, gke-*) attests the node: every pod on it could present the same token.
+POD_TEE_PROFILES: tuple[str, ...] = ("coco-snp", "coco-tdx", "aks-kata-cc")
+_POD_TEE_CEL = " || ".join(f"self.profile == '{p}'" for p in POD_TEE_PROFILES)
+
+
 class Confidential(CelModel):
     profile: ConfidentialProfile
     required: bool = True
+    attestation: AttestationSpec | None = Field(
+        default=None,
+        description="No lease of privacy budget without a valid attestation token from this "
+        "verifier (docs/attestation.md). Needs a pod-level TEE profile (coco-snp, coco-tdx, "
+        "aks-kata-cc) with required: true.",
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule("self.profile != 'none' || !self.required",
                 "profile none cannot be required: set required: false or pick a TEE profile",
                 ".required"),
+        CelRule(f"!has(self.attestation) || {_POD_TEE_CEL}",
+                "attestation needs a pod-level TEE profile (coco-snp, coco-tdx, aks-kata-cc): "
+                "without a TEE no token can pass, and a node-level TEE's token attests the "
+                "node, not the pod", ".attestation"),
+        CelRule("!has(self.attestation) || self.required",
+                "attestation needs required: true: a pod placed without a TEE (required: "
+                "false, no confidential node) could never obtain a lease", ".required"),
     )
 
 
@@ -417,6 +437,10 @@ class PrivateModelSpec(CelModel):
                 "only when its declared training does not fit its budget, and then from an "
                 "explicit retraining.lora.base other than model.artifact (an artifact already "
                 "paid for)", ".retraining.lora.base", "FieldValueRequired"),
+        CelRule("!has(self.confidential.attestation) || self.serving.mechanism.type != 'none'",
+                "confidential.attestation gates leases of privacy budget, and mechanism none "
+                "takes no leases: nothing would be attested", ".confidential.attestation",
+                "FieldValueForbidden"),
         CelRule("self.serving.mechanism.type != 'none' || has(self.model.training)",
                 "mechanism none serves queries for free: declare the DP-SGD training in "
                 "model.training", ".model.training", "FieldValueRequired"),

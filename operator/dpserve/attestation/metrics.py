@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from dpserve.attestation.verifier import Verdict
 
-METRIC = "ml_enclave_attestation_failure"  # exposed with the counter's _total suffix
+METRIC = "ml_enclave_attestation_failure_total"
 
 _CACHE: dict[int, Counter] = {}
 

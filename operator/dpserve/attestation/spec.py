@@ -42,6 +42,7 @@ ConfigKey = Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_l
 # CoCo's guest components: the api-server-rest of the pod VM serves the attestation agent on
 # loopback; token_type=kbs runs the KBS (Trustee) handshake and answers {"token", "tee_keypair"}.
 DEFAULT_AGENT_URL = "http://127.0.0.1:8006/aa/token?token_type=kbs"
+LOOPBACK_URL = r"^https?://(127\.0\.0\.1|\[::1\]|localhost)(:[0-9]{1,5})?(/[^\s]*)?$"
 # Trustee's KBS token: the TEE public key the guest generated is in the runtime data the
 # hardware report binds, and Trustee copies it into the annotated evidence.
 TRUSTEE_TEE_KEY_PATH = (
@@ -57,18 +58,23 @@ class KeyRef(ApiModel):
 
 
 class JwksSource(CelModel):
-    """The verifier's public signing keys (a JWK Set, RFC 7517): exactly one source."""
+    """The verifier's public signing keys (a JWK Set, RFC 7517): exactly one source.
+
+    No Secret source: the keys are public, and reading Secrets in every namespace would
+    grant the operator far more than a public key needs.
+    """
 
     inline: Annotated[str, StringConstraints(min_length=2, max_length=65536)] | None = Field(
         default=None, description="The JWK Set as JSON text: {\"keys\": [...]}, public keys only."
     )
-    config_map_key_ref: KeyRef | None = None
-    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = Field(
+        default=None, description="A key of a ConfigMap in the PrivateModel's namespace holding "
+        "the JWK Set; re-read by the ledger within its model cache time when it changes."
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule("(has(self.inline) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + "
-                "(has(self.secretKeyRef) ? 1 : 0) == 1",
-                "set exactly one of inline, configMapKeyRef, secretKeyRef"),
+        CelRule("has(self.inline) != has(self.configMapKeyRef)",
+                "set exactly one of inline, configMapKeyRef"),
     )
 
 
@@ -141,9 +147,13 @@ class PodBinding(ApiModel):
 class AgentSettings(ApiModel):
     """Where the sidecar obtains its token: the attestation agent inside the pod's TEE."""
 
-    url: Annotated[
-        str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=512)
-    ] = DEFAULT_AGENT_URL
+    # Loopback only: the agent runs inside the pod's TEE, and the model's NetworkPolicy lets
+    # its pods reach nothing but the ledger and DNS, so any other host could never answer.
+    url: Annotated[str, StringConstraints(pattern=LOOPBACK_URL, max_length=512)] = Field(
+        default=DEFAULT_AGENT_URL,
+        description="The in-guest attestation agent's token endpoint, on loopback "
+        "(127.0.0.1, [::1] or localhost).",
+    )
     timeout_seconds: Annotated[int, Field(ge=1, le=120)] = 10
 
 

@@ -20,6 +20,7 @@ from dpserve.api.privatemodel import (
     PrivateModelStatus,
     VersionRecord,
 )
+from dpserve.attestation.condition import attested_condition
 from dpserve.controllers import (
     kstatus,
     retrain,
@@ -36,6 +37,8 @@ from dpserve.controllers.parse import InvalidSpec, parse_budget_spec, parse_mode
 from dpserve.controllers.readiness import serving_readiness
 from dpserve.ledger import events as ledger_events
 from dpserve.ledger import state as ledger_state
+from dpserve.ledger.attestation import JwksUnusable
+from dpserve.ledger.wire import LeaseFailure
 from dpserve.resources import build_context
 from dpserve.resources.confidential import ConfidentialDecision
 from dpserve.resources.labels import INFERENCE, selector_labels
@@ -304,6 +307,7 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     decision: ConfidentialDecision = await ctx.cluster.decide(spec.confidential)
     good = decision.ok and not decision.degraded
     sb.set(ms.CONFIDENTIAL, "True" if good else "False", decision.reason, decision.message)
+    await _attested(ctx, sb, model)
 
     notices: list[ms.Transition] = []
     if status.accepted is None and status.budget is not None:
@@ -447,6 +451,37 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     ctx.metrics.model_replicas.labels(namespace, name).set(replicas)
     if requeue_after is not None:
         ctx.kick_model(namespace, name, requeue_after)
+
+
+async def _attested(ctx: OperatorContext, sb: ms.StatusBuilder, model: PrivateModel) -> None:
+    """The Attested condition from the key set (checked here) and the ledger's last verdict.
+
+    The ledger shares this process: what it saw is read from memory, and it kicks the
+    model when a verdict changes. A verified token counts for maxAgeSeconds; the model is
+    re-reconciled then, so a model whose pods stopped presenting tokens says so.
+    """
+    attestation = model.spec.confidential.attestation
+    namespace, name = str(model.metadata["namespace"]), str(model.metadata["name"])
+    if attestation is None:
+        sb.remove(ms.ATTESTED)
+        return
+    gate = ctx.ledger.attestation
+    seen = gate.seen(model_key(namespace, name))
+    jwks_problem = seen.jwks_problem
+    try:
+        await gate.jwks(namespace, attestation)
+        jwks_problem = None
+    except JwksUnusable as exc:
+        jwks_problem = str(exc)
+    except LeaseFailure:
+        pass  # the ConfigMap could not be read now: keep what the ledger last saw
+    wall = now().timestamp()
+    max_age = float(attestation.max_age_seconds)
+    sb.set(ms.ATTESTED, *attested_condition(True, seen.last, now=wall, max_age_s=max_age,
+                                            jwks_problem=jwks_problem))
+    last = seen.last
+    if last is not None and last.verdict.ok and wall - last.at <= max_age:
+        ctx.kick_model(namespace, name, last.at + max_age - wall + 1.0)
 
 
 def ms_phase(status: Any) -> str | None:

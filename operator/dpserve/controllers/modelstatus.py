@@ -14,11 +14,15 @@ READY = "Ready"
 BUDGET_AVAILABLE = "BudgetAvailable"
 CONFIDENTIAL = "Confidential"
 RETRAINING = "Retraining"
+ATTESTED = "Attested"
 CONDITION_TYPES = (READY, BUDGET_AVAILABLE, CONFIDENTIAL, RETRAINING)
+# Present only while configured: Attested exists on models with spec.confidential.attestation.
+OPTIONAL_CONDITION_TYPES = (ATTESTED,)
 
 # Which status of each condition is the healthy one (drives the Event type on a flip).
 _HEALTHY: dict[str, ConditionStatus] = {
     READY: "True", BUDGET_AVAILABLE: "True", CONFIDENTIAL: "True", RETRAINING: "False",
+    ATTESTED: "True",
 }
 REPORT_MISMATCH = "ReportMismatch"
 # Retraining=False for these reasons is not "idle": the retrain was refused, or the Job's
@@ -51,6 +55,10 @@ class StatusBuilder:
             generation=self.generation, now=self.now,
         )
 
+    def remove(self, kind: str) -> None:
+        """Drop an optional condition (its feature is no longer configured)."""
+        self.status.conditions = [c for c in self.status.conditions if c.type != kind]
+
     def condition_status(self, kind: str) -> str | None:
         cond = get_condition(self.status.conditions, kind)
         return cond.status if cond is not None else None
@@ -74,7 +82,7 @@ class StatusBuilder:
             bad = new_phase in ("BudgetExhausted", "Blocked", "Failed")
             out.append(Transition("Warning" if bad else "Normal", new_phase,
                                   f"phase {old_phase or 'None'} -> {new_phase}"))
-        for kind in CONDITION_TYPES:
+        for kind in (*CONDITION_TYPES, *OPTIONAL_CONDITION_TYPES):
             before = get_condition(self.previous.conditions, kind)
             after = get_condition(self.status.conditions, kind)
             if after is None or after.status == "Unknown":

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dpserve.api.lease import LEASE_PATH, MAX_LEASE_BODY_BYTES, LeaseGrant
+from dpserve.attestation.wire import PROOF_HEADER, TOKEN_HEADER
+from dpserve.ledger.attestation import Evidence
 from dpserve.ledger.metrics import LedgerMetrics
 from dpserve.ledger.store import NotFound, Store, Unavailable
 from dpserve.ledger.wire import (
@@ -23,7 +25,7 @@ from dpserve.ledger.wire import (
 
 log = logging.getLogger("dpserve.ledger")
 
-Lease = Callable[[bytes, str | None], Awaitable[LeaseGrant]]
+Lease = Callable[[bytes, str | None, Evidence], Awaitable[LeaseGrant]]
 
 
 def build_app(
@@ -84,7 +86,9 @@ class _Handlers:
             self.metrics.refusals.labels(failure.error.reason).inc()
             return error_response(failure)
         try:
-            grant = await self._lease(body, request.headers.get("Authorization"))
+            evidence = Evidence(token=request.headers.get(TOKEN_HEADER),
+                                proof=request.headers.get(PROOF_HEADER))
+            grant = await self._lease(body, request.headers.get("Authorization"), evidence)
         except LeaseFailure as failure:
             self.metrics.refusals.labels(failure.error.reason).inc()
             return error_response(failure)

@@ -37,9 +37,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from dpserve.accounting.events import Event
 from dpserve.api.lease import LeaseGrant, LeaseRequest
 from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
+from dpserve.attestation.wire import MAX_HEADER_FIELD
 from dpserve.ledger import events as ev
 from dpserve.ledger import state
 from dpserve.ledger.accountant import Accounting, default_accounting
+from dpserve.ledger.attestation import AttestationGate, Evidence
 from dpserve.ledger.auth import CachingReviewer, Forbidden, TokenReviewer, authorize, bearer_token
 from dpserve.ledger.budgets import Budget
 from dpserve.ledger.commit import GroupCommit, Outcome
@@ -55,6 +57,8 @@ from dpserve.ledger.wire import STATUS_OF_REASON, LeaseFailure, parse_request
 log = logging.getLogger("dpserve.ledger")
 
 __all__ = ["STATUS_OF_REASON", "Budget", "LeaseFailure", "LedgerService", "ModelView"]
+
+MAX_HEADERS = 32  # a sidecar sends about ten
 
 
 class LedgerService:
@@ -83,6 +87,11 @@ class LedgerService:
         self.clock = clock if clock is not None else (lambda: datetime.now(UTC))
         self.models = ModelReader(store, self.settings.model_cache_s)
         self.guard = SpendGuard(store, self.metrics, self.accounting, self.clock)
+        # spec.confidential.attestation: verified before the lease-id lookup and the debit.
+        self.attestation = AttestationGate(
+            store, registry, clock=lambda: self.clock().timestamp(),
+            cache_s=self.settings.model_cache_s,
+        )
         # PLD accounting can take seconds: it runs on one worker thread, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-pld")
         self.commits = GroupCommit(store, self.guard, self.metrics, self.clock, self._executor,
@@ -107,9 +116,12 @@ class LedgerService:
         returns the bound port."""
         # keepalive_timeout is also how long a connection may take to deliver a request's
         # headers (see connections.py); no lingering: an unread body is not waited for.
+        # Header fields up to MAX_HEADER_FIELD: an attestation token (a Trustee EAR) can be
+        # tens of KiB; few headers, so one request's headers stay bounded (about 2 MiB).
+        # Longer fields or more headers are refused by the parser with 400.
         self._runner = web.AppRunner(
             self.app, access_log=None, keepalive_timeout=self.settings.header_timeout_s,
-            lingering_time=0,
+            lingering_time=0, max_field_size=MAX_HEADER_FIELD, max_headers=MAX_HEADERS,
         )
         await self._runner.setup()
         server = self._runner.server
@@ -133,11 +145,18 @@ class LedgerService:
 
     # ------------------------------------------------------------------ lease logic
 
-    async def lease(self, body: bytes, authorization: str | None) -> LeaseGrant:
-        """Answer one lease request (raises :class:`LeaseFailure` with the error answer)."""
+    async def lease(
+        self, body: bytes, authorization: str | None, evidence: Evidence | None = None
+    ) -> LeaseGrant:
+        """Answer one lease request (raises :class:`LeaseFailure` with the error answer).
+
+        ``evidence``: the request's attestation headers, checked when the model's spec has
+        ``confidential.attestation`` (before anything else about the grant is looked up).
+        """
         request = await self._authorized_request(body, authorization)
         namespace, model_name = request.model.split("/", 1)
         model, budget_name = await self._budget_of(namespace, model_name, request.model_version)
+        await self.attestation.check(model, request, evidence or Evidence())
         expected = model.spec.serving.mechanism
         if ev.canonical_mechanism(request.mechanism) != ev.canonical_mechanism(expected):
             raise LeaseFailure(

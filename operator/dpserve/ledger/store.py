@@ -61,6 +61,11 @@ class Store(Protocol):
         """The PrivateModel object (raises NotFound / Unavailable)."""
         ...
 
+    async def get_config_map(self, namespace: str, name: str) -> Obj:
+        """A ConfigMap (the JWK Set of spec.confidential.attestation; raises NotFound /
+        Unavailable)."""
+        ...
+
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
         """Replace the status subresource; ``body.metadata.resourceVersion`` is the precondition.
 
@@ -130,6 +135,14 @@ class KubeStore:
 
     async def get_model(self, namespace: str, name: str) -> Obj:
         return await self._get(namespace, privatemodel.PLURAL, name)
+
+    async def get_config_map(self, namespace: str, name: str) -> Obj:
+        result: Any = await self._call(
+            self._core.read_namespaced_config_map(name, namespace,
+                                                  _request_timeout=self.timeout_s)
+        )
+        return {"metadata": {"name": name, "namespace": namespace},
+                "data": dict(result.data or {})}
 
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
         result: Obj = await self._call(
@@ -274,6 +287,10 @@ class MemoryStore:
     def budget(self, namespace: str, name: str) -> Obj:
         return copy.deepcopy(self.objects[(privacybudget.PLURAL, namespace, name)])
 
+    def put_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        self.objects[("configmaps", namespace, name)] = {
+            "metadata": {"name": name, "namespace": namespace}, "data": dict(data)}
+
     # -- Store ------------------------------------------------------------------------
 
     async def _enter(self) -> None:
@@ -297,6 +314,9 @@ class MemoryStore:
 
     async def get_model(self, namespace: str, name: str) -> Obj:
         return await self._get(privatemodel.PLURAL, namespace, name)
+
+    async def get_config_map(self, namespace: str, name: str) -> Obj:
+        return await self._get("configmaps", namespace, name)
 
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
         await self._enter()

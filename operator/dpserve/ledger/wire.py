@@ -20,6 +20,7 @@ STATUS_OF_REASON: dict[LeaseErrorReason, int] = {
     "BadRequest": 400,
     "Unauthenticated": 401,
     "Forbidden": 403,
+    "AttestationFailed": 403,
     "NotFound": 404,
     "MechanismMismatch": 409,
     "VersionMismatch": 409,
@@ -42,6 +43,8 @@ class LeaseFailure(Exception):
         message: str,
         epsilon_spent: float | None = None,
         epsilon_remaining: float | None = None,
+        *,
+        claim: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error = LeaseError(
@@ -49,6 +52,7 @@ class LeaseFailure(Exception):
             message=message,
             epsilon_spent=epsilon_spent,
             epsilon_remaining=epsilon_remaining,
+            claim=claim,
         )
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from dpserve.api.filterconfig import FilterConfig
+from dpserve.api.filterconfig import AttestationSettings, FilterConfig
 from dpserve.api.mechanism import is_tenant_side
 from dpserve.api.privatemodel import PrivateModel
 from dpserve.api.text import GenerationLimits
@@ -59,6 +59,11 @@ def filter_config(model: PrivateModel, ctx: BuildContext) -> FilterConfig:
             "(or could not be read): add partitions with a header and a per-tenant epsilon"
         )
     name = model_name(model)
+    attested = spec.confidential.attestation
+    attestation = None if attested is None else AttestationSettings(
+        agent=attested.agent, binding=attested.binding,
+        max_age_seconds=attested.max_age_seconds,
+    )
     return FilterConfig(
         model=model_key(model_namespace(model), name),
         model_version=ctx.model_version,
@@ -75,6 +80,7 @@ def filter_config(model: PrivateModel, ctx: BuildContext) -> FilterConfig:
         task=spec.model.task,
         served_model_name=name,
         generation=spec.serving.generation or GenerationLimits(),
+        attestation=attestation,
     )
 
 
