@@ -21,6 +21,7 @@ from ledger_helpers import NS, PATE, Clock, FakeReviewer, lease_body, make_servi
 from attestation_support import (
     EVIDENCE,
     OTHER_MEASUREMENT,
+    RUNTIME_DATA_PATH,
     TRUSTEE_TEE_KEY_PATH,
     TestIssuer,
     public_jwk,
@@ -28,7 +29,7 @@ from attestation_support import (
     tee_keypair,
     with_path,
 )
-from dpserve.attestation.binding import proof
+from dpserve.attestation.binding import binding_digest, proof
 from dpserve.attestation.keys import MAX_TOKEN_BYTES
 from dpserve.attestation.wire import MAX_HEADER_FIELD, PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.service import LedgerService
@@ -324,3 +325,24 @@ async def test_header_sizes_are_bounded_on_the_served_port(
     finally:
         await service.stop()
     assert leases(store) == ["lease-big-0001"]
+
+
+async def test_runtime_data_binding_names_the_pod(
+    client: Client, service: LedgerService, store: MemoryStore, issuer: TestIssuer,
+    clock: Clock,
+) -> None:
+    """runtime-data mode: the token carries the digest of model and pod; no proof."""
+    attestation = spec(jwks=issuer.jwks(),
+                       binding={"mode": "runtime-data", "path": RUNTIME_DATA_PATH}).wire()
+    store.put_model(NS, MODEL, secure_spec(attestation))
+    now = clock.now.timestamp()
+    mine = issuer.token(now=now, runtime_data=binding_digest(KEY, POD))
+    status, payload = await post(client, "tok-0", secure_body("lease-rd-0001"),
+                                 {TOKEN_HEADER: mine})
+    assert status == 200, payload
+    # pod 1 presents pod 0's token: the digest names pod 0
+    status, payload = await post(client, "tok-1", secure_body("lease-rd-0002", OTHER_POD),
+                                 {TOKEN_HEADER: mine})
+    _refusal(status, payload, RUNTIME_DATA_PATH, f"not {OTHER_POD!r}")
+    assert failures(service, "binding") == 1
+    assert leases(store) == ["lease-rd-0001"]
