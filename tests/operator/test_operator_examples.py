@@ -35,6 +35,10 @@ def test_examples_apply_and_reconcile(cluster: Cluster) -> None:
             what=f"{name} reconciled")
         confidential = condition(done, "Confidential")
         assert confidential is not None and confidential["status"] == "True", (name, confidential)
+        if "attestation" in done["spec"]["confidential"]:  # its key set loads; no pod asked
+            attested = wait_until(lambda n=name: condition(api.get(cluster.pm("clinical-ml", n)),
+                                                           "Attested"), what=f"{name} Attested")
+            assert attested["reason"] == "NoTokenYet", (name, attested)
         deployment = api.get(cluster.path("clinical-ml", "deployments", name))
         owner = deployment["metadata"]["ownerReferences"][0]
         assert owner["uid"] == done["metadata"]["uid"] and owner["controller"] is True
