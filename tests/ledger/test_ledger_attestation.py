@@ -346,3 +346,20 @@ async def test_runtime_data_binding_names_the_pod(
     _refusal(status, payload, RUNTIME_DATA_PATH, f"not {OTHER_POD!r}")
     assert failures(service, "binding") == 1
     assert leases(store) == ["lease-rd-0001"]
+
+
+async def test_an_unattested_pod_learns_nothing_about_the_model(
+    client: Client, issuer: TestIssuer, clock: Clock,
+) -> None:
+    """The token is checked right after the model is read: a wrong version or mechanism
+    (whose refusals describe the model) is not even looked at without a valid token."""
+    body = secure_body("lease-probe-01")
+    body["modelVersion"] = "v9"
+    status, payload = await post(client, "tok-0", body)
+    assert status == 403 and payload["reason"] == "AttestationFailed", payload
+    body["mechanism"] = {"type": "laplace-embedding", "epsilon": "0.5"}
+    status, payload = await post(client, "tok-0", body)
+    assert status == 403 and payload["reason"] == "AttestationFailed", payload
+    pod = Pod(issuer, clock)  # attested: now the ordinary answer
+    status, payload = await post(client, "tok-0", body, pod.headers("lease-probe-01"))
+    assert status == 409 and payload["reason"] == "VersionMismatch", payload

@@ -155,8 +155,9 @@ class LedgerService:
         """
         request = await self._authorized_request(body, authorization)
         namespace, model_name = request.model.split("/", 1)
-        model, budget_name = await self._budget_of(namespace, model_name, request.model_version)
+        model = await self.models.get(namespace, model_name)
         await self.attestation.check(model, request, evidence or Evidence())
+        model, budget_name = await self._budget_of(model, request.model_version)
         expected = model.spec.serving.mechanism
         if ev.canonical_mechanism(request.mechanism) != ev.canonical_mechanism(expected):
             raise LeaseFailure(
@@ -212,15 +213,12 @@ class LedgerService:
             raise LeaseFailure("Forbidden", str(exc)) from exc
         return request
 
-    async def _budget_of(
-        self, namespace: str, model_name: str, version: str
-    ) -> tuple[ModelView, str]:
+    async def _budget_of(self, model: ModelView, version: str) -> tuple[ModelView, str]:
         """The model and the budget its ``version`` spends (409 VersionMismatch if none)."""
-        model = await self.models.get(namespace, model_name)
         budget_name = model.budget_of(version)
         if budget_name is None and self.settings.model_cache_s > 0:
             # A cached view may predate a retrain: confirm on a fresh read before refusing.
-            model = await self.models.get(namespace, model_name, fresh=True)
+            model = await self.models.get(model.namespace, model.name, fresh=True)
             budget_name = model.budget_of(version)
         if budget_name is None:
             known = ", ".join([model.version, *model.retired])
