@@ -247,7 +247,8 @@ class LedgerService:
             ) from exc
         if isinstance(result, state.Refusal):
             raise LeaseFailure(
-                result.reason, result.message, result.epsilon_spent, result.epsilon_remaining
+                result.reason, result.message, result.epsilon_spent, result.epsilon_remaining,
+                result.high_water,
             )
         return result
 

@@ -23,6 +23,7 @@ STATUS_OF_REASON: dict[LeaseErrorReason, int] = {
     "NotFound": 404,
     "MechanismMismatch": 409,
     "VersionMismatch": 409,
+    "LeaseIdUsed": 409,
     "TooLarge": 413,
     "BudgetExhausted": 429,
     "Unavailable": 503,
@@ -42,6 +43,7 @@ class LeaseFailure(Exception):
         message: str,
         epsilon_spent: float | None = None,
         epsilon_remaining: float | None = None,
+        high_water: int | None = None,
     ) -> None:
         super().__init__(message)
         self.error = LeaseError(
@@ -49,6 +51,7 @@ class LeaseFailure(Exception):
             message=message,
             epsilon_spent=epsilon_spent,
             epsilon_remaining=epsilon_remaining,
+            high_water=None if high_water is None else f"{high_water:016x}",
         )
 
     @property
