@@ -31,6 +31,8 @@ from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.store import MemoryStore
+from dpserve.resources.labels import selector_labels
+from dpserve.resources.names import deployment_name
 
 NS = "bench"
 BUDGETS = 50
@@ -64,7 +66,26 @@ def _store(latency_s: float) -> MemoryStore:
             "serving": {"mechanism": GAUSS},
             "confidential": {"profile": "none", "required": False},
         })
+        _serving_pods(store, f"m{index}")
     return store
+
+
+def _serving_pods(store: MemoryStore, model: str) -> None:
+    """The model's Deployment and pods, as the ledger requires of a leasing pod."""
+    owner = store.objects[("privatemodels", NS, model)]["metadata"]
+    deployment = store.put_raw("deployments", {"metadata": {
+        "name": deployment_name(model), "namespace": NS,
+        "ownerReferences": [{"apiVersion": "dpserve.io/v1alpha1", "kind": "PrivateModel",
+                             "name": model, "uid": owner["uid"], "controller": True}]}})
+    for index in range(PODS_PER_MODEL):
+        store.put_raw("pods", {
+            "metadata": {"name": f"{model}-pod-{index}", "namespace": NS,
+                         "labels": selector_labels(model, "inference"),
+                         "ownerReferences": [{
+                             "apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": deployment["metadata"]["name"],
+                             "uid": deployment["metadata"]["uid"], "controller": True}]},
+            "status": {"phase": "Running"}})
 
 
 async def _pod(service: LedgerService, model: str, pod: str, sequenced: bool, until: float,

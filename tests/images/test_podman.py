@@ -50,6 +50,7 @@ from dpserve.resources.names import (
 from dpserve_runtime.architectures import build_model
 from dpserve_runtime.artifact import save_pate_ensemble
 from dpserve_runtime.filter.verbatim import write_fingerprint_file
+from pod_support import kube_serving_pod
 from podman_support import (
     INFERENCE_IMAGE,
     OPERATOR_IMAGE,
@@ -297,8 +298,10 @@ def pod(cluster: Cluster, operator: Operator, workdir: Path) -> Iterator[Pod]:
                                 f"{filter_configmap_name(name)}")
     assert configmap["data"][LEDGER_CA_FILE] == (workdir / "ledger-tls" / "ca.crt").read_text()
     token = secrets.token_urlsafe(32)
+    # The ledger grants only to a serving pod of the model: the pod's object must exist.
     cluster.server.call(lambda kube: kube.tokens.register(
         token, namespace=ns, service_account=service_account_name(name), pod_name=pod_name,
+        pod_uid=kube_serving_pod(kube, name, pod_name, namespace=ns),
         audiences=[TOKEN_AUDIENCE]))
     token_dir = workdir / "token"
     token_dir.mkdir()

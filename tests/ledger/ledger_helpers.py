@@ -17,6 +17,11 @@ from dpserve.ledger.service import LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.state import LeasePolicy
 from dpserve.ledger.store import MemoryStore, Unavailable
+from dpserve.resources.labels import selector_labels
+from dpserve.resources.names import deployment_name
+from pod_support import kube_serving_pod
+
+__all__ = ["kube_serving_pod"]  # re-exported: the ledger tests import it from here
 
 NS = "clinical-ml"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,17 +64,68 @@ def model_spec(
     }
 
 
+def add_serving_pod(
+    store: MemoryStore, model: str, pod: str, *, namespace: str = NS, ip: str | None = None,
+    via_replica_set: bool = True,
+) -> dict[str, Any]:
+    """A serving pod of ``model`` as the API server holds it: its Deployment (controlled by
+    the PrivateModel), a ReplicaSet between them (unless ``via_replica_set`` is False, as in
+    LocalKube), the pod's labels and, when given, its IP."""
+    owner = store.objects[("privatemodels", namespace, model)]["metadata"]
+    dep_name = deployment_name(model)
+    deployment = store.objects.get(("deployments", namespace, dep_name)) or store.put_raw(
+        "deployments", {"metadata": {"name": dep_name, "namespace": namespace,
+                                     "ownerReferences": [_ref("PrivateModel", owner)]}})
+    controller = deployment["metadata"]
+    if via_replica_set:
+        rs_name = f"{dep_name}-5d8f7c"
+        replica_set = store.objects.get(("replicasets", namespace, rs_name)) or store.put_raw(
+            "replicasets", {"metadata": {"name": rs_name, "namespace": namespace,
+                                         "ownerReferences": [_ref("Deployment", controller)]}})
+        controller = replica_set["metadata"]
+    kind = "ReplicaSet" if via_replica_set else "Deployment"
+    status: dict[str, Any] = {"phase": "Running"}
+    if ip is not None:
+        status.update(podIP=ip, podIPs=[{"ip": ip}])
+    return store.put_raw("pods", {
+        "metadata": {"name": pod, "namespace": namespace,
+                     "labels": selector_labels(model, "inference"),
+                     "ownerReferences": [_ref(kind, controller)]},
+        "status": status,
+    })
+
+
+_API_VERSIONS = {"PrivateModel": "dpserve.io/v1alpha1", "Deployment": "apps/v1",
+                 "ReplicaSet": "apps/v1"}
+
+
+def _ref(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": _API_VERSIONS[kind], "kind": kind, "name": meta["name"],
+            "uid": meta["uid"], "controller": True}
+
+
 @dataclass
 class FakeReviewer:
-    """TokenReview stand-in: token -> identity; counts calls; can be made unreachable."""
+    """TokenReview stand-in: token -> identity; counts calls; can be made unreachable.
+
+    With a ``store``, adding a token bound to a pod of an existing model also puts that pod
+    (and its owners) in the store, as the kubelet's pod exists before its token does.
+    """
 
     identities: dict[str, Identity] = field(default_factory=dict)
     calls: int = 0
     unreachable: bool = False
+    store: MemoryStore | None = None
 
-    def add(self, token: str, model: str, pod: str | None = None, namespace: str = NS) -> str:
+    def add(self, token: str, model: str, pod: str | None = None, namespace: str = NS,
+            ip: str | None = None) -> str:
+        uid = None
+        if (pod is not None and self.store is not None
+                and ("privatemodels", namespace, model) in self.store.objects):
+            created = add_serving_pod(self.store, model, pod, namespace=namespace, ip=ip)
+            uid = created["metadata"]["uid"]
         self.identities[token] = Identity(
-            username=service_account_user(namespace, model), pod_name=pod
+            username=service_account_user(namespace, model), pod_name=pod, pod_uid=uid
         )
         return token
 
@@ -131,3 +187,4 @@ def lease_body(
     if partition is not None:
         body["partition"] = partition
     return body
+
