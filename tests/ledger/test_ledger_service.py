@@ -67,7 +67,8 @@ async def test_grant_is_persisted_before_the_answer(client: Client, store: Memor
     status = store.budget(NS, "patients")["status"]
     assert status["epsilonSpent"] == format(grant.epsilon_spent, "g")
     assert [lease["leaseId"] for lease in status["leases"]] == ["lease-0001"]
-    assert [c["type"] for c in status["conditions"]] == ["Exhausted", "Ready", "BudgetLow"]
+    assert [c["type"] for c in status["conditions"]] == ["Exhausted", "Ready", "BudgetLow",
+                                                       "Reconciling", "Stalled"]
 
 
 async def test_retry_with_the_same_lease_id_is_not_debited_twice(
