@@ -6,7 +6,8 @@
 ε=8) lease in a closed loop against one ``LedgerService`` on a ``MemoryStore`` whose every
 API call takes ``--latency-ms`` (an API server round trip), calling the service's lease logic
 directly (TokenReview cached, no HTTP: the figure is the ledger's own ceiling). Run once with
-random lease ids (today's sidecar) and once with sequenced ids (``lease_ids``), so the
+random lease ids (still accepted, no longer sent by the sidecar) and once with sequenced ids
+(``lease_ids``, what the sidecar sends), so the
 figures of one run compare. Then the JSON size of a status at the documented limits (1,024
 outstanding leases, 1,024 ledger entries, plus 1,024 remembered sequenced records).
 """
