@@ -6,7 +6,8 @@
 ε=8) lease in a closed loop against one ``LedgerService`` on a ``MemoryStore`` whose every
 API call takes ``--latency-ms`` (an API server round trip), calling the service's lease logic
 directly (TokenReview cached, no HTTP: the figure is the ledger's own ceiling). Run once with
-random lease ids (today's sidecar) and once with sequenced ids (``lease_ids``), so the
+random lease ids (still accepted, no longer sent by the sidecar) and once with sequenced ids
+(``lease_ids``, what the sidecar sends), so the
 figures of one run compare. Then the JSON size of a status at the documented limits (1,024
 outstanding leases, 1,024 ledger entries, plus 1,024 remembered sequenced records).
 """
@@ -31,6 +32,8 @@ from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.store import MemoryStore
+from dpserve.resources.labels import selector_labels
+from dpserve.resources.names import deployment_name
 
 NS = "bench"
 BUDGETS = 50
@@ -64,7 +67,26 @@ def _store(latency_s: float) -> MemoryStore:
             "serving": {"mechanism": GAUSS},
             "confidential": {"profile": "none", "required": False},
         })
+        _serving_pods(store, f"m{index}")
     return store
+
+
+def _serving_pods(store: MemoryStore, model: str) -> None:
+    """The model's Deployment and pods, as the ledger requires of a leasing pod."""
+    owner = store.objects[("privatemodels", NS, model)]["metadata"]
+    deployment = store.put_raw("deployments", {"metadata": {
+        "name": deployment_name(model), "namespace": NS,
+        "ownerReferences": [{"apiVersion": "dpserve.io/v1alpha1", "kind": "PrivateModel",
+                             "name": model, "uid": owner["uid"], "controller": True}]}})
+    for index in range(PODS_PER_MODEL):
+        store.put_raw("pods", {
+            "metadata": {"name": f"{model}-pod-{index}", "namespace": NS,
+                         "labels": selector_labels(model, "inference"),
+                         "ownerReferences": [{
+                             "apiVersion": "apps/v1", "kind": "Deployment",
+                             "name": deployment["metadata"]["name"],
+                             "uid": deployment["metadata"]["uid"], "controller": True}]},
+            "status": {"phase": "Running"}})
 
 
 async def _pod(service: LedgerService, model: str, pod: str, sequenced: bool, until: float,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERS_CONF = REPO / "images" / "containers.conf"
 BUILD_SCRIPT = REPO / "images" / "build.sh"
@@ -24,6 +26,15 @@ INFERENCE_IMAGE = f"localhost/dpserve-inference:{TAG}"
 T = TypeVar("T")
 
 
+# images/ci-setup.sh leaves this file when podman, runc and debootstrap are in place.
+CI_MARKER_ENV = "DPSERVE_CI_STATE"
+CI_MARKER_DEFAULT = "/var/tmp/dpserve-ci"
+
+
+def ci_marker() -> Path:
+    return Path(os.environ.get(CI_MARKER_ENV) or CI_MARKER_DEFAULT) / "podman-ready"
+
+
 def unavailable_reason() -> str | None:
     """Why the podman tests cannot run here (None: they can)."""
     if shutil.which("podman") is None:
@@ -31,6 +42,32 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "podman tests run as root (rootless podman needs subuid setup and cgroups)"
     return None
+
+
+def required_reason() -> str | None:
+    """Why the podman tests must run here (None: a skip is fine).
+
+    ``DPSERVE_REQUIRE_PODMAN=1``, or CI (``CI=true``, as CI services set it) on a machine where
+    images/ci-setup.sh succeeded: there a skipped podman test would hide that the images were
+    never tested, so it fails instead.
+    """
+    if os.environ.get("DPSERVE_REQUIRE_PODMAN") == "1":
+        return "DPSERVE_REQUIRE_PODMAN=1"
+    if os.environ.get("CI", "").lower() in ("true", "1") and ci_marker().exists():
+        return f"CI, and images/ci-setup.sh succeeded ({ci_marker()})"
+    return None
+
+
+def check_podman() -> None:
+    """Return when the podman tests can run; else skip them, or fail where they must run."""
+    reason = unavailable_reason()
+    if reason is None:
+        return
+    required = required_reason()
+    if required is not None:
+        pytest.fail(f"the podman tests must run here ({required}) but cannot: {reason}",
+                    pytrace=False)
+    pytest.skip(reason)
 
 
 def podman_env() -> dict[str, str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +16,7 @@ from dpserve.accounting import (
     SubsampledGaussian,
     max_additional,
 )
+from dpserve.accounting.rdp import event_rdp
 from dpserve.accounting.solver import refine
 
 EVENTS = [
@@ -119,12 +118,13 @@ def test_rdp_solver_is_fast_once_cached() -> None:
     event = GNMaxQuery(40.0)
     n = assert_exact(accountant, spends, event, 12.0, 1e-6)
     assert n > 1000
-    calls = 200
-    start = time.perf_counter()
-    for _ in range(calls):
-        accountant.max_additional(spends, event, 12.0, 1e-6)
-    per_call = (time.perf_counter() - start) / calls
-    assert per_call < 2e-3, f"{per_call * 1e6:.0f} us per call"
+    # Fast once cached: later calls compute no RDP vector again (each event's vector is
+    # cached; the search only sums them). Counted, not timed: a loaded machine is slow, not
+    # wrong (bench/accounting.py measures the time per call).
+    computed = event_rdp.cache_info().misses
+    for _ in range(200):
+        assert accountant.max_additional(spends, event, 12.0, 1e-6) == n
+    assert event_rdp.cache_info().misses == computed
 
 
 @pytest.mark.parametrize(

@@ -38,8 +38,8 @@ def store() -> MemoryStore:
 
 
 @pytest.fixture
-def reviewer() -> FakeReviewer:
-    r = FakeReviewer()
+def reviewer(store: MemoryStore) -> FakeReviewer:
+    r = FakeReviewer(store=store)
     r.add("tok-triage", "triage", pod="triage-0")
     r.add("tok-embed", "embed", pod="embed-0")
     r.add("tok-other", "someone-else")

@@ -17,6 +17,10 @@ from dpserve.ledger.service import LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.state import LeasePolicy
 from dpserve.ledger.store import MemoryStore, Unavailable
+from pod_support import add_serving_pod as _add_serving_pod
+from pod_support import kube_serving_pod
+
+__all__ = ["kube_serving_pod"]  # re-exported: the ledger tests import it from here
 
 NS = "clinical-ml"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,17 +63,35 @@ def model_spec(
     }
 
 
+def add_serving_pod(store: MemoryStore, model: str, pod: str, *, namespace: str = NS,
+                    ip: str | None = None, via_replica_set: bool = True) -> dict[str, Any]:
+    """:func:`pod_support.add_serving_pod` in the ledger tests' namespace by default."""
+    return _add_serving_pod(store, model, pod, namespace=namespace, ip=ip,
+                            via_replica_set=via_replica_set)
+
+
 @dataclass
 class FakeReviewer:
-    """TokenReview stand-in: token -> identity; counts calls; can be made unreachable."""
+    """TokenReview stand-in: token -> identity; counts calls; can be made unreachable.
+
+    With a ``store``, adding a token bound to a pod of an existing model also puts that pod
+    (and its owners) in the store, as the kubelet's pod exists before its token does.
+    """
 
     identities: dict[str, Identity] = field(default_factory=dict)
     calls: int = 0
     unreachable: bool = False
+    store: MemoryStore | None = None
 
-    def add(self, token: str, model: str, pod: str | None = None, namespace: str = NS) -> str:
+    def add(self, token: str, model: str, pod: str | None = None, namespace: str = NS,
+            ip: str | None = None) -> str:
+        uid = None
+        if (pod is not None and self.store is not None
+                and ("privatemodels", namespace, model) in self.store.objects):
+            created = add_serving_pod(self.store, model, pod, namespace=namespace, ip=ip)
+            uid = created["metadata"]["uid"]
         self.identities[token] = Identity(
-            username=service_account_user(namespace, model), pod_name=pod
+            username=service_account_user(namespace, model), pod_name=pod, pod_uid=uid
         )
         return token
 
@@ -131,3 +153,4 @@ def lease_body(
     if partition is not None:
         body["partition"] = partition
     return body
+

@@ -64,8 +64,8 @@ def store(issuer: TestIssuer) -> MemoryStore:
 
 
 @pytest.fixture
-def reviewer() -> FakeReviewer:
-    r = FakeReviewer()
+def reviewer(store: MemoryStore) -> FakeReviewer:
+    r = FakeReviewer(store=store)
     r.add("tok-triage", "triage", pod="triage-0")
     r.add("tok-0", MODEL, pod=POD)
     r.add("tok-1", MODEL, pod=OTHER_POD)

@@ -42,7 +42,7 @@ def served(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[asyncio.Runner, C
     partitions = {"header": "X-Dpserve-Tenant", "epsilon": "1"}
     store.put_budget(NS, "patients", budget_spec(partitions=partitions))
     store.put_model(NS, "triage", _model(LAPLACE))
-    reviewer = FakeReviewer()
+    reviewer = FakeReviewer(store=store)
     reviewer.add("tok-triage", "triage", pod="triage-0")
     caplog.set_level(logging.DEBUG)
     with asyncio.Runner() as runner:

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ledger_helpers import NS, PATE, budget_spec, model_spec
+from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, model_spec
 
 from dpserve.accounting import GNMaxQuery, epsilon_spent
 from dpserve.ledger.auth import AUDIENCE, service_account_name
@@ -49,6 +49,7 @@ def kube(tmp_path: Path) -> Iterator[LocalKubeServer]:
             namespace=NS,
             service_account=service_account_name("triage"),
             pod_name=POD,
+            pod_uid=kube_serving_pod(k, "triage", POD, namespace=NS),
             audiences=[AUDIENCE],
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client, config
-from ledger_helpers import NS, PATE, budget_spec, lease_body, model_spec
+from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, lease_body, model_spec
 from prometheus_client import CollectorRegistry
 
 from dpserve.ledger.auth import AUDIENCE, CachingReviewer, Identity, KubeTokenReviewer, authorize
@@ -92,7 +92,9 @@ async def test_token_review(kube: tuple[LocalKube, client.ApiClient]) -> None:
         username=f"system:serviceaccount:{NS}:triage-dpserve",
         uid=identity.uid if identity else None,
         pod_name="triage-0",
+        pod_uid=emulator.tokens.authenticate("good", AUDIENCE).pod_uid,  # type: ignore[union-attr]
     )
+    assert identity is not None and identity.pod_uid is not None
     assert identity is not None
     authorize(identity, NS, "triage", "triage-0")
     assert await reviewer.review("bad") is None
@@ -127,6 +129,7 @@ async def test_service_end_to_end_on_the_api_server(
         namespace=NS,
         service_account="triage-dpserve",
         pod_name="triage-0",
+        pod_uid=kube_serving_pod(emulator, "triage", "triage-0", namespace=NS),
         audiences=[AUDIENCE],
     )
     store = KubeStore(api)

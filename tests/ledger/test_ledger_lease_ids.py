@@ -80,7 +80,8 @@ def test_replays_are_never_charged_twice_and_other_pods_are_refused(
             elif isinstance(result, state.Grant):
                 assert result.replay and not result.changed and result.granted == queries
             else:
-                assert result.reason == "BadRequest" and "granted before" in result.message
+                assert result.reason == "LeaseIdUsed" and "granted before" in result.message
+                assert result.high_water is not None and result.high_water > 0
         # Nothing is ever charged but new leases, each once; never more than the budget.
         assert _counted(status) - before == new_charge
         assert _counted(status) == sum(queries for _, _, queries in granted)
@@ -118,6 +119,7 @@ def test_the_high_water_mark_outlives_expiry_and_stays_bounded() -> None:
             ] == [29]
     replay = _ask(update.status, "triage-0", sequenced_id("triage-0", None, 3), later)
     assert isinstance(replay, state.Refusal) and "granted before" in replay.message
+    assert replay.reason == "LeaseIdUsed" and replay.high_water == 29
     # After ID_MEMORY the pool is forgotten: the status does not grow with dead pods.
     gone = state.compute_status(BUDGET, 1, update.status, later + ID_MEMORY,
                                 accounting=ACCOUNTING)

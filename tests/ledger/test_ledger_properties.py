@@ -58,7 +58,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.store = MemoryStore()
         self.clock = Clock()
-        self.reviewer = FakeReviewer()
+        self.reviewer = FakeReviewer(store=self.store)
         self.counter = 0
         self.pending: dict[str, Pending] = {}  # pod -> the request it keeps retrying
         self.answered: dict[str, tuple[str, str | None, int]] = {}  # lease id -> grant

@@ -67,7 +67,8 @@ async def test_grant_is_persisted_before_the_answer(client: Client, store: Memor
     status = store.budget(NS, "patients")["status"]
     assert status["epsilonSpent"] == format(grant.epsilon_spent, "g")
     assert [lease["leaseId"] for lease in status["leases"]] == ["lease-0001"]
-    assert [c["type"] for c in status["conditions"]] == ["Exhausted", "Ready", "BudgetLow"]
+    assert [c["type"] for c in status["conditions"]] == ["Exhausted", "Ready", "BudgetLow",
+                                                       "Reconciling", "Stalled"]
 
 
 async def test_retry_with_the_same_lease_id_is_not_debited_twice(
@@ -386,17 +387,30 @@ async def test_concurrent_requests_share_one_write(
     assert sorted(lease["leaseId"] for lease in leases) == [f"lease-{i:04d}" for i in range(10)]
 
 
-@pytest.mark.parametrize("after", [0.01, 0.07])  # reading the model / committing the grant
+@pytest.mark.parametrize("phase", ["get_model", "replace_budget_status"])
 async def test_stopping_fails_requests_in_flight(
-    store: MemoryStore, reviewer: FakeReviewer, after: float
+    store: MemoryStore, reviewer: FakeReviewer, phase: str
 ) -> None:
+    """Stopped while reading the model, or while committing the grant: 503, never a hang."""
     service = make_service(store, reviewer)
-    store.latency_s = 0.05
+    entered, held = asyncio.Event(), asyncio.Event()
+    inner = getattr(store, phase)
+
+    async def blocked(*args: Any) -> Any:
+        entered.set()
+        await held.wait()  # the API call in flight, until the test lets it go
+        return await inner(*args)
+
+    setattr(store, phase, blocked)
     call = asyncio.ensure_future(
         service.lease(json.dumps(lease_body()).encode(), "Bearer tok-triage")
     )
-    await asyncio.sleep(after)
-    await service.stop()
+    async with asyncio.timeout(30):
+        await entered.wait()
+    stopping = asyncio.ensure_future(service.stop())
+    await asyncio.sleep(0)
+    held.set()
+    await stopping
     with pytest.raises(LeaseFailure) as info:
         await call
     assert info.value.http_status == 503

@@ -82,9 +82,21 @@ def test_first_reconcile_writes_numbers_and_every_condition(accounting: LedgerAc
         "Ready": ("True", "BudgetAvailable", rfc3339(T0)),
         "Exhausted": ("False", "BudgetAvailable", rfc3339(T0)),
         "BudgetLow": ("False", "BelowThresholds", rfc3339(T0)),
+        # kstatus, as the PrivateModel's: GitOps tools read a budget the same way
+        "Reconciling": ("False", "Reconciled", rfc3339(T0)),
+        "Stalled": ("False", "NotStalled", rfc3339(T0)),
     }
     assert all(c.observed_generation == 3 for c in status.conditions)
     assert update.events == ()
+
+
+def test_an_invalid_spec_is_stalled_for_gitops(accounting: LedgerAccounting) -> None:
+    update = state.invalid_spec_status(None, 2, T0, "spec: epsilon: not a decimal")
+    got = conditions(update)
+    assert got["Stalled"][:2] == ("True", "InvalidSpec")
+    assert got["Reconciling"][:2] == ("False", "Stalled")
+    stalled = next(c for c in update.conditions if c.type == "Stalled")
+    assert stalled.message == "spec: epsilon: not a decimal" and stalled.observed_generation == 2
 
 
 def test_invalid_spec_sets_unknown_conditions_and_keeps_the_ledger(

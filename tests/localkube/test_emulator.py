@@ -16,6 +16,7 @@ import pytest
 
 from dpserve.localkube import LocalKubeServer, serve
 from dpserve.localkube.client import ApiFailure, Client
+from dpserve.localkube.waiting import wait_until
 
 PB = "/apis/dpserve.io/v1alpha1/namespaces/{ns}/privacybudgets"
 PM = "/apis/dpserve.io/v1alpha1/namespaces/{ns}/privatemodels"
@@ -254,7 +255,7 @@ def test_watch_resumes_from_a_resource_version_and_follows_selectors(
     rv = first["metadata"]["resourceVersion"]
     events: list[dict[str, Any]] = []
     thread = _watch(server, CM.format(ns=ns) + f"?watch=true&resourceVersion={rv}", events, 3)
-    time.sleep(0.3)
+    wait_until(lambda: len(events) >= 2, what="the replayed events")  # the watch is open
     api.delete(CM.format(ns=ns) + "/b")
     thread.join(5)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
@@ -262,7 +263,7 @@ def test_watch_resumes_from_a_resource_version_and_follows_selectors(
 
     selected: list[dict[str, Any]] = []
     thread = _watch(server, CM.format(ns=ns) + "?watch=true&labelSelector=k%3Dv", selected, 3)
-    time.sleep(0.3)
+    wait_until(lambda: len(selected) >= 1, what="the initial ADDED")  # the watch is open
     api.merge(CM.format(ns=ns) + "/a", {"metadata": {"labels": {"k": "w"}}})  # leaves
     api.merge(CM.format(ns=ns) + "/a", {"metadata": {"labels": {"k": "v"}}})  # enters
     thread.join(5)

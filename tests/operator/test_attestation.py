@@ -23,6 +23,7 @@ from dpserve.attestation.binding import proof
 from dpserve.attestation.wire import PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.auth import AUDIENCE, service_account_name
 from dpserve.localkube.client import ApiFailure
+from pod_support import kube_serving_pod
 
 PATE = {"type": "pate", "teachers": 10, "noiseMultiplier": "40"}
 
@@ -123,6 +124,7 @@ def test_leases_flow_only_with_a_valid_bound_token(cluster: Cluster) -> None:
     token = f"token-{uuid.uuid4().hex}"
     cluster.server.call(lambda kube: kube.tokens.register(
         token, namespace=ns, service_account=service_account_name("tee"), pod_name="pod-0",
+        pod_uid=kube_serving_pod(kube, "tee", "pod-0", namespace=ns),  # a serving pod
         audiences=[AUDIENCE]))
     # No attestation: refused, counted, surfaced.
     code, body = _lease(cluster, token, ns, "lease-none-0001", {})

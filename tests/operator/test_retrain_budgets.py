@@ -15,12 +15,15 @@ from operator_support import Cluster, budget_body, condition, model_body, wait_u
 
 from dpserve.ledger.auth import AUDIENCE
 from dpserve.resources.names import service_account_name
+from pod_support import kube_serving_pod
 
 
 def _token(cluster: Cluster, ns: str) -> str:
     token = f"token-{uuid.uuid4().hex}"
+    # The ledger grants only to a serving pod of the model: its object must exist.
     cluster.server.call(lambda kube: kube.tokens.register(
         token, namespace=ns, service_account=service_account_name("m"), pod_name="pod-0",
+        pod_uid=kube_serving_pod(kube, "m", "pod-0", namespace=ns),
         audiences=[AUDIENCE]))
     return token
 

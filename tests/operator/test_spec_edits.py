@@ -1,13 +1,16 @@
 """Edits of spec.budgetRef and spec.model with the real operator on LocalKube: followed until
-the model spends, then a new version is rolled out and the rest refused with a condition and
-an Event (LocalKube does not evaluate the CRD's transition rules; tests/api/test_update_rules
-checks those), and budgets a model's versions spent stay protected."""
+the model spends, then a new version is rolled out and the rest refused: at admission by the
+CRD's transition rules (LocalKube evaluates them, as an API server does), and, where a cluster
+let such an edit through (a CRD older than the operator: fed here with ``store.force``), by
+the operator with a condition and an Event. Budgets a model's versions spent stay protected."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from operator_support import Cluster, budget_body, condition, model_body, wait_until
+
+from dpserve.localkube.client import ApiFailure
 
 Obj = dict[str, Any]
 TRAINING = {"noiseMultiplier": "1.1", "sampleRate": "0.01", "steps": 100}
@@ -29,6 +32,32 @@ def _get(cluster: Cluster, ns: str, name: str, check: Any, what: str) -> Obj:
 def _reconciled(m: Obj) -> bool:
     status = m.get("status") or {}
     return bool(status.get("observedGeneration") == m["metadata"]["generation"])
+
+
+def _refused_then_forced(cluster: Cluster, ns: str, name: str, patch: Obj, message: str) -> None:
+    """The edit is refused at admission (422, the rule's message); then it is stored past
+    validation, as a cluster with an older CRD would have, for the operator to judge."""
+    try:
+        cluster.api.merge(cluster.pm(ns, name), patch)
+    except ApiFailure as failure:
+        assert failure.status == 422 and message in str(failure.body.get("message")), failure
+    else:
+        raise AssertionError(f"the API server admitted {patch}")
+    current = cluster.api.get(cluster.pm(ns, name))
+    edited = _merged(current, patch)
+    edited["metadata"] = {k: v for k, v in current["metadata"].items()
+                          if k not in ("resourceVersion", "managedFields")}
+    cluster.server.call(lambda kube: kube.store.force(
+        kube.kind("dpserve.io/v1alpha1", "privatemodels"), edited))
+
+
+def _merged(base: Any, patch: Any) -> Any:
+    if not isinstance(base, dict) or not isinstance(patch, dict):
+        return patch
+    out = dict(base)
+    for key, value in patch.items():
+        out[key] = _merged(base.get(key), value)
+    return out
 
 
 def _ledger(cluster: Cluster, ns: str, budget: str) -> list[tuple[str, str]]:
@@ -63,7 +92,8 @@ def test_budget_ref_edit_after_spending_is_refused_and_surfaced(cluster: Cluster
     api.create(cluster.pm(ns), _trained_model("m", "b"))
     _get(cluster, ns, "m", lambda m: (m.get("status") or {}).get("accepted", {}).get("spent")
          and m["status"].get("phase") == "Serving", "spent and serving")
-    api.merge(cluster.pm(ns, "m"), {"spec": {"budgetRef": {"name": "b2"}}})
+    _refused_then_forced(cluster, ns, "m", {"spec": {"budgetRef": {"name": "b2"}}},
+                         "spec.budgetRef.name cannot change once the model has spent")
     refused = _get(cluster, ns, "m", lambda m: _reconciled(m) and (
         condition(m, "Ready") or {}).get("reason") == "SpecEditRefused", "SpecEditRefused")
     ready, stalled = condition(refused, "Ready"), condition(refused, "Stalled")
@@ -76,7 +106,12 @@ def test_budget_ref_edit_after_spending_is_refused_and_surfaced(cluster: Cluster
     event = cluster.wait_event(ns, "m", "SpecEditRefused")
     assert event["type"] == "Warning" and "spec.budgetRef.name" in event["message"]
 
-    api.merge(cluster.pm(ns, "m"), {"spec": {"budgetRef": {"name": "b"}}})  # reverted
+    # Reverted (forced too: the rule compares with the stored b2, so the API refuses
+    # even the way back).
+    edited = _merged(api.get(cluster.pm(ns, "m")), {"spec": {"budgetRef": {"name": "b"}}})
+    edited["metadata"].pop("resourceVersion", None)
+    cluster.server.call(lambda kube: kube.store.force(
+        kube.kind("dpserve.io/v1alpha1", "privatemodels"), edited))
     back = _get(cluster, ns, "m", lambda m: _reconciled(m) and (
         condition(m, "Ready") or {}).get("status") == "True", "Ready again")
     assert (condition(back, "Stalled") or {}).get("status") == "False"
@@ -90,7 +125,8 @@ def test_new_artifact_is_a_new_version_rolled_out_on_the_budget(cluster: Cluster
          and m["status"].get("phase") == "Serving", "spent and serving")
 
     # A new artifact under the version already charged: refused, v1 still served.
-    api.merge(cluster.pm(ns, "m"), {"spec": {"model": {"artifact": "pvc://models/m/v2"}}})
+    _refused_then_forced(cluster, ns, "m", {"spec": {"model": {"artifact": "pvc://models/m/v2"}}},
+                         "change only with a new spec.model.version")
     refused = _get(cluster, ns, "m", lambda m: _reconciled(m) and (
         condition(m, "Ready") or {}).get("reason") == "SpecEditRefused", "SpecEditRefused")
     assert "spec.model.artifact" in (condition(refused, "Ready") or {})["message"]
@@ -115,8 +151,9 @@ def test_new_artifact_is_a_new_version_rolled_out_on_the_budget(cluster: Cluster
     assert "v2" in cluster.wait_event(ns, "m", "VersionRolledOut")["message"]
 
     # Going back to a version already served is refused.
-    api.merge(cluster.pm(ns, "m"), {"spec": {"model": {
-        "version": "v1", "artifact": "pvc://models/m/v1", "training": TRAINING}}})
+    _refused_then_forced(cluster, ns, "m", {"spec": {"model": {
+        "version": "v1", "artifact": "pvc://models/m/v1", "training": TRAINING}}},
+        "must name a version this model has not served yet")
     back = _get(cluster, ns, "m", lambda m: _reconciled(m) and (
         condition(m, "Ready") or {}).get("reason") == "SpecEditRefused", "refused")
     assert "spec.model.version: v1 was already served" in (condition(back, "Ready") or {})[

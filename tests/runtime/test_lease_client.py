@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dpserve.api.filterconfig import LeaseSettings
@@ -62,7 +64,7 @@ def _client(session: aiohttp.ClientSession, url: str, token_file: Path, *,
         token_path=token_file, metrics=metrics, request_timeout=2.0, attempts=attempts,
         settings=LeaseSettings(initial_size=initial, max_size=maximum,
                                prefetch_fraction=prefetch),
-        **({"clock": clock} if clock else {}),
+        clock=clock if clock is not None else time.monotonic,
     )
 
 
@@ -224,22 +226,74 @@ async def test_unknown_version_fails_closed(session: aiohttp.ClientSession,
     await server.close()
 
 
+class LedgerGate:
+    """Holds the ledger's lease answers until released: a test sees a fetch in flight and
+    decides when it lands, instead of timing a slow ledger."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.held = 0  # requests waiting at the gate
+        self.answered = 0
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        self.held += 1
+        try:
+            await self.open.wait()
+            return await handler(request)
+        finally:
+            self.held -= 1
+            self.answered += 1
+
+    async def release_one(self, landed: Callable[[], bool]) -> None:
+        """Let the held request through, and wait until ``landed`` says it arrived."""
+        answered = self.answered
+        self.open.set()
+        for _ in range(30_000):  # the client handles the answer a few loop turns later
+            if self.answered > answered and landed():
+                self.open.clear()
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("the held lease request never landed")
+
+
 async def test_prefetch_avoids_stalls(session: aiohttp.ClientSession, token_file: Path) -> None:
-    ledger = FakeLedger(budget={None: 10_000}, delay_seconds=0.3)
-    server = await _serve(ledger)
+    """With the ledger held, requests are still served from the remainder while the next
+    lease is fetched: none waits for the ledger (it would not finish its first step)."""
+    ledger = FakeLedger(budget={None: 10_000})
+    gate = LedgerGate()
+    app = ledger.app()
+    app.middlewares.append(gate.middleware)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    clock = FakeClock()
     client = _client(session, str(server.make_url("")), token_file, initial=20, maximum=30,
-                     prefetch=0.5)
-    reservation = await client.reserve(1)  # the first one waits for the ledger
-    client.settle(reservation, 1)
-    slowest = 0.0
+                     prefetch=0.5, clock=clock)
+    first = asyncio.ensure_future(client.reserve(1))  # the first one waits for the ledger
+    await gate.release_one(first.done)
+    client.settle(first.result(), 1)
+    served_during_fetch = 0
     for _ in range(60):
-        started = asyncio.get_running_loop().time()
-        reservation = await client.reserve(1)
-        slowest = max(slowest, asyncio.get_running_loop().time() - started)
-        client.settle(reservation, 1)
-        await asyncio.sleep(0.02)  # a steady trickle: 60 queries over > 3 leases
+        task = asyncio.ensure_future(client.reserve(1))
+        await asyncio.sleep(0)  # one step: a reservation from memory completes in it
+        assert task.done(), "a request waited for the ledger"
+        client.settle(task.result(), 1)
+        clock.now += 0.02  # a steady 50 queries per second
+        if gate.held:
+            served_during_fetch += 1
+            if served_during_fetch % 4 == 0:  # a few more served, then the lease lands
+                before = client.remaining()
+
+                def landed(before: int = before) -> bool:
+                    return client.remaining() > before
+
+                await gate.release_one(landed)
     assert len(ledger.grants) >= 3
-    assert slowest < 0.15, slowest  # never waited for the 0.3 s ledger
+    assert served_during_fetch >= 8  # requests were served while fetches were in flight
+    gate.open.set()
     await client.close()
     await server.close()
 
@@ -276,7 +330,6 @@ async def test_lease_size_follows_query_rate(session: aiohttp.ClientSession,
         client.settle(await client.reserve(1), 1)
         clock.now += 0.01  # 100 queries per second
         await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
     sizes = [r["requested"] for r in ledger.requests]
     # initialSize; then the rate over the first (floored) second: 10/s x 10 s horizon; then
     # the steady 100/s x 10 s, capped at maxSize.

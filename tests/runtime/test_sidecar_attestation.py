@@ -33,6 +33,7 @@ from dpserve_runtime.filter.attestation import AttestationClient
 from dpserve_runtime.filter.fakes import FakeModel
 from dpserve_runtime.filter.lease_client import LeaseClient, LedgerUnavailable
 from dpserve_runtime.filter.metrics import FilterMetrics
+from pod_support import add_serving_pod
 
 NS, NAME, POD = "clinical-ml", "triage", "triage-0"
 KEY = f"{NS}/{NAME}"
@@ -101,6 +102,7 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[Factory]:
             "budgetRef": {"name": "patients"},
             "model": {"artifact": "pvc://models/m/v1", "format": "pate-ensemble"},
             "serving": {"mechanism": PATE}, "confidential": confidential})
+        add_serving_pod(store, NAME, POD, namespace=NS)  # the ledger grants to serving pods
         ledger = LedgerService(store, Reviewer(), settings=LedgerSettings(),
                                accounting=LedgerAccounting(), registry=CollectorRegistry())
         seen: list[dict[str, str]] = []

@@ -32,8 +32,11 @@ if obj.status == nil then
 end
 
 local generation = obj.metadata.generation
+-- Stalled (written by the ledger on InvalidSpec / AccountingFailed) counts for the generation
+-- it was written for: a spec edit the ledger has not observed yet is Progressing.
 local stalled = condition("Stalled")
-if stalled ~= nil and stalled.status == "True" then
+if stalled ~= nil and stalled.status == "True" and
+    (generation == nil or stalled.observedGeneration == generation) then
   hs.status = "Degraded"
   hs.message = describe(stalled)
   return hs

@@ -62,10 +62,16 @@ templates/rbac.yaml chooses which blocks go into the ClusterRole and the Roles.
   resources: [jobs]
   verbs: [get, list, watch, create, update, patch, delete]
 # Pods, read-only: watched for crash loops (Ready must not be True while containers restart);
-# the retraining Job's termination message (its sigma, q, steps, epsilon).
+# the retraining Job's termination message (its sigma, q, steps, epsilon); the ledger reads a
+# leasing pod (owner, labels, IPs) before it grants.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# The ledger follows a leasing pod's controller chain (pod -> ReplicaSet -> the model's
+# Deployment) before it grants: the pod must be a serving pod of the model.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [get]
 # Events on PrivateModels/PrivacyBudgets (BudgetLow, Exhausted, Retraining, ...); Kopf patches
 # an Event to bump its count when the same one repeats.
 - apiGroups: [""]

@@ -12,9 +12,18 @@ grant, so requests do not stall when a lease runs out. The requested size follow
 observed query rate (about ``horizon_seconds`` worth, at most half a lease lifetime), between
 the batch that needs it and ``lease.maxSize``.
 
+Lease ids are sequenced (``dpserve.ledger.lease_ids``): ``s<sequence>-<tag of pod and
+partition>``, one sequence per partition pool, each new id's sequence
+``max(last + 1, wall clock in microseconds)``, so the ids of a restarted sidecar (same pod,
+nothing remembered) still rise above the ones it granted before. The ledger keeps each pool's
+high-water mark and never charges an id at or below it again.
+
 Retries: a transport error, a timeout or a 5xx answer is retried with the *same* lease id
 (the ledger treats it idempotently, so a grant it persisted but could not deliver is
-returned, not debited twice); a definitive answer (200 or 4xx) retires the id.
+returned, not debited twice); a definitive answer (200 or 4xx) retires the id. A 409
+``LeaseIdUsed`` (the id is at or below the pool's high-water mark: a wall clock behind the
+one of an earlier run of this pod) retires it too: nothing was charged for it, and the next
+id starts above the ``highWater`` the ledger reports.
 
 Every request names the model version this pod serves, so the ledger charges that version's
 budget (a pod of a retired version, still serving during a rollout, spends its own budget,
@@ -34,7 +43,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +56,7 @@ from pydantic import ValidationError
 from dpserve.api.filterconfig import LeaseSettings
 from dpserve.api.lease import LEASE_PATH, LeaseGrant, LeaseRequest
 from dpserve.api.mechanism import Mechanism
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve_runtime.filter.attestation import AttestationClient, AttestationUnavailable
 from dpserve_runtime.filter.metrics import DEFAULT_GROUP, FilterMetrics
 
@@ -134,6 +143,7 @@ class _Pool:
     charged: Any = None  # pre-bound queries-charged counter of this partition, if metrics
     fetch: asyncio.Task[None] | None = None
     pending: tuple[str, int] | None = None  # lease id + size awaiting a definitive answer
+    sequence: int = 0  # of the pool's latest lease id (0: none formed yet)
     last_granted: int = 0
     last_ttl: float | None = None
     failure: LeaseFailure | None = None
@@ -175,6 +185,7 @@ class LeaseClient:
         horizon_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         attestation: AttestationClient | None = None,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._session = session
         self._url = ledger_url.rstrip("/") + LEASE_PATH
@@ -190,6 +201,7 @@ class LeaseClient:
         self._horizon = horizon_seconds
         self._clock = clock
         self._attestation = attestation
+        self._wall_ns = wall_ns
         self._pools: dict[str | None, _Pool] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -403,15 +415,16 @@ class LeaseClient:
             logger.warning("no attestation token, no lease request: %s", exc.message)
             raise LedgerUnavailable(f"no attestation token: {exc.message}") from exc
 
+    def _new_lease_id(self, pool: _Pool, above: int = 0) -> str:
+        """The pool's next sequenced id: above its last one, ``above`` and the wall clock."""
+        pool.sequence = max(pool.sequence + 1, above + 1, self._wall_ns() // 1000)
+        return sequenced_id(self._pod, pool.partition, pool.sequence)
+
     async def _request_lease(self, pool: _Pool, size: int) -> _Lease:
         if pool.pending is None:
-            pool.pending = (f"{uuid.uuid4().hex}", size)
+            pool.pending = (self._new_lease_id(pool), size)
         lease_id, requested = pool.pending
-        body = LeaseRequest(
-            lease_id=lease_id, model=self._model, model_version=self._model_version,
-            pod=self._pod, mechanism=self._mechanism, partition=pool.partition,
-            requested=requested,
-        ).wire()
+        body = self._lease_body(pool, lease_id, requested)
         group = pool.partition or DEFAULT_GROUP
         last_problem = "no attempt made"
         for attempt in range(self._attempts):
@@ -460,6 +473,14 @@ class LeaseClient:
                 last_problem = f"ledger answered {status} {reason}: {message}".strip()
                 self._count(group, "unavailable")
                 continue
+            if status == 409 and reason == "LeaseIdUsed":
+                # Definitive for this id (never charged again); a new id above the mark.
+                last_problem = f"ledger answered {status} {reason}: {message}"
+                self._count(group, "reused")
+                lease_id = self._new_lease_id(pool, _high_water(payload))
+                pool.pending = (lease_id, requested)
+                body = self._lease_body(pool, lease_id, requested)
+                continue
             pool.pending = None  # definitive: a later request gets a fresh id
             if status == 429:
                 self._count(group, "exhausted")
@@ -482,6 +503,13 @@ class LeaseClient:
             raise LedgerUnavailable(f"ledger refused the lease ({status} {reason}): {message}")
         logger.warning("no lease after %d attempts: %s", self._attempts, last_problem)
         raise LedgerUnavailable(last_problem)
+
+    def _lease_body(self, pool: _Pool, lease_id: str, requested: int) -> dict[str, Any]:
+        return LeaseRequest(
+            lease_id=lease_id, model=self._model, model_version=self._model_version,
+            pod=self._pod, mechanism=self._mechanism, partition=pool.partition,
+            requested=requested,
+        ).wire()
 
     def _accept(self, pool: _Pool, grant: LeaseGrant, requested: int) -> _Lease:
         now_wall = time.time()
@@ -528,6 +556,15 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _high_water(payload: dict[str, Any] | None) -> int:
+    """The ``highWater`` of a LeaseIdUsed answer (0 if missing or malformed)."""
+    value = payload.get("highWater") if payload else None
+    if isinstance(value, str) and len(value) == 16:
+        with contextlib.suppress(ValueError):
+            return int(value, 16)
+    return 0
 
 
 def _float_or_none(value: object) -> float | None:

@@ -9,10 +9,12 @@
   (token does not belong to the model's ServiceAccount), 404 ``NotFound`` (unknown model or
   budget), 409 ``MechanismMismatch`` (request's mechanism differs from the model's spec),
   409 ``VersionMismatch`` (the model lists no such version: neither its current one nor a
-  retired one in ``status.versions``), 413 ``TooLarge`` (body over the limit),
+  retired one in ``status.versions``),
   403 ``AttestationFailed`` (the model has ``spec.confidential.attestation`` and the
   request's attestation token fails verification; ``claim`` names the failing claim,
-  docs/attestation.md),
+  docs/attestation.md), 409 ``LeaseIdUsed`` (a sequenced lease id at or below
+  its pool's high-water mark, ``highWater``: granted before, never charged again; a new
+  lease needs a higher sequence), 413 ``TooLarge`` (body over the limit),
   503 ``Unavailable`` (API server unreachable or the ledger could not persist: nothing was
   granted; retry with the same ``leaseId``)
 
@@ -82,6 +84,7 @@ LeaseErrorReason = Literal[
     "NotFound",
     "MechanismMismatch",
     "VersionMismatch",
+    "LeaseIdUsed",
     "TooLarge",
     "BudgetExhausted",
     "Unavailable",
@@ -96,3 +99,5 @@ class LeaseError(ApiModel):
     claim: Annotated[str, StringConstraints(max_length=512)] | None = None
     epsilon_spent: float | None = None
     epsilon_remaining: float | None = None
+    # LeaseIdUsed: the pool's last granted sequence (16 hex digits, as in the id).
+    high_water: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None

@@ -30,6 +30,7 @@ from dpserve.ledger.store import Unavailable
 
 AUDIENCE = "dpserve-ledger"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 SERVICE_ACCOUNT_SUFFIX = "-dpserve"
 
 
@@ -50,6 +51,7 @@ class Identity:
     username: str
     uid: str | None = None
     pod_name: str | None = None
+    pod_uid: str | None = None  # of the pod the token is bound to, when the review says
 
 
 class Forbidden(Exception):
@@ -95,10 +97,12 @@ class KubeTokenReviewer:
             return None
         extra = status.user.extra or {}
         pods = extra.get(POD_NAME_EXTRA) or []
+        uids = extra.get(POD_UID_EXTRA) or []
         return Identity(
             username=status.user.username or "",
             uid=status.user.uid,
             pod_name=pods[0] if pods else None,
+            pod_uid=uids[0] if uids else None,
         )
 
 

@@ -3,6 +3,11 @@
 Pure: given what the numbers say (exhausted or not, thresholds crossed), the new condition
 list and the Events of the transitions. :mod:`dpserve.ledger.conditions` holds the generic
 metav1.Condition bookkeeping underneath.
+
+Every condition list the ledger writes also carries the kstatus pair ``Reconciling`` and
+``Stalled``, decided from Ready by :func:`dpserve.controllers.kstatus.budget_kstatus`, so
+GitOps tools (Flux's kstatus, the Argo CD check in ``charts/dpserve/health``) read a budget
+as they read a model: an invalid spec or an accountant that cannot evaluate is Stalled.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from datetime import datetime
 
 from dpserve.api.base import Condition, ConditionStatus
 from dpserve.api.privacybudget import LeaseRecord, PrivacyBudgetStatus
+from dpserve.controllers.kstatus import RECONCILING, STALLED, budget_kstatus
 from dpserve.ledger.conditions import get_condition, set_condition
 from dpserve.ledger.limits import Limits
 from dpserve.ledger.outcomes import BudgetEvent
@@ -85,7 +91,18 @@ def budget_conditions(
         if was_exhausted is not None and was_exhausted.status == "True":
             events.append(BudgetEvent("Normal", "BudgetReplenished", where))
     conditions = _budget_low(conditions, limits, reading, crossed, where, generation, now)
-    return conditions, events
+    return with_kstatus(conditions, generation, now), events
+
+
+def with_kstatus(
+    conditions: list[Condition], generation: int | None, now: datetime
+) -> list[Condition]:
+    """``conditions`` with Reconciling and Stalled set as kstatus decides from Ready."""
+    decided = budget_kstatus(conditions)
+    for kind, cond in ((RECONCILING, decided.reconciling), (STALLED, decided.stalled)):
+        conditions = _set(conditions, kind, cond.status, cond.reason, cond.message,
+                          generation, now)
+    return conditions
 
 
 def _budget_low(
@@ -119,6 +136,7 @@ def unknown_status(
     conditions = _set(list(previous.conditions), READY, "False", reason, message, generation, now)
     for kind in (BUDGET_LOW, EXHAUSTED):
         conditions = _set(conditions, kind, "Unknown", reason, message, generation, now)
+    conditions = with_kstatus(conditions, generation, now)
     return previous.model_copy(
         update={"observed_generation": generation, "leases": leases, "conditions": conditions}
     )

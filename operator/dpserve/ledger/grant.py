@@ -132,10 +132,11 @@ def _forgotten(previous: PrivacyBudgetStatus, request: GrantRequest) -> Refusal 
     mark = high_water(previous.leases, request.consumer, request.pod, parsed.tag)
     if mark is not None and parsed.sequence <= mark:
         return Refusal(
-            "BadRequest",
+            "LeaseIdUsed",
             f"leaseId: {request.lease_id!r} is at or below this pod's last granted sequence "
             f"{mark:016x}: it was granted before and is not charged again; a new lease "
             "needs a higher sequence",
+            high_water=mark,
         )
     return None
 

@@ -15,6 +15,7 @@ from dpserve.api.lease import LEASE_PATH, MAX_LEASE_BODY_BYTES, LeaseGrant
 from dpserve.attestation.wire import PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.attestation import Evidence
 from dpserve.ledger.metrics import LedgerMetrics
+from dpserve.ledger.podcheck import Peer
 from dpserve.ledger.store import NotFound, Store, Unavailable
 from dpserve.ledger.wire import (
     LeaseFailure,
@@ -25,7 +26,7 @@ from dpserve.ledger.wire import (
 
 log = logging.getLogger("dpserve.ledger")
 
-Lease = Callable[[bytes, str | None, Evidence], Awaitable[LeaseGrant]]
+Lease = Callable[[bytes, str | None, Evidence, Peer | None], Awaitable[LeaseGrant]]
 
 
 def build_app(
@@ -88,7 +89,8 @@ class _Handlers:
         try:
             evidence = Evidence(token=request.headers.get(TOKEN_HEADER),
                                 proof=request.headers.get(PROOF_HEADER))
-            grant = await self._lease(body, request.headers.get("Authorization"), evidence)
+            grant = await self._lease(body, request.headers.get("Authorization"), evidence,
+                                      _peer(request))
         except LeaseFailure as failure:
             self.metrics.refusals.labels(failure.error.reason).inc()
             return error_response(failure)
@@ -98,3 +100,14 @@ class _Handlers:
             return error_response(LeaseFailure("Unavailable", "internal error; nothing granted"))
         self.metrics.grant_seconds.observe(time.perf_counter() - started)
         return web.json_response(grant.wire())
+
+
+def _peer(request: web.Request) -> Peer | None:
+    """The connection's two addresses (None without a socket: an in-memory test transport)."""
+    transport = request.transport
+    if transport is None:
+        return None
+    remote, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+    if not isinstance(remote, tuple) or not isinstance(local, tuple):
+        return None
+    return Peer(remote=str(remote[0]), local=str(local[0]))

@@ -28,6 +28,7 @@ class ModelView:
     # Retired versions (status.versions) -> the budget each one spent; pods of a retired
     # version keep serving until the rollout replaces them, and keep spending that budget.
     retired: Mapping[str, str] = field(default_factory=dict)
+    uid: str | None = None  # metadata.uid: the owner its Deployment must name
 
     @property
     def consumer(self) -> str:
@@ -123,4 +124,5 @@ class ModelReader:
             budget=str(status.get("budget") or spec.budget_ref.name),
             version=str(status.get("modelVersion") or spec.model.version),
             retired=retired,
+            uid=(raw.get("metadata") or {}).get("uid"),
         )

@@ -57,6 +57,7 @@ class Refusal:
     message: str
     epsilon_spent: float | None = None
     epsilon_remaining: float | None = None
+    high_water: int | None = None  # LeaseIdUsed: the pool's last granted sequence
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """The ledger service: ``POST /v1/leases`` (debit before grant), health, metrics.
 
 One request: authenticate the pod's token (TokenReview), match it to the PrivateModel's
-ServiceAccount, find the budget of the model version the pod serves (the current version's
-``status.budget``, a retired version's ``status.versions`` record; an unknown version is
-refused), check the mechanism against the model's spec, then on the budget's queue
-(:mod:`dpserve.ledger.commit`) read -> compute (:mod:`dpserve.ledger.grant`) -> write the
-status with the resourceVersion precondition -> on 409 re-read and recompute -> and only
-once the write landed, answer 200. Any doubt answers 503 and grants nothing; a retry with the
-same lease id gets the grant if the write had in fact landed, and is never debited twice.
+ServiceAccount, check that its pod is a serving pod of the model asking from its own address
+(:mod:`dpserve.ledger.podcheck`), find the budget of the model version the pod serves (the
+current version's ``status.budget``, a retired version's ``status.versions`` record; an
+unknown version is refused), check the mechanism against the model's spec, then on the
+budget's queue (:mod:`dpserve.ledger.commit`) read -> compute (:mod:`dpserve.ledger.grant`)
+-> write the status with the resourceVersion precondition -> on 409 re-read and recompute ->
+and only once the write landed, answer 200. Any doubt answers 503 and grants nothing; a retry
+with the same lease id gets the grant if the write had in fact landed, and is never debited
+twice.
 
 The PrivacyBudget controller calls :meth:`LedgerService.recompute` (same code path, same
 precondition) to write the status on create and spec change, and
@@ -42,7 +44,14 @@ from dpserve.ledger import events as ev
 from dpserve.ledger import state
 from dpserve.ledger.accountant import Accounting, default_accounting
 from dpserve.ledger.attestation import AttestationGate, Evidence
-from dpserve.ledger.auth import CachingReviewer, Forbidden, TokenReviewer, authorize, bearer_token
+from dpserve.ledger.auth import (
+    CachingReviewer,
+    Forbidden,
+    Identity,
+    TokenReviewer,
+    authorize,
+    bearer_token,
+)
 from dpserve.ledger.budgets import Budget
 from dpserve.ledger.commit import GroupCommit, Outcome
 from dpserve.ledger.connections import PeerLimiter
@@ -50,6 +59,7 @@ from dpserve.ledger.evidence import SpendGuard
 from dpserve.ledger.handlers import build_app
 from dpserve.ledger.metrics import LedgerMetrics, metrics_for
 from dpserve.ledger.modelview import ModelReader, ModelView
+from dpserve.ledger.podcheck import ModelRef, Peer, PodVerifier
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.store import NotFound, Store, Unavailable
 from dpserve.ledger.wire import STATUS_OF_REASON, LeaseFailure, parse_request
@@ -86,6 +96,8 @@ class LedgerService:
         self.metrics: LedgerMetrics = metrics_for(registry)
         self.clock = clock if clock is not None else (lambda: datetime.now(UTC))
         self.models = ModelReader(store, self.settings.model_cache_s)
+        self.pods = PodVerifier(store, cache_s=self.settings.pod_cache_s,
+                                check_source=self.settings.check_source_address)
         self.guard = SpendGuard(store, self.metrics, self.accounting, self.clock)
         # spec.confidential.attestation: verified before the lease-id lookup and the debit.
         self.attestation = AttestationGate(
@@ -146,16 +158,20 @@ class LedgerService:
     # ------------------------------------------------------------------ lease logic
 
     async def lease(
-        self, body: bytes, authorization: str | None, evidence: Evidence | None = None
+        self, body: bytes, authorization: str | None, evidence: Evidence | None = None,
+        peer: Peer | None = None,
     ) -> LeaseGrant:
         """Answer one lease request (raises :class:`LeaseFailure` with the error answer).
 
         ``evidence``: the request's attestation headers, checked when the model's spec has
-        ``confidential.attestation`` (before anything else about the grant is looked up).
+        ``confidential.attestation`` (before anything about the grant is looked up).
+        ``peer``: the connection's addresses, for the source check (None: not judged, as for
+        an in-process caller).
         """
-        request = await self._authorized_request(body, authorization)
+        request, identity = await self._authorized_request(body, authorization)
         namespace, model_name = request.model.split("/", 1)
         model = await self.models.get(namespace, model_name)
+        await self.pods.verify(identity, ModelRef(namespace, model_name, model.uid), peer)
         await self.attestation.check(model, request, evidence or Evidence())
         model, budget_name = await self._budget_of(model, request.model_version)
         expected = model.spec.serving.mechanism
@@ -191,7 +207,9 @@ class LedgerService:
             partition=result.lease.partition,
         )
 
-    async def _authorized_request(self, body: bytes, authorization: str | None) -> LeaseRequest:
+    async def _authorized_request(
+        self, body: bytes, authorization: str | None
+    ) -> tuple[LeaseRequest, Identity]:
         """The parsed request of an authenticated caller allowed to lease for its model."""
         token = bearer_token(authorization)
         if token is None:
@@ -211,7 +229,7 @@ class LedgerService:
             authorize(identity, namespace, model_name, request.pod)
         except Forbidden as exc:
             raise LeaseFailure("Forbidden", str(exc)) from exc
-        return request
+        return request, identity
 
     async def _budget_of(self, model: ModelView, version: str) -> tuple[ModelView, str]:
         """The model and the budget its ``version`` spends (409 VersionMismatch if none)."""
@@ -264,7 +282,8 @@ class LedgerService:
             ) from exc
         if isinstance(result, state.Refusal):
             raise LeaseFailure(
-                result.reason, result.message, result.epsilon_spent, result.epsilon_remaining
+                result.reason, result.message, result.epsilon_spent, result.epsilon_remaining,
+                high_water=result.high_water,
             )
         return result
 

@@ -19,6 +19,10 @@ class LedgerSettings:
     policy: LeasePolicy = field(default_factory=LeasePolicy)
     token_cache_s: float = 30.0
     model_cache_s: float = 2.0
+    # A pod verified as the model's serving pod (dpserve.ledger.podcheck) is trusted this
+    # long; the request's source address is compared with the pod's IPs unless turned off.
+    pod_cache_s: float = 30.0
+    check_source_address: bool = True
     max_write_attempts: int = 8
     # Slow clients (docs/ledger.md, "Connections"): a request's headers must arrive within
     # header_timeout_s of the connection opening (or of its previous answer; this is also the
@@ -51,6 +55,10 @@ class LedgerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name}: not a number: {text!r}") from exc
 
+        source = (env.get("DPSERVE_LEDGER_CHECK_SOURCE_ADDRESS") or "true").lower()
+        if source not in ("true", "false"):
+            raise ValueError("DPSERVE_LEDGER_CHECK_SOURCE_ADDRESS: must be 'true' or 'false', "
+                             f"got {source!r}")
         hook = env.get(CRASH_HOOK_ENV) or None
         if hook not in (None, "kill", "hang"):
             raise ValueError(f"{CRASH_HOOK_ENV}: must be 'kill' or 'hang', got {hook!r}")
@@ -63,6 +71,8 @@ class LedgerSettings:
             policy=policy,
             token_cache_s=number("DPSERVE_LEDGER_TOKEN_CACHE_S", 30.0),
             model_cache_s=number("DPSERVE_LEDGER_MODEL_CACHE_S", 2.0),
+            pod_cache_s=number("DPSERVE_LEDGER_POD_CACHE_S", 30.0),
+            check_source_address=source == "true",
             max_write_attempts=int(number("DPSERVE_LEDGER_MAX_WRITE_ATTEMPTS", 8)),
             header_timeout_s=number("DPSERVE_LEDGER_HEADER_TIMEOUT_S", 10.0),
             body_timeout_s=number("DPSERVE_LEDGER_BODY_TIMEOUT_S", 10.0),

@@ -29,6 +29,7 @@ from dpserve import API_GROUP, API_VERSION
 from dpserve.api import privacybudget, privatemodel
 from dpserve.ledger.conditions import rfc3339
 from dpserve.ledger.outcomes import BudgetEvent
+from dpserve.resources.access import DEPLOYMENTS, PODS, REPLICASETS
 
 Obj = dict[str, Any]
 REQUEST_TIMEOUT_S = 5.0
@@ -64,6 +65,14 @@ class Store(Protocol):
     async def get_config_map(self, namespace: str, name: str) -> Obj:
         """A ConfigMap (the JWK Set of spec.confidential.attestation; raises NotFound /
         Unavailable)."""
+        ...
+
+    async def get_pod(self, namespace: str, name: str) -> Obj:
+        """The Pod object (raises NotFound / Unavailable)."""
+        ...
+
+    async def get_workload(self, namespace: str, kind: str, name: str) -> Obj:
+        """A ReplicaSet or Deployment (raises NotFound for any other kind, or Unavailable)."""
         ...
 
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
@@ -143,6 +152,25 @@ class KubeStore:
         )
         return {"metadata": {"name": name, "namespace": namespace},
                 "data": dict(result.data or {})}
+
+    async def get_pod(self, namespace: str, name: str) -> Obj:
+        return await self._get_raw(PODS.path(namespace, name))
+
+    async def get_workload(self, namespace: str, kind: str, name: str) -> Obj:
+        res = {"ReplicaSet": REPLICASETS, "Deployment": DEPLOYMENTS}.get(kind)
+        if res is None:
+            raise NotFound(f"{kind} {namespace}/{name}: not a workload the ledger reads")
+        return await self._get_raw(res.path(namespace, name))
+
+    async def _get_raw(self, path: str) -> Obj:
+        """GET as plain JSON: the typed models refuse objects a server may well send (an
+        ownerReference without apiVersion), which is no reason to refuse a grant."""
+        result: Obj = await self._call(self.api.call_api(
+            path, "GET", header_params={"Accept": "application/json"},
+            response_types_map={200: "object"}, auth_settings=["BearerToken"],
+            _return_http_data_only=True, _request_timeout=self.timeout_s,
+        ))
+        return result
 
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
         result: Obj = await self._call(
@@ -291,6 +319,19 @@ class MemoryStore:
         self.objects[("configmaps", namespace, name)] = {
             "metadata": {"name": name, "namespace": namespace}, "data": dict(data)}
 
+    def put_raw(self, plural: str, obj: Obj) -> Obj:
+        """Store a built-in object (``pods``, ``replicasets``, ``deployments``) as given,
+        with a uid if it has none."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta["resourceVersion"] = str(next(self._versions))
+        self.objects[(plural, meta["namespace"], meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def delete_raw(self, plural: str, namespace: str, name: str) -> None:
+        self.objects.pop((plural, namespace, name), None)
+
     # -- Store ------------------------------------------------------------------------
 
     async def _enter(self) -> None:
@@ -317,6 +358,15 @@ class MemoryStore:
 
     async def get_config_map(self, namespace: str, name: str) -> Obj:
         return await self._get("configmaps", namespace, name)
+
+    async def get_pod(self, namespace: str, name: str) -> Obj:
+        return await self._get("pods", namespace, name)
+
+    async def get_workload(self, namespace: str, kind: str, name: str) -> Obj:
+        plural = {"ReplicaSet": "replicasets", "Deployment": "deployments"}.get(kind)
+        if plural is None:
+            raise NotFound(f"{kind} {namespace}/{name}: not a workload the ledger reads")
+        return await self._get(plural, namespace, name)
 
     async def replace_budget_status(self, namespace: str, name: str, body: Obj) -> Obj:
         await self._enter()

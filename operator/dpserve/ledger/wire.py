@@ -24,6 +24,7 @@ STATUS_OF_REASON: dict[LeaseErrorReason, int] = {
     "NotFound": 404,
     "MechanismMismatch": 409,
     "VersionMismatch": 409,
+    "LeaseIdUsed": 409,
     "TooLarge": 413,
     "BudgetExhausted": 429,
     "Unavailable": 503,
@@ -45,6 +46,7 @@ class LeaseFailure(Exception):
         epsilon_remaining: float | None = None,
         *,
         claim: str | None = None,
+        high_water: int | None = None,
     ) -> None:
         super().__init__(message)
         self.error = LeaseError(
@@ -53,6 +55,7 @@ class LeaseFailure(Exception):
             epsilon_spent=epsilon_spent,
             epsilon_remaining=epsilon_remaining,
             claim=claim,
+            high_water=None if high_water is None else f"{high_water:016x}",
         )
 
     @property

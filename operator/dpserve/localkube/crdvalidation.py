@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-from dpserve.api.cel import CelRule, evaluate
+from dpserve.api.cel import NO_OLD, CelRule, evaluate
 
 Schema = dict[str, Any]
 
@@ -99,41 +99,79 @@ def _jsonschema_view(schema: Any) -> Any:
     return schema
 
 
-def cel_errors(obj: Any, schema: Schema, parts: list[str | int] | None = None) -> list[str]:
-    """x-kubernetes-validations violations, evaluated bottom-up with the node as ``self``."""
+def cel_errors(obj: Any, schema: Schema, parts: list[str | int] | None = None,
+               old: Any = NO_OLD) -> list[str]:
+    """x-kubernetes-validations violations, evaluated bottom-up with the node as ``self``.
+
+    ``old``: the same node before an update (``NO_OLD`` on a create). As the API server
+    does, a transition rule (one reading ``oldSelf``) is evaluated only where the node can be
+    correlated with the old object: through object properties and map keys, and through the
+    items of a ``x-kubernetes-list-type: map`` list by their keys; never on a create, on a
+    node that is new, or in an atomic list.
+    """
     parts = parts or []
     errors: list[str] = []
     if isinstance(obj, dict):
         for name, sub in schema.get("properties", {}).items():
             if name in obj:
-                errors += cel_errors(obj[name], sub, [*parts, name])
+                errors += cel_errors(obj[name], sub, [*parts, name], _child(old, name))
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
             for key, value in obj.items():
-                errors += cel_errors(value, extra, [*parts, key])
+                errors += cel_errors(value, extra, [*parts, key], _child(old, key))
     elif isinstance(obj, list) and "items" in schema:
+        olds = _map_list_items(old, schema)
         for index, item in enumerate(obj):
-            errors += cel_errors(item, schema["items"], [*parts, index])
+            errors += cel_errors(item, schema["items"], [*parts, index],
+                                 olds.get(_map_key(item, schema), NO_OLD))
     for raw in schema.get("x-kubernetes-validations", []):
         rule = CelRule(raw["rule"], raw.get("message", raw["rule"]), raw.get("fieldPath"))
-        if not evaluate(rule, obj):
+        if not evaluate(rule, obj, old):
             where = _path(parts) + (rule.field_path or "")
             errors.append(f"{where or '<root>'}: Invalid value: {rule.message}")
     return errors
 
 
-def validate(obj: dict[str, Any], crd: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Default then validate ``obj``; returns (defaulted object, errors). No errors = admitted."""
+def _child(old: Any, key: str) -> Any:
+    return old[key] if isinstance(old, dict) and key in old else NO_OLD
+
+
+def _map_key(item: Any, schema: Schema) -> tuple[Any, ...] | None:
+    keys = schema.get("x-kubernetes-list-map-keys")
+    if schema.get("x-kubernetes-list-type") != "map" or not keys or not isinstance(item, dict):
+        return None
+    return tuple(item.get(k) for k in keys)
+
+
+def _map_list_items(old: Any, schema: Schema) -> dict[tuple[Any, ...] | None, Any]:
+    """The old items of a map list by their keys (empty for other lists: not correlated)."""
+    if not isinstance(old, list) or schema.get("x-kubernetes-list-type") != "map":
+        return {}
+    out = {_map_key(item, schema): item for item in old}
+    out.pop(None, None)
+    return out
+
+
+def validate(obj: dict[str, Any], crd: dict[str, Any],
+             old: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Default then validate ``obj``; returns (defaulted object, errors). No errors = admitted.
+
+    ``old``: on an update, the stored object it replaces (transition rules see it as
+    ``oldSelf``); None on a create.
+    """
     schema = crd_schema(crd, obj.get("apiVersion", "/").split("/")[-1] or None)
     defaulted = apply_defaults(obj, schema)
     errors = schema_errors(defaulted, schema)
     if not errors:  # like the API server, CEL runs only on a schema-valid object
-        errors = cel_errors(defaulted, schema)
+        errors = cel_errors(defaulted, schema, old=NO_OLD if old is None else old)
     return defaulted, errors
 
 
-def status_errors(obj: dict[str, Any], crd: dict[str, Any]) -> list[str]:
-    """Schema and CEL violations of ``obj["status"]`` alone (what a /status write changes)."""
+def status_errors(obj: dict[str, Any], crd: dict[str, Any],
+                  old: dict[str, Any] | None = None) -> list[str]:
+    """Schema and CEL violations of a /status write: the status' own rules, then the root
+    rules with the whole object (a status write may break a rule of the root that reads the
+    status, transition rules included, ``old`` being the stored object)."""
     schema = crd_schema(crd, obj.get("apiVersion", "/").split("/")[-1] or None)
     status_schema = schema.get("properties", {}).get("status")
     if status_schema is None or "status" not in obj:
@@ -141,7 +179,11 @@ def status_errors(obj: dict[str, Any], crd: dict[str, Any]) -> list[str]:
     errors = [f"status{e[len('<root>'):] if e.startswith('<root>') else '.' + e}"
               for e in schema_errors(obj["status"], status_schema)]
     if not errors:
-        errors = cel_errors(obj["status"], status_schema, ["status"])
+        errors = cel_errors(obj["status"], status_schema, ["status"],
+                            _child(old, "status") if old is not None else NO_OLD)
+    if not errors:
+        root_only = {k: v for k, v in schema.items() if k != "properties"}
+        errors = cel_errors(obj, root_only, old=NO_OLD if old is None else old)
     return errors
 
 

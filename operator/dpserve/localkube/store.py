@@ -193,7 +193,9 @@ class Store:
             listener(kind)
 
     def _validate(self, kind: Kind, obj: Obj, name: str, *, status_only: bool = False,
-                  strict: bool = False) -> Obj:
+                  strict: bool = False, old: Obj | None = None) -> Obj:
+        """Prune, default and validate a write; ``old`` (an update's stored object) is what
+        transition rules read as ``oldSelf``."""
         if kind.crd is None:
             return obj
         if strict:
@@ -206,11 +208,11 @@ class Store:
             # A status write is pruned like any other write of the object (a CRD older
             # than its writer drops the fields it does not declare; 200, not 422).
             obj = crdvalidation.prune_unknown_fields(obj, kind.crd)
-            errs = crdvalidation.status_errors(obj, kind.crd)
+            errs = crdvalidation.status_errors(obj, kind.crd, old)
             return obj if not errs else self._invalid(kind, name, errs)
         # Without strict field validation the API server silently prunes unknown fields.
         obj = crdvalidation.prune_unknown_fields(obj, kind.crd)
-        defaulted, errs = crdvalidation.validate(obj, kind.crd)
+        defaulted, errs = crdvalidation.validate(obj, kind.crd, old)
         if errs:
             self._invalid(kind, name, errs)
         return defaulted
@@ -327,7 +329,7 @@ class Store:
             obj = {**old, "status": copy.deepcopy(new.get("status"))}
             if obj["status"] is None:
                 obj.pop("status")
-            obj = self._validate(kind, obj, name, status_only=True)
+            obj = self._validate(kind, obj, name, status_only=True, old=old)
         else:
             obj = copy.deepcopy(new)
             for immutable in ("uid", "creationTimestamp", "deletionTimestamp",
@@ -357,7 +359,7 @@ class Store:
             # Ratcheting: validation runs when the object's content changed, as the API server
             # re-checks only what an update touches.
             if _content(obj) != _content(old) or kind.crd is None:
-                obj = self._validate(kind, obj, name, strict=strict)
+                obj = self._validate(kind, obj, name, strict=strict, old=old)
             if kind.tracks_generation and _content(obj) != _content(old):
                 obj["metadata"] = {**obj["metadata"],
                                    "generation": int(old_meta.get("generation", 1)) + 1}

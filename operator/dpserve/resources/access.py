@@ -69,6 +69,7 @@ class Res:
 PRIVATEMODELS = Res(API_GROUP, API_VERSION, "privatemodels", "PrivateModel")
 PRIVACYBUDGETS = Res(API_GROUP, API_VERSION, "privacybudgets", "PrivacyBudget")
 DEPLOYMENTS = Res("apps", "v1", "deployments", "Deployment")
+REPLICASETS = Res("apps", "v1", "replicasets", "ReplicaSet")
 SERVICES = Res("", "v1", "services", "Service")
 CONFIGMAPS = Res("", "v1", "configmaps", "ConfigMap")
 SERVICEACCOUNTS = Res("", "v1", "serviceaccounts", "ServiceAccount")
@@ -163,7 +164,11 @@ ACCESS: tuple[Access, ...] = (
       for k in OWNED_KINDS),
     Access(PODS, ("get", "list", "watch"),
            "Pods, read-only: watched for crash loops (Ready must not be True while containers "
-           "restart); the retraining Job's termination message (its sigma, q, steps, epsilon)."),
+           "restart); the retraining Job's termination message (its sigma, q, steps, epsilon); "
+           "the ledger reads a leasing pod (owner, labels, IPs) before it grants."),
+    Access(REPLICASETS, ("get",),
+           "The ledger follows a leasing pod's controller chain (pod -> ReplicaSet -> the "
+           "model's Deployment) before it grants: the pod must be a serving pod of the model."),
     Access(EVENTS, ("create", "patch"),
            "Events on PrivateModels/PrivacyBudgets (BudgetLow, Exhausted, Retraining, ...); "
            "Kopf patches an Event to bump its count when the same one repeats."),
