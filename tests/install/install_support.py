@@ -193,8 +193,10 @@ class Cluster:
             if opts.create_namespace:
                 self.kubectl("create", "namespace", opts.namespace, check=False)
             release = Release(opts.release, opts.namespace, chart, values)
-            # Helm installs the chart's crds/ (never upgrades them) before the templates.
-            self.kubectl("apply", "--server-side", "-f", str(chart / "crds"))
+            # Helm installs the crds/ of the chart and of its enabled subcharts (never
+            # upgrades them) before the templates.
+            for crds in crd_dirs(chart, values):
+                self.kubectl("apply", "--server-side", "-f", str(crds))
         else:
             release = self.releases[opts.release]
             release.values = _deep_merge(release.values, values) if opts.reuse_values \
@@ -258,6 +260,22 @@ def _ref(obj: Obj) -> tuple[str, str, str | None, str]:
 
 def _keep(obj: Obj) -> bool:
     return (obj["metadata"].get("annotations") or {}).get(KEEP) == "keep"
+
+
+def crd_dirs(chart: Path, values: Obj) -> list[Path]:
+    """crds/ of the chart and of each dependency whose ``condition`` holds for ``values``
+    (over the chart's defaults), as Helm picks them on install."""
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text(encoding="utf-8"))
+    merged = _deep_merge(yaml.safe_load((chart / "values.yaml").read_text(encoding="utf-8"))
+                         or {}, values)
+    dirs = [chart / "crds"]
+    for dependency in meta.get("dependencies") or []:
+        enabled: Any = merged
+        for part in (dependency.get("condition") or "").split("."):
+            enabled = enabled.get(part) if part and isinstance(enabled, dict) else enabled
+        if dependency.get("condition") is None or enabled is True:
+            dirs.append(chart / "charts" / dependency["name"] / "crds")
+    return [d for d in dirs if d.is_dir()]
 
 
 def render(chart: Path, values: Obj, release: str, namespace: str, *, install: bool,

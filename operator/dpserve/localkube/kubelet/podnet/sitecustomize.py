@@ -121,7 +121,7 @@ def _patch_uvloop() -> None:
                                    proto=proto, flags=flags | socket.AI_NUMERICHOST)
         return found
 
-    uvloop.Loop.getaddrinfo = getaddrinfo
+    uvloop.Loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
 
 if _POD_IP:
