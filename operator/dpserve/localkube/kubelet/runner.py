@@ -259,13 +259,18 @@ class LocalKubelet:
         mine = self._owned("Deployment", meta.get("uid", ""))
         current = [p for p in mine if p.template_hash == thash]
         old = [p for p in mine if p.template_hash != thash]
+        if old and (spec.get("strategy") or {}).get("type") == "Recreate":
+            # Recreate: every old pod is gone (processes stopped) before a new one starts,
+            # so two generations never run at once (the chart's operator relies on it).
+            await asyncio.gather(*(self._remove(p) for p in old))
+            old = []
         if len(current) > desired:  # scale down: not-ready pods first, then the youngest
             current.sort(key=lambda p: (not p.ready, p.created_at))
             await asyncio.gather(*(self._remove(p) for p in current[desired:]))
             current = current[:desired]
         while len(current) < desired:
             current.append(await self._start_pod(dep, "Deployment", template, thash))
-        # Rolling update, maxUnavailable 0: the old pods go once every new one is ready.
+        # RollingUpdate, maxUnavailable 0: the old pods go once every new one is ready.
         if old and all(p.ready for p in current):
             await asyncio.gather(*(self._remove(p) for p in old))
             old = []
