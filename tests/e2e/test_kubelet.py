@@ -155,6 +155,35 @@ def test_deployment_runs_rolls_and_scales_to_zero(local: Local) -> None:
                what="scaled to zero")
 
 
+def test_recreate_stops_the_old_pod_before_starting_the_new_one(local: Local) -> None:
+    api = local.api
+    api.create("/api/v1/namespaces/t/configmaps", {"metadata": {"name": "cfg"}, "data": {}})
+    recreate = _deployment("one")
+    recreate["spec"]["strategy"] = {"type": "Recreate"}
+    api.create("/apis/apps/v1/namespaces/t/deployments", recreate)
+    first = wait_until(lambda: local.kubelet.endpoints("t", "web"), what="a ready pod")
+    # The new version takes a while to become ready: a rolling update would overlap then.
+    slow = _http_server_container("two")
+    slow["command"] = [PY, "-c", "import runpy, sys, time; time.sleep(1.5); sys.argv = "
+                       "['http.server', '--bind', '127.0.0.1', '--directory', '/etc/cfg', "
+                       "'8080']; runpy.run_module('http.server', run_name='__main__')"]
+    api.merge("/apis/apps/v1/namespaces/t/deployments/web", {"spec": {"template": {"spec": {
+        "containers": [slow]}}}})
+    most = 0
+
+    def rolled() -> bool:
+        nonlocal most
+        running = local.kubelet.call(lambda k: [
+            p for p in k.pods("t", "web") if any(c.running for c in p.containers)])
+        most = max(most, len(running))
+        endpoints = local.kubelet.endpoints("t", "web")
+        return bool(endpoints) and endpoints != first
+
+    wait_until(rolled, what="the recreated pod ready")
+    # A RollingUpdate would have run both until the new one was ready.
+    assert most == 1
+
+
 def _job(name: str, code: str, backoff: int = 1) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},

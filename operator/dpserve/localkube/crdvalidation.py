@@ -187,6 +187,10 @@ def status_errors(obj: dict[str, Any], crd: dict[str, Any],
     return errors
 
 
+# The API server's own fields of every object, never pruned nor unknown.
+ROOT_FIELDS = ("apiVersion", "kind", "metadata")
+
+
 def prune_unknown_fields(obj: Any, crd: dict[str, Any]) -> Any:
     """Drop fields the structural schema does not declare, as the API server prunes them.
 
@@ -195,8 +199,9 @@ def prune_unknown_fields(obj: Any, crd: dict[str, Any]) -> Any:
     """
     schema = crd_schema(crd, obj.get("apiVersion", "/").split("/")[-1] or None)
     pruned = _prune(copy.deepcopy(obj), schema)
-    if "metadata" in obj:
-        pruned["metadata"] = copy.deepcopy(obj["metadata"])
+    for root in ROOT_FIELDS:  # every object has them, whatever its schema declares
+        if root in obj:
+            pruned[root] = copy.deepcopy(obj[root])
     return pruned
 
 
@@ -220,7 +225,7 @@ def unknown_fields(obj: Any, crd: dict[str, Any]) -> list[str]:
     """Paths of fields the schema does not declare (what pruning would drop)."""
     schema = crd_schema(crd, obj.get("apiVersion", "/").split("/")[-1] or None)
     found: list[str] = []
-    _unknown({k: v for k, v in obj.items() if k != "metadata"}, schema, [], found)
+    _unknown({k: v for k, v in obj.items() if k not in ROOT_FIELDS}, schema, [], found)
     return found
 
 

@@ -39,10 +39,11 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 from kmock import KubernetesScaffold, RawHandler
 from kmock import Response as KResponse  # type: ignore[attr-defined]  # exported, not in __all__
 
-from dpserve.localkube import errors, protobuf, rbac, selectors, tables
+from dpserve.localkube import errors, patching, protobuf, rbac, selectors, tables
 from dpserve.localkube.kinds import Kind, KindRegistry
 from dpserve.localkube.store import Obj, Store, Watcher, WatchEvent
 from dpserve.localkube.tokens import TokenRegistry
@@ -398,6 +399,12 @@ class LocalKube(kmock.KubernetesEmulator):
                 return protobuf.decode_object(request.body)
             except protobuf.ProtobufError as exc:
                 raise errors.unsupported_media_type(f"{content_type} ({exc})") from exc
+        if content_type.split(";", 1)[0].strip().lower() == patching.APPLY:
+            try:
+                return yaml.safe_load(request.body)
+            except yaml.YAMLError as exc:
+                raise errors.bad_request(f"the apply configuration is not valid YAML: {exc}"
+                                         ) from exc
         if not _is_json(content_type):
             raise errors.unsupported_media_type(content_type)
         try:
@@ -449,8 +456,6 @@ class LocalKube(kmock.KubernetesEmulator):
             return self.store.delete(kind, ns, name, body), 200
         if sub == "scale":
             if method == "PATCH":
-                from dpserve.localkube import patching
-
                 scale = patching.apply_patch(self.store.get_scale(kind, ns, name), body,
                                              content_type)
             else:
@@ -460,6 +465,13 @@ class LocalKube(kmock.KubernetesEmulator):
             require_rv = kind.crd is not None
             return self.store.update(kind, ns, name, body, subresource=sub,
                                      require_rv=require_rv, strict=strict), 200
+        if method == "PATCH" and content_type.split(";", 1)[0].strip().lower() == patching.APPLY:
+            manager = params.get("fieldManager")
+            if not manager:
+                raise errors.bad_request("fieldManager is required for apply requests")
+            obj, created = self.store.apply(kind, ns, name, body, manager=manager,
+                                            subresource=sub, strict=strict)
+            return obj, 201 if created else 200
         if method == "PATCH":
             return self.store.patch(kind, ns, name, body, content_type, subresource=sub,
                                     strict=strict), 200

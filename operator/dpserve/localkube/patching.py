@@ -81,6 +81,48 @@ def strategic_merge_patch(target: Any, patch: Any, field: str = "") -> Any:
     return copy.deepcopy(patch)
 
 
+def _prune(live: Any, previous: Any, current: Any, field: str = "") -> Any:
+    """``live`` without what ``previous`` applied and ``current`` no longer applies."""
+    if isinstance(previous, dict) and isinstance(live, dict):
+        current = current if isinstance(current, dict) else {}
+        out = dict(live)
+        for key, before in previous.items():
+            if key not in current:
+                out.pop(key, None)
+            elif key in out:
+                out[key] = _prune(out[key], before, current[key], key)
+        return out
+    merge_key = _STRATEGIC_KEYS.get(field)
+    if merge_key and isinstance(previous, list) and isinstance(live, list):
+        now = {item.get(merge_key): item for item in current or []
+               if isinstance(item, dict)}
+        gone = {item.get(merge_key) for item in previous
+                if isinstance(item, dict) and item.get(merge_key) not in now}
+        before = {item.get(merge_key): item for item in previous if isinstance(item, dict)}
+        return [_prune(item, before[item.get(merge_key)], now[item.get(merge_key)])
+                if isinstance(item, dict) and item.get(merge_key) in before
+                and item.get(merge_key) in now else item
+                for item in live
+                if not (isinstance(item, dict) and item.get(merge_key) in gone)]
+    return live
+
+
+def server_side_apply(live: dict[str, Any], previous: Any, applied: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """A server-side apply of ``applied`` by a field manager whose last applied
+    configuration was ``previous`` (None: its first apply).
+
+    The subset the emulator implements: the manager's fields are set as ``applied`` says
+    (maps merge, the lists of ``_STRATEGIC_KEYS`` merge by key, other lists are atomic),
+    fields it applied before and now omits are removed, fields only other writers set are
+    kept. Not emulated: ``managedFields``, and conflicts with fields another manager owns
+    (every apply wins, as with ``--force-conflicts``).
+    """
+    base = _prune(live, previous, applied) if previous is not None else live
+    result: dict[str, Any] = strategic_merge_patch(base, applied)
+    return result
+
+
 class TestFailed(Exception):
     """A JSON patch ``test`` operation did not hold (the API server answers 422)."""
 

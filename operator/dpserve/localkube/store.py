@@ -102,6 +102,8 @@ class Store:
         self._log_floor: dict[Key, int] = {}  # newest rv evicted from the log
         self._watchers: dict[Key, set[Watcher]] = {}
         self._uids: set[str] = set()
+        # Server-side apply: each field manager's last applied configuration per object.
+        self._applied: dict[tuple[Key, str | None, str], dict[str, Obj]] = {}
         # Called with the kind of every committed change (the RBAC index's invalidation).
         self.listeners: list[Callable[[Kind], None]] = []
         for name in _INITIAL_NAMESPACES:
@@ -397,6 +399,43 @@ class Store:
                 details={"kind": kind.plural, "group": kind.group, "name": name},
             ) from exc
         return self.update(kind, namespace, name, new, subresource=subresource, strict=strict)
+
+    def apply(
+        self, kind: Kind, namespace: str | None, name: str, body: Any, *, manager: str,
+        subresource: str | None = None, strict: bool = False,
+    ) -> tuple[Obj, bool]:
+        """Server-side apply (``application/apply-patch+yaml``) by ``manager``: creates the
+        object when it is missing (True), otherwise merges as
+        :func:`patching.server_side_apply` describes (False)."""
+        if not isinstance(body, dict):
+            raise errors.bad_request("an apply configuration must be an object")
+        meta = _meta(body)
+        if meta.get("name") not in (None, name):
+            raise errors.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on "
+                f"the URL ({name})")
+        for required in ("apiVersion", "kind"):
+            if not body.get(required):
+                raise errors.bad_request(f"{required} must be set in an apply configuration")
+        key = (self._key(kind), namespace if kind.namespaced else None, name)
+        live = self.find(kind, namespace, name)
+        applied = copy.deepcopy(body)
+        if live is None:
+            if subresource is not None:
+                raise errors.not_found(kind.plural, kind.group, name)
+            created = self.create(kind, namespace,
+                                  {**applied, "metadata": {**meta, "name": name}},
+                                  strict=strict)
+            self._applied[key] = {manager: applied}
+            return created, True
+        previous = self._applied.get(key, {}).get(manager)
+        new = patching.server_side_apply(live, previous, applied)
+        new["metadata"] = {**new.get("metadata", {}),
+                           "resourceVersion": _meta(live).get("resourceVersion")}
+        stored = self.update(kind, namespace, name, new, subresource=subresource,
+                             strict=strict)
+        self._applied.setdefault(key, {})[manager] = applied
+        return stored, False
 
     def force(self, kind: Kind, obj: Obj) -> Obj:
         """Store ``obj`` as is, skipping validation (what a cluster without the CRD's schema,

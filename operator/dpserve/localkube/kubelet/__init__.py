@@ -25,7 +25,8 @@ container runtime would isolate is mapped instead of isolated:
 The pods are mirrored as Pod objects (phase, IP, conditions, container states with restart
 counts, back-off and termination messages), Deployments and Jobs get the status the
 controllers would write (rolling updates with ``maxUnavailable: 0``: old pods go once the
-new ones are ready; Jobs retry failed pods up to ``backoffLimit``).
+new ones are ready; ``Recreate``: old pods are stopped before new ones start; Jobs retry
+failed pods up to ``backoffLimit``).
 
 With :class:`.podman.PodmanRuntime` the same kubelet runs each container as a podman
 container of the manifest's image instead (real mounts, securityContext and limits

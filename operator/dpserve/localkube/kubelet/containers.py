@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from dpserve.localkube.kubelet.apiaccess import KUBECONFIG_FILE, MOUNT_PATH
 from dpserve.localkube.kubelet.mapping import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     IMAGE_ENV,
@@ -23,6 +24,7 @@ from dpserve.localkube.kubelet.mapping import (
     cpu_threads,
     expand_references,
 )
+from dpserve.localkube.kubelet.podnet import HOOK_DIR
 from dpserve.localkube.kubelet.pods import ContainerRun, LocalPod
 from dpserve.localkube.kubelet.volumes import Volume
 
@@ -127,19 +129,56 @@ class ContainerRuntime(Protocol):
 
 @dataclass(frozen=True)
 class ProcessRuntime:
-    """Containers as processes of this machine's Python environment (the default)."""
+    """Containers as processes of this machine's Python environment (the default).
+
+    ``hosts_file``: the kubelet's Service names (:mod:`.services`); with it, each process
+    gets the pod's network through :mod:`.podnet` (wildcard binds on the pod's address,
+    Service names resolved) and a mounted ServiceAccount token as ``KUBECONFIG``
+    (:mod:`.apiaccess` says why).
+    """
 
     executable_dir: Path
     host_ports: frozenset[int] = frozenset()
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    hosts_file: Path | None = None
 
     def prepare(self, pod: LocalPod, container: Obj, volumes: Mapping[str, Volume]
                 ) -> ContainerRun:
-        return container_run(pod, container, volumes, executable_dir=self.executable_dir,
-                             host_ports=self.host_ports, extra_env=self.extra_env)
+        run = container_run(pod, container, volumes, executable_dir=self.executable_dir,
+                            host_ports=self.host_ports, extra_env=self.extra_env)
+        if self.hosts_file is not None:
+            run.env |= pod_network_env(pod, self.hosts_file, run.env.get("PYTHONPATH"))
+            kubeconfig = api_kubeconfig(container, volumes, pod)
+            if kubeconfig is not None and "KUBECONFIG" not in _declared(container):
+                run.env["KUBECONFIG"] = str(kubeconfig)
+        return run
 
     async def release(self, run: ContainerRun) -> None:
         """Nothing outlives the process group the kubelet already killed."""
+
+
+def pod_network_env(pod: LocalPod, hosts_file: Path, pythonpath: str | None
+                    ) -> dict[str, str]:
+    """The variables :mod:`.podnet`'s hook reads, and its directory first on PYTHONPATH."""
+    return {"LOCALKUBE_POD_IP": pod.ip, "LOCALKUBE_POD_NAMESPACE": pod.namespace,
+            "LOCALKUBE_HOSTS": str(hosts_file),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(HOOK_DIR), pythonpath) if p)}
+
+
+def api_kubeconfig(container: Obj, volumes: Mapping[str, Volume], pod: LocalPod
+                   ) -> Path | None:
+    """Where the kubeconfig of the container's mounted API token lands (None: no token)."""
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes.get(mount.get("name", ""))
+        if (mount.get("mountPath") == MOUNT_PATH and volume is not None
+                and KUBECONFIG_FILE in volume.files):
+            return (pod.directory / "containers" / str(container["name"]) / "volumes"
+                    / str(mount["name"]) / KUBECONFIG_FILE)
+    return None
+
+
+def _declared(container: Obj) -> set[str]:
+    return {str(item.get("name")) for item in container.get("env") or []}
 
 
 def container_run(

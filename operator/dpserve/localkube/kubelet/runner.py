@@ -13,9 +13,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from dpserve.localkube.kubelet.apiaccess import (
+    KUBECONFIG_FILE,
+    automounts,
+    is_api_access,
+    kubeconfig,
+    with_api_access,
+)
 from dpserve.localkube.kubelet.containers import (
     ContainerError,
     ContainerRuntime,
@@ -25,9 +33,11 @@ from dpserve.localkube.kubelet.containers import (
 from dpserve.localkube.kubelet.mapping import AddressPool, name_suffix, now, template_hash
 from dpserve.localkube.kubelet.pods import ContainerRun, LocalPod, pod_status, terminated_state
 from dpserve.localkube.kubelet.serviceaccount import TokenSink
+from dpserve.localkube.kubelet.services import hosts_file
 from dpserve.localkube.kubelet.volumes import (
     Volume,
     VolumeError,
+    downward_files,
     host_path,
     key_files,
     source_ref,
@@ -84,11 +94,15 @@ class LocalKubelet:
         self.namespaces = list(namespaces or [])
         # Absolute: containers run in their own directories.
         self.executable_dir = (executable_dir or Path(sys.executable).parent).absolute()
-        self.host_ports = set(host_ports)
+        # The API server is a host service too: pods' kubeconfigs name it on 127.0.0.1.
+        self.host_ports = set(host_ports) | {_port_of(self.api_url)}
         self.poll_interval = poll_interval
         self.extra_env = dict(extra_env or {})
+        self.hosts_file = self.workdir / "hosts"
         self.runtime: ContainerRuntime = runtime or ProcessRuntime(
-            self.executable_dir, frozenset(self.host_ports), self.extra_env)
+            self.executable_dir, frozenset(self.host_ports), self.extra_env,
+            hosts_file=self.hosts_file)
+        self._hosts_problems: set[str] = set()
         self._tokens = tokens
         self._pods: dict[PodKey, LocalPod] = {}
         # Every pod whose processes may still run, also while it is being removed.
@@ -218,6 +232,20 @@ class LocalKubelet:
             wanted |= await self._sync_job(job)
         gone = [pod for key, pod in self._pods.items() if key not in wanted]
         await asyncio.gather(*(self._remove(pod) for pod in gone))
+        await self._sync_service_names()
+
+    async def _sync_service_names(self) -> None:
+        """The hosts file of Service names (kube-proxy and cluster DNS, see .services)."""
+        hosts = hosts_file(await self._list("/api/v1", "services"), self.pods())
+        for problem in set(hosts.problems) - self._hosts_problems:
+            log.warning("%s", problem)
+        self._hosts_problems = set(hosts.problems)
+        with contextlib.suppress(FileNotFoundError):
+            if self.hosts_file.read_text(encoding="utf-8") == hosts.text:
+                return
+        staging = self.hosts_file.with_name(self.hosts_file.name + ".new")
+        staging.write_text(hosts.text, encoding="utf-8")
+        staging.replace(self.hosts_file)  # readers see the old file or the new one
 
     def _owned(self, kind: str, uid: str) -> list[LocalPod]:
         return [p for p in self._pods.values()
@@ -231,13 +259,18 @@ class LocalKubelet:
         mine = self._owned("Deployment", meta.get("uid", ""))
         current = [p for p in mine if p.template_hash == thash]
         old = [p for p in mine if p.template_hash != thash]
+        if old and (spec.get("strategy") or {}).get("type") == "Recreate":
+            # Recreate: every old pod is gone (processes stopped) before a new one starts,
+            # so two generations never run at once (the chart's operator relies on it).
+            await asyncio.gather(*(self._remove(p) for p in old))
+            old = []
         if len(current) > desired:  # scale down: not-ready pods first, then the youngest
             current.sort(key=lambda p: (not p.ready, p.created_at))
             await asyncio.gather(*(self._remove(p) for p in current[desired:]))
             current = current[:desired]
         while len(current) < desired:
             current.append(await self._start_pod(dep, "Deployment", template, thash))
-        # Rolling update, maxUnavailable 0: the old pods go once every new one is ready.
+        # RollingUpdate, maxUnavailable 0: the old pods go once every new one is ready.
         if old and all(p.ready for p in current):
             await asyncio.gather(*(self._remove(p) for p in old))
             old = []
@@ -269,6 +302,11 @@ class LocalKubelet:
         ometa = owner["metadata"]
         ns, oname = ometa.get("namespace", "default"), ometa["name"]
         pod_spec = dict(template.get("spec") or {})
+        account = pod_spec.get("serviceAccountName") or "default"
+        sa_obj = None if "automountServiceAccountToken" in pod_spec else await self._get(
+            f"/api/v1/namespaces/{ns}/serviceaccounts/{account}")
+        if automounts(pod_spec, sa_obj):
+            pod_spec = with_api_access(pod_spec)
         labels = dict((template.get("metadata") or {}).get("labels") or {})
         if owner_kind == "Deployment":
             labels["pod-template-hash"] = thash
@@ -360,7 +398,13 @@ class LocalKubelet:
                 for source in vol["projected"].get("sources") or []:
                     if "serviceAccountToken" in source:
                         sat = source["serviceAccountToken"]
-                        files[sat["path"]] = self._issue_token(pod, sat.get("audience"))
+                        token = self._issue_token(pod, sat.get("audience"))
+                        files[sat["path"]] = token
+                        if is_api_access(name) and not sat.get("audience"):
+                            files[KUBECONFIG_FILE] = kubeconfig(
+                                self.api_url, token, pod.namespace, pod.service_account)
+                    elif "downwardAPI" in source:
+                        files |= downward_files(pod, source["downwardAPI"], name)
                     elif "configMap" in source or "secret" in source:
                         files |= await self._key_files(pod, source)
                     else:
@@ -459,9 +503,11 @@ class LocalKubelet:
             if port is None:
                 return False
         assert self._session is not None
+        # HTTPS as a kubelet probes it: the certificate is not verified.
+        scheme = str(http.get("scheme") or "HTTP").lower()
         try:
             async with self._session.get(
-                f"http://{pod.ip}:{port}{http.get('path', '/')}",
+                f"{scheme}://{pod.ip}:{port}{http.get('path', '/')}", ssl=False,
                 timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
             ) as resp:
                 await resp.read()
@@ -519,3 +565,8 @@ class LocalKubelet:
             {"status": status})
         if code < 300:
             pod.published = status
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)

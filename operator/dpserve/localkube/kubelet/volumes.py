@@ -64,3 +64,17 @@ def key_files(obj: Obj | None, plural: str, name: str, ref: Obj) -> dict[str, st
             raise VolumeError(f"{kind} {name!r} has no key {item['key']!r}")
         files[item.get("path") or item["key"]] = data[item["key"]]
     return files
+
+
+def downward_files(pod: Any, source: Obj, volume: str) -> dict[str, str]:
+    """A downwardAPI volume source's files (the pod's own metadata fields)."""
+    values = {"metadata.name": pod.name, "metadata.namespace": pod.namespace,
+              "metadata.uid": pod.uid}
+    files = {}
+    for item in source.get("items") or []:
+        field = (item.get("fieldRef") or {}).get("fieldPath")
+        if field not in values:
+            raise VolumeError(f"volume {volume}: downwardAPI field {field!r} is not supported "
+                              "by the local kubelet")
+        files[item["path"]] = values[field]
+    return files
