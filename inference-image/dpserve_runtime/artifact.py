@@ -8,6 +8,9 @@ Layout (camelCase keys, see the shared contract)::
     <dir>/weights.pt         state-dict format: torch state dict of ``build_model(architecture)``
     <dir>/model.ts           torchscript format: a scripted module (architecture optional)
     <dir>/teachers/000.pt    pate-ensemble format: one state dict per teacher
+    <dir>/training-set.json  the record ids each teacher (or the model) was trained on, when
+                             the data set carried ids (``train/recordids.py``): the PATE
+                             partition map an erasure retrains the affected teachers from
     <dir>/adapter/           state-dict made by a LoRA run: the unmerged adapter (peft's
                              format), provenance only; ``weights.pt`` holds the merged model
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -111,6 +115,18 @@ class TrainingSpend(_Wire):
     lora: LoraProvenance | None = None
 
 
+class Recipe(_Wire):
+    """How the teachers of a pate-ensemble were trained: teacher k is rebuilt from
+    ``seed + k`` with these settings, so an erasure retrains exactly what a run without
+    the erased records would have trained."""
+
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    learning_rate: Annotated[float, Field(gt=0)]
+    seed: int
+    test_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+
 class Manifest(_Wire):
     """``manifest.json`` of an artifact directory."""
 
@@ -124,8 +140,10 @@ class Manifest(_Wire):
     ) = None
     training: TrainingSpend | None = None
     fingerprints: str | None = None
+    training_set: str | None = None  # training-set.json: record ids per teacher / model
+    recipe: Recipe | None = None  # pate-ensemble: how each teacher was trained
 
-    @field_validator("weights", "fingerprints")
+    @field_validator("weights", "fingerprints", "training_set")
     @classmethod
     def _inside(cls, value: str | None) -> str | None:
         return None if value is None else _relative_path(value)
@@ -217,6 +235,13 @@ def _load_state_dict(
     except RuntimeError as exc:
         raise ArtifactError(f"{relative}: does not match the manifest architecture: {exc}") from exc
     return model.eval()
+
+
+def teacher_files(directory: str | Path, manifest: Manifest) -> list[Path]:
+    """The teacher files of a pate-ensemble, checked to lie inside the directory."""
+    if manifest.format != "pate-ensemble" or manifest.teachers is None:
+        raise ArtifactError(f"{directory}: not a pate-ensemble artifact")
+    return [_resolve(Path(directory), t) for t in manifest.teachers]
 
 
 def load_model(directory: str | Path) -> nn.Module | list[nn.Module]:
@@ -318,12 +343,13 @@ def save_state_dict_artifact(
     labels: Sequence[str] | None = None,
     training: TrainingSpend | Mapping[str, Any] | None = None,
     fingerprints: str | None = None,
+    training_set: str | None = None,
 ) -> Manifest:
     """Write a ``state-dict`` artifact (``weights.pt`` + manifest) and return its manifest."""
     arch = parse_architecture(architecture)
     root, manifest = _new_manifest(
         directory, "state-dict", arch, version=version, labels=labels, training=training,
-        fingerprints=fingerprints, weights=WEIGHTS_NAME,
+        fingerprints=fingerprints, weights=WEIGHTS_NAME, training_set=training_set,
     )
     _save_state_dict(model, arch, root / WEIGHTS_NAME)
     _write_manifest(root, manifest)
@@ -332,25 +358,35 @@ def save_state_dict_artifact(
 
 def save_pate_ensemble(
     directory: str | Path,
-    teachers: Sequence[nn.Module],
+    teachers: Sequence[nn.Module | Path],
     architecture: ArchitectureLike,
     *,
     version: str = "v1",
     labels: Sequence[str] | None = None,
     training: TrainingSpend | Mapping[str, Any] | None = None,
     fingerprints: str | None = None,
+    training_set: str | None = None,
+    recipe: Recipe | None = None,
 ) -> Manifest:
     """Write a ``pate-ensemble`` artifact (``teachers/NNN.pt`` + manifest): the teachers
-    must have been trained on disjoint partitions of the protected data."""
+    must have been trained on disjoint partitions of the protected data.
+
+    A teacher given as a Path (a teacher file of an earlier version that an erasure did not
+    touch) is copied byte for byte: what did not see an erased record stays exactly as it was.
+    """
     arch = parse_architecture(architecture)
     width = max(3, len(str(len(teachers) - 1)))
     files = [f"{TEACHERS_DIR}/{i:0{width}d}.pt" for i in range(len(teachers))]
     root, manifest = _new_manifest(
         directory, "pate-ensemble", arch, version=version, labels=labels, training=training,
-        fingerprints=fingerprints, teachers=files,
+        fingerprints=fingerprints, teachers=files, training_set=training_set, recipe=recipe,
     )
     for teacher, name in zip(teachers, files, strict=True):
-        _save_state_dict(teacher, arch, root / name)
+        if isinstance(teacher, Path):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(teacher, root / name)
+        else:
+            _save_state_dict(teacher, arch, root / name)
     _write_manifest(root, manifest)
     return manifest
 

@@ -20,6 +20,8 @@ class OperatorMetrics:
     model_replicas: Gauge
     models_stopped_total: Counter
     retrains_total: Counter
+    unlearning_requests_total: Counter
+    erasure_overdue: Gauge
 
 
 _CACHE: dict[int, OperatorMetrics] = {}
@@ -51,6 +53,21 @@ def operator_metrics(registry: CollectorRegistry = REGISTRY) -> OperatorMetrics:
         ),
         retrains_total=Counter("dpserve_retrains_total", "Retraining Jobs by outcome",
                                ["namespace", "model", "outcome"], registry=registry),
+        # Each ErasureRequest counts once per outcome it reaches: completed (a version
+        # without its records serves), failed (not erasable, or the retrain gave up),
+        # overdue (its deadline passed before completion; it may still complete later).
+        unlearning_requests_total=Counter(
+            "ml_unlearning_requests_total", "ErasureRequests by outcome reached",
+            ["outcome"], registry=registry,
+        ),
+        # 1 while a request is open past its deadline (the alert's input; a counter's
+        # increase would stop alerting an hour after the deadline while the request is
+        # still open).
+        erasure_overdue=Gauge(
+            "dpserve_erasure_request_overdue",
+            "1 while an ErasureRequest is past its deadline and not completed",
+            ["namespace", "request"], registry=registry,
+        ),
     )
     _CACHE[id(registry)] = metrics
     return metrics

@@ -153,6 +153,7 @@ def configure_logging(log_format: str) -> None:
 
 def run(options: RunOptions, settings: OperatorSettings | None = None) -> None:
     """Run the operator until SIGTERM / SIGINT."""
+    import dpserve.controllers.erasurerequest
     import dpserve.controllers.owned
     import dpserve.controllers.privacybudget
     import dpserve.controllers.privatemodel  # noqa: F401  (registers the handlers)

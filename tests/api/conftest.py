@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from dpserve.api.crdgen import all_crds
+from dpserve.api.erasurerequest import ErasureRequest
 from dpserve.api.privacybudget import PrivacyBudget
 from dpserve.api.privatemodel import PrivateModel
 
@@ -19,4 +20,5 @@ def crds_by_kind() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def models_by_kind() -> dict[str, type[BaseModel]]:
-    return {"PrivacyBudget": PrivacyBudget, "PrivateModel": PrivateModel}
+    return {"PrivacyBudget": PrivacyBudget, "PrivateModel": PrivateModel,
+            "ErasureRequest": ErasureRequest}

@@ -159,6 +159,7 @@ def test_cel_rules_compile_and_report_on_existing_fields(crd: dict[str, Any]) ->
 
 
 EXPECTED_COLUMNS = {
+    "ErasureRequest": ["Model", "Phase", "Complete", "Removed In", "Deadline", "Age"],
     "PrivacyBudget": [
         "Ready", "Epsilon Spent", "Epsilon Limit", "Epsilon Remaining", "Exhausted", "Age"
     ],

@@ -15,7 +15,7 @@ from dpserve.api.mechanism import Mechanism, is_tenant_side, privacy_unit
 from dpserve.localkube.crdvalidation import validate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-CR_KINDS = {"PrivacyBudget", "PrivateModel"}
+CR_KINDS = {"PrivacyBudget", "PrivateModel", "ErasureRequest"}
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
@@ -97,6 +97,11 @@ def test_references_resolve_within_the_examples() -> None:
                for _, d in CRS if d["kind"] == "PrivacyBudget"}
     for _, doc in CRS:
         assert doc["metadata"]["namespace"] in namespaces
+        if doc["kind"] == "ErasureRequest":
+            models = {d["metadata"]["name"] for _, d in CRS if d["kind"] == "PrivateModel"
+                      and d["metadata"]["namespace"] == doc["metadata"]["namespace"]}
+            assert doc["spec"]["modelRef"]["name"] in models
+            continue
         if doc["kind"] != "PrivateModel":
             continue
         key = (doc["metadata"]["namespace"], doc["spec"]["budgetRef"]["name"])

@@ -78,7 +78,8 @@ def _shipped_crds(chart: helm.Chart) -> dict[str, dict[str, Any]]:
 
 def test_shipped_crds_validate(chart: helm.Chart) -> None:
     crds = _shipped_crds(chart)
-    assert set(crds) == {"PrivacyBudget", "PrivateModel", "KopfPeering", "ClusterKopfPeering"}
+    assert set(crds) == {"ErasureRequest", "PrivacyBudget", "PrivateModel", "KopfPeering",
+                         "ClusterKopfPeering"}
     for crd in crds.values():
         kubernetes_validate.validate(crd, kubernetes_validate.latest_version(), strict=True)
     # Kopf patches the peering object's main resource, not a status subresource.
@@ -237,6 +238,7 @@ def test_alerts_cover_the_budget_the_guard_and_the_operator(
         "DpservePrivacyBudgetExhausted",
         "DpserveVerbatimReproductionBlocked",
         "DpserveAttestationFailed",
+        "DpserveErasureRequestOverdue",
         "DpserveOperatorDown",
     }
     thresholds = sorted(
@@ -251,6 +253,7 @@ def test_alerts_cover_the_budget_the_guard_and_the_operator(
         "dpserve_budget_exhausted",
         "ml_verbatim_reproduction_blocked_total",
         "ml_enclave_attestation_failure_total",
+        "dpserve_erasure_request_overdue",
         "up",
     }
     # Every metric an alert reads is exported by our code (an alert on a metric nobody
@@ -281,7 +284,7 @@ def test_packaged_chart_keeps_crds_and_subchart(chart_dir: Path, tmp_path: Path)
     archive = helm.package(chart_dir, destination=tmp_path)
     with helm.Chart.load(archive) as packaged:
         names = sorted(Path(c["filename"]).name for c in packaged.crds)
-        assert names == ["dpserve.io_privacybudgets.yaml", "dpserve.io_privatemodels.yaml",
-                         "kopf-peering.yaml"]
+        assert names == ["dpserve.io_erasurerequests.yaml", "dpserve.io_privacybudgets.yaml",
+                         "dpserve.io_privatemodels.yaml", "kopf-peering.yaml"]
         rendered = packaged.render({"standby": {"enabled": True}}, name="dps", namespace="ns")
     assert "kind: ClusterKopfPeering" in rendered["dpserve/templates/peering.yaml"]

@@ -131,7 +131,8 @@ class E2E:
     def apply(self, *bodies: dict[str, Any]) -> None:
         for body in bodies:
             ns = body["metadata"]["namespace"]
-            plural = "privacybudgets" if body["kind"] == "PrivacyBudget" else "privatemodels"
+            plural = {"PrivacyBudget": "privacybudgets", "PrivateModel": "privatemodels",
+                      "ErasureRequest": "erasurerequests"}[body["kind"]]
             self.api.create(manifests.group_path(ns, plural), body)
 
     def client(self, ns: str, model: str, start: int = 0) -> QueryClient:

@@ -17,9 +17,20 @@ templates/rbac.yaml chooses which blocks go into the ClusterRole and the Roles.
 - apiGroups: [dpserve.io]
   resources: [privacybudgets]
   verbs: [get, list, watch, patch, create]
+# Kopf lists, watches and patches ErasureRequests (finalizer-free; handler-progress
+# annotations); the operator never creates or deletes one (they are the record of what a
+# person asked).
+- apiGroups: [dpserve.io]
+  resources: [erasurerequests]
+  verbs: [get, list, watch, patch]
 # Status: controllers merge-patch conditions and phase.
 - apiGroups: [dpserve.io]
   resources: [privatemodels/status]
+  verbs: [patch, update]
+# Status: the erasure controller writes phase, progress, the version that removed the records
+# and the completion time.
+- apiGroups: [dpserve.io]
+  resources: [erasurerequests/status]
   verbs: [patch, update]
 # Status: the ledger replaces it with a resourceVersion precondition so no debit is ever lost
 # (update); the budget controller merge-patches conditions (patch).
@@ -31,8 +42,9 @@ templates/rbac.yaml chooses which blocks go into the ClusterRole and the Roles.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, create, update, patch, delete]
-# Owned configmaps: the filter sidecar's configuration. Created, replaced and deleted as their
-# PrivateModel's; watched (drift correction).
+# Owned configmaps: the filter sidecar's configuration; the erased record ids every training
+# Job excludes (<model>-erasure, written by the erasure controller). Created, replaced and
+# deleted as their PrivateModel's; watched (drift correction).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, update, patch, delete]

@@ -14,6 +14,14 @@ Modes:
   (one record = one privacy unit): LoRA adapters with ``--lora-base``, every weight with
   ``--base-model``; same report fields, so the run is charged like any DP-SGD run.
 
+- ``--exclude-ids FILE`` (any mode): the erased record ids (a JSON list, the operator's
+  ``<model>-erasure`` ConfigMap) are left out of the run; records carry ids (npz field
+  ``ids``, JSONL key ``id``). ``training-set.json`` in the artifact lists the ids trained on
+  (per teacher for PATE: the partition map) and the count and hash of those excluded.
+- ``--mode pate --unlearn-base DIR`` (``train/unlearn.py``): exact unlearning of a served
+  ensemble: only the teachers whose partition held an excluded id are retrained, the others
+  are copied byte for byte; fingerprints are rebuilt without the erased records' texts.
+
 Every flag has an environment fallback (``DPSERVE_<FLAG>``, e.g. ``DPSERVE_TARGET_EPSILON``).
 Exit status: 0 done, 2 invalid input, 3 refused (target ε above --max-epsilon), 1 other.
 On success the JSON report goes to the termination-message file and is the last stdout
@@ -44,6 +52,7 @@ from dpserve_runtime.architectures import (
 from dpserve_runtime.artifact import (
     MANIFEST_NAME,
     ArtifactError,
+    Recipe,
     save_pate_ensemble,
     save_state_dict_artifact,
 )
@@ -75,7 +84,17 @@ from dpserve_runtime.train.lora import (
 )
 from dpserve_runtime.train.lora import summary as lora_summary
 from dpserve_runtime.train.pate import plurality_accuracy, train_teachers
+from dpserve_runtime.train.recordids import (
+    TRAINING_SET_NAME,
+    RecordIdError,
+    file_sha256,
+    ids_digest,
+    load_excluded_ids,
+    training_set_document,
+    write_training_set,
+)
 from dpserve_runtime.train.report import log_event, write_termination_message
+from dpserve_runtime.train.unlearn import UnlearnError, UnlearnJob, unlearn_pate
 
 FINGERPRINTS_NAME = "fingerprints.json"
 EXIT_INVALID = 2
@@ -219,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--lora-targets",
         help="comma-separated module names to adapt, e.g. 1,3 (default: every Linear and "
         "Conv2d layer of the base)",
+    )
+    add(
+        "--exclude-ids",
+        type=Path,
+        help="JSON list of erased record ids: left out of this run (the data set must carry ids)",
+    )
+    add(
+        "--unlearn-base",
+        type=Path,
+        help="pate mode: the served pate-ensemble artifact; retrain only the teachers whose "
+        "partition held an --exclude-ids record, copy the others",
     )
     add("--seed", type=int, default="0", help="initialisation / split seed (never the noise)")
     add("--version", default="v1", help="model version written to the manifest")
@@ -408,11 +438,31 @@ def _adapter_card(base: LoraBase, spec: LoraSpec, version: str) -> str:
     )
 
 
+def _excluded_ids(args: argparse.Namespace) -> frozenset[str]:
+    if args.exclude_ids is None:
+        if args.unlearn_base is not None:
+            raise InvalidInput("--unlearn-base: needs --exclude-ids (the records to erase)")
+        return frozenset()
+    try:
+        return load_excluded_ids(args.exclude_ids)
+    except RecordIdError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def _exclusion_report(excluded: frozenset[str]) -> dict[str, Any]:
+    return {"excludedIds": len(excluded), "excludedIdsSha256": ids_digest(excluded)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Validate, train, write the artifact; returns the report. Raises on refusal/invalid."""
     _check_privacy_args(args)
+    args.excluded_ids = _excluded_ids(args)
+    if args.unlearn_base is not None:
+        return _run_unlearn(args)
     if args.format == "huggingface":
-        return _run_text(args)
+        report = _run_text(args)
+        report.update(_exclusion_report(args.excluded_ids))
+        return report
     for flag, value in (("--task", args.task), ("--base-model", args.base_model),
                         ("--max-seq-len", args.max_seq_len)):
         if value is not None:
@@ -427,7 +477,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if lora_setup is None and args.architecture is None:
         raise InvalidInput("--architecture: required (unless --lora-base gives it)")
     try:
-        dataset = load_dataset(args.dataset)
+        loaded = load_dataset(args.dataset)
+        dataset, erased = loaded.without(args.excluded_ids)
         if lora_setup is not None:
             architecture = _lora_architecture(args.architecture, lora_setup[0])
         else:
@@ -449,6 +500,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "dataset": str(args.dataset),
         "records": len(dataset),
+        "erasedRecords": erased,
         "trainRecords": len(train),
         "architecture": architecture.model_dump(by_alias=True),
         "targetEpsilon": args.target_epsilon,
@@ -490,14 +542,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
 
-    written = Written(output, architecture, labels, fingerprints)
+    training_set = TRAINING_SET_NAME if dataset.ids is not None else None
+    written = Written(output, architecture, labels, fingerprints, training_set)
     if args.mode == "dpsgd":
         report, acc = _train_dpsgd(args, train, test, learning_rate, written, lora_setup)
+        partition_map = None
     else:
-        report, acc = _train_pate(args, train, test, learning_rate, written)
+        report, acc, partition_map = _train_pate(args, train, test, learning_rate, written)
     report.update(
-        {"accuracy": acc, "version": args.version, "artifact": str(output), "mode": args.mode}
+        {"accuracy": acc, "version": args.version, "artifact": str(output), "mode": args.mode,
+         "erasedRecords": erased, **_exclusion_report(args.excluded_ids)}
     )
+    if training_set is not None:
+        report["trainingSetSha256"] = _training_set(
+            args, train, test, partition_map, output)
+    return report
+
+
+def _training_set(
+    args: argparse.Namespace, train: Dataset, test: Dataset | None,
+    partition_map: list[list[str]] | None, output: Path,
+) -> str:
+    """Write training-set.json (which records trained what); returns its SHA-256."""
+    assert train.ids is not None
+    document = training_set_document(
+        dataset=args.dataset, dataset_sha256=file_sha256(args.dataset),
+        excluded=args.excluded_ids, teachers=partition_map,
+        train=None if partition_map is not None else list(train.ids),
+        held_out=list(test.ids) if test is not None and test.ids is not None else [])
+    return write_training_set(output, document)
+
+
+def _run_unlearn(args: argparse.Namespace) -> dict[str, Any]:
+    """Exact unlearning of a PATE ensemble (``train/unlearn.py``)."""
+    if args.mode != "pate":
+        raise InvalidInput("--unlearn-base: exact unlearning applies to PATE ensembles (--mode "
+                           "pate); a DP-SGD model retrains with --exclude-ids instead")
+    if args.format != "state-dict":
+        raise InvalidInput("--unlearn-base: only tensor PATE ensembles (--format state-dict)")
+    if (args.output / MANIFEST_NAME).exists() and not args.overwrite:
+        raise InvalidInput(f"--output: {args.output} already holds an artifact ({MANIFEST_NAME})")
+    if args.output.resolve() == args.unlearn_base.resolve():
+        raise InvalidInput("--output: must not be the --unlearn-base directory")
+    job = UnlearnJob(base=args.unlearn_base, dataset=args.dataset, excluded=args.excluded_ids,
+                     output=args.output, version=args.version,
+                     window_tokens=args.fingerprint_window_tokens)
+    log_event({"event": "start", "mode": "pate", "unlearn": str(args.unlearn_base),
+               "dataset": str(args.dataset), "excludedIds": len(args.excluded_ids)})
+    try:
+        report = unlearn_pate(job, log_event)
+    except UnlearnError as exc:
+        raise InvalidInput(str(exc)) from exc
+    report.update({"version": args.version, "artifact": str(args.output), "mode": "pate"})
     return report
 
 
@@ -529,6 +625,7 @@ class Written:
     architecture: Architecture
     labels: list[str] | None
     fingerprints: str | None
+    training_set: str | None = None  # training-set.json when the data set carries ids
 
 
 def _train_dpsgd(
@@ -570,6 +667,7 @@ def _train_dpsgd(
     save_state_dict_artifact(
         written.output, final, written.architecture, version=args.version,
         labels=written.labels, training=training, fingerprints=written.fingerprints,
+        training_set=written.training_set,
     )
     report = {
         key: training.get(key)
@@ -583,8 +681,9 @@ def _train_dpsgd(
 def _train_pate(
     args: argparse.Namespace, train: Dataset, test: Dataset | None, learning_rate: float,
     written: Written,
-) -> tuple[dict[str, Any], float | None]:
-    """K teachers on disjoint partitions, no noise here; returns (report, accuracy)."""
+) -> tuple[dict[str, Any], float | None, list[list[str]] | None]:
+    """K teachers on disjoint partitions, no noise here; returns (report, accuracy, the
+    record ids of each teacher's partition when the data set carries ids)."""
     if args.teachers > len(train):
         raise InvalidInput(
             f"--teachers: {args.teachers} teachers need at least as many training "
@@ -619,10 +718,16 @@ def _train_pate(
         training["delta"] = args.delta
     if acc is not None:
         training["accuracy"] = acc
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size,
+                    learning_rate=learning_rate, seed=args.seed,
+                    test_fraction=args.test_fraction)
     save_pate_ensemble(
         written.output, teachers, architecture, version=args.version, labels=written.labels,
         training=training, fingerprints=written.fingerprints,
+        training_set=written.training_set, recipe=recipe,
     )
+    partition_map = (None if train.ids is None
+                     else [[train.ids[int(i)] for i in rows] for rows in partitions])
     report = {
         "noiseMultiplier": None,
         "sampleRate": None,
@@ -632,7 +737,7 @@ def _train_pate(
         "delta": args.delta,
         "teachers": len(teachers),
     }
-    return report, acc
+    return report, acc, partition_map
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 File format (see the shared contracts): ``X`` float [n, d] or [n, c, h, w], ``y`` integer
 [n] with labels in ``0..num_classes-1``, optional ``texts`` (1-D array of str): the raw text
-records whose verbatim reproduction the serving-side guard must block. Files are read with
+records whose verbatim reproduction the serving-side guard must block, optional ``ids``
+(1-D array of str, one unique opaque id per row): what an ErasureRequest names, and what the
+artifact's training-set manifest (which teacher saw which record) is written in. Files are read with
 ``allow_pickle=False`` (a mounted data set must not be able to run code in the trainer), so
 ``texts`` has to be stored as a fixed-width unicode array, not an object array.
 
@@ -23,6 +25,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from dpserve_runtime.train.recordids import RecordIdError, check_record_ids
+
 EXPORTABLE = ("digits", "breast_cancer")
 Shape = Literal["flat", "image"]
 
@@ -38,10 +42,13 @@ class Dataset:
     X: npt.NDArray[np.float32]
     y: npt.NDArray[np.int64]
     texts: tuple[str, ...] | None = None
+    ids: tuple[str, ...] | None = None  # one per row; subsets keep them aligned
 
     def __post_init__(self) -> None:
         if self.X.shape[0] != self.y.shape[0]:
             raise DatasetError(f"X has {self.X.shape[0]} rows but y has {self.y.shape[0]} labels")
+        if self.ids is not None and len(self.ids) != self.X.shape[0]:
+            raise DatasetError(f"ids has {len(self.ids)} entries but X has {self.X.shape[0]} rows")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -55,9 +62,37 @@ class Dataset:
     def feature_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.X.shape[1:])
 
+    @property
+    def texts_per_row(self) -> bool:
+        """``texts`` has one entry per row (then an erased row's text can be dropped)."""
+        return self.texts is not None and len(self.texts) == len(self)
+
     def subset(self, indices: npt.NDArray[np.int64]) -> Dataset:
-        """The rows at ``indices`` (texts are records of the whole set and are kept as is)."""
-        return Dataset(X=self.X[indices], y=self.y[indices], texts=self.texts)
+        """The rows at ``indices``; ids follow their rows. Texts are records of the whole
+        set and are kept as is (they feed the verbatim guard, not the model)."""
+        ids = None if self.ids is None else tuple(self.ids[int(i)] for i in indices)
+        return Dataset(X=self.X[indices], y=self.y[indices], texts=self.texts, ids=ids)
+
+    def without(self, erased: frozenset[str]) -> tuple[Dataset, int]:
+        """The data set without the rows whose id is in ``erased`` (their texts too, which
+        requires one text per row); returns it and the number of rows removed."""
+        if not erased:
+            return self, 0
+        if self.ids is None:
+            raise DatasetError("the data set has no 'ids' field: records cannot be erased by id")
+        keep = np.array([i for i, rid in enumerate(self.ids) if rid not in erased],
+                        dtype=np.int64)
+        removed = len(self) - int(keep.size)
+        if removed == 0:
+            return self, 0
+        if self.texts is not None and not self.texts_per_row:
+            raise DatasetError(
+                f"field 'texts' has {len(self.texts)} entries for {len(self)} rows: an erased "
+                "record's text (and its verbatim-guard fingerprints) can only be removed when "
+                "'texts' has one entry per row")
+        texts = None if self.texts is None else tuple(self.texts[int(i)] for i in keep)
+        ids = tuple(self.ids[int(i)] for i in keep)
+        return Dataset(X=self.X[keep], y=self.y[keep], texts=texts, ids=ids), removed
 
 
 def load_dataset(path: str | Path, *, num_classes: int | None = None) -> Dataset:
@@ -103,9 +138,9 @@ def validate_arrays(
     num_classes: int | None = None,
 ) -> Dataset:
     """Check the arrays of a data set file and convert them to the canonical dtypes."""
-    unknown = sorted(set(arrays) - {"X", "y", "texts"})
+    unknown = sorted(set(arrays) - {"X", "y", "texts", "ids"})
     if unknown:
-        raise DatasetError(f"{source}: unknown field(s) {unknown}; allowed: X, y, texts")
+        raise DatasetError(f"{source}: unknown field(s) {unknown}; allowed: X, y, texts, ids")
     for field in ("X", "y"):
         if field not in arrays:
             raise DatasetError(f"{source}: missing required field '{field}'")
@@ -148,7 +183,19 @@ def validate_arrays(
                 f"got dtype {raw.dtype} shape {list(raw.shape)}"
             )
         texts = tuple(str(t) for t in raw.tolist())
-    return Dataset(X=features, y=labels, texts=texts)
+    ids: tuple[str, ...] | None = None
+    if "ids" in arrays:
+        raw_ids = arrays["ids"]
+        if raw_ids.ndim != 1 or not np.issubdtype(raw_ids.dtype, np.str_):
+            raise DatasetError(
+                f"{source}: field 'ids' must be a 1-D unicode string array, "
+                f"got dtype {raw_ids.dtype} shape {list(raw_ids.shape)}"
+            )
+        try:
+            ids = check_record_ids([str(i) for i in raw_ids.tolist()], rows=X.shape[0])
+        except RecordIdError as exc:
+            raise DatasetError(f"{source}: field 'ids': {exc}") from exc
+    return Dataset(X=features, y=labels, texts=texts, ids=ids)
 
 
 def save_dataset(dataset: Dataset, path: str | Path) -> None:
@@ -158,6 +205,8 @@ def save_dataset(dataset: Dataset, path: str | Path) -> None:
     arrays: dict[str, npt.NDArray[np.generic]] = {"X": dataset.X, "y": dataset.y}
     if dataset.texts is not None:
         arrays["texts"] = np.array(dataset.texts, dtype=str)
+    if dataset.ids is not None:
+        arrays["ids"] = np.array(dataset.ids, dtype=str)
     with target.open("wb") as handle:
         np.savez(handle, **arrays)  # type: ignore[arg-type]
 
@@ -212,7 +261,9 @@ def export_dataset(name: str, path: str | Path, *, shape: Shape = "flat") -> Dat
         texts = None
     else:
         raise DatasetError(f"unknown data set {name!r}; exportable: {', '.join(EXPORTABLE)}")
-    dataset = Dataset(X=X, y=labels, texts=texts)
+    # Opaque record ids, one per row: what an ErasureRequest names.
+    ids = tuple(f"{name}-{i:05d}" for i in range(len(labels)))
+    dataset = Dataset(X=X, y=labels, texts=texts, ids=ids)
     save_dataset(dataset, path)
     return dataset
 

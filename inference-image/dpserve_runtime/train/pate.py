@@ -51,20 +51,29 @@ def train_teachers(
     if teachers > len(dataset):
         raise ValueError(f"{teachers} teachers but only {len(dataset)} training records")
     partitions = partition_indices(len(dataset), teachers, seed=seed)
-    models: list[nn.Module] = []
-    for k, rows in enumerate(partitions):
-        model = build_model(architecture, seed=seed + k)
-        models.append(
-            train_nonprivate(
-                model,
-                dataset.subset(rows),
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed + k,
-            )
-        )
+    models = [
+        train_teacher(dataset.subset(rows), architecture, k, epochs=epochs,
+                      batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+        for k, rows in enumerate(partitions)
+    ]
     return models, partitions
+
+
+def train_teacher(
+    partition: Dataset,
+    architecture: ArchitectureLike,
+    index: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> nn.Module:
+    """Teacher ``index`` on its partition, seeded ``seed + index``: the same recipe whether
+    the whole ensemble trains or an erasure retrains this one teacher."""
+    model = build_model(architecture, seed=seed + index)
+    return train_nonprivate(model, partition, epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, seed=seed + index)
 
 
 def vote_histograms(

@@ -11,6 +11,8 @@ Record shapes (unknown keys are refused, so nothing a file says is silently igno
 - ``text-generation``:     ``{"text": "..."}``
 - ``text-classification``: ``{"text": "...", "label": "name"}`` (a label of the base model,
   or an integer class index)
+- either may carry ``"id": "..."``: the record's opaque id (unique in the file), what an
+  ErasureRequest names; a Job given erased ids leaves those records out.
 
 The raw texts also feed the verbatim guard's fingerprint file (hashes only).
 """
@@ -27,12 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from dpserve_runtime.train.recordids import RecordIdError, check_record_ids
+
 TextTask = Literal["text-generation", "text-classification"]
 IGNORE_INDEX = -100  # cross-entropy target that contributes nothing (padding, prompt)
 MAX_LINE_BYTES = 1 << 20
 _KEYS: dict[str, frozenset[str]] = {
-    "text-generation": frozenset({"text"}),
-    "text-classification": frozenset({"text", "label"}),
+    "text-generation": frozenset({"text", "id"}),
+    "text-classification": frozenset({"text", "label", "id"}),
 }
 
 
@@ -55,6 +59,7 @@ class TextRecord:
 
     text: str
     label: str | int | None = None
+    id: str | None = None
 
 
 def load_text_records(path: str | Path, task: TextTask) -> list[TextRecord]:
@@ -77,7 +82,30 @@ def load_text_records(path: str | Path, task: TextTask) -> list[TextRecord]:
         raise TextDatasetError(f"dataset {source}: cannot read: {exc}") from exc
     if not records:
         raise TextDatasetError(f"dataset {source}: no records")
+    ids = [r.id for r in records if r.id is not None]
+    if ids:
+        if len(ids) != len(records):
+            raise TextDatasetError(f"dataset {source}: {len(records) - len(ids)} record(s) "
+                                   "lack an 'id' while others have one: every record or none")
+        try:
+            check_record_ids(ids)
+        except RecordIdError as exc:
+            raise TextDatasetError(f"dataset {source}: field 'id': {exc}") from exc
     return records
+
+
+def without_erased(records: list[TextRecord], erased: frozenset[str],
+                   source: str) -> list[TextRecord]:
+    """The records whose id is not erased (all of them when nothing is erased)."""
+    if not erased:
+        return records
+    if any(r.id is None for r in records):
+        raise TextDatasetError(f"dataset {source}: records carry no 'id': erased records "
+                               "cannot be left out by id")
+    kept = [r for r in records if r.id not in erased]
+    if not kept:
+        raise TextDatasetError(f"dataset {source}: every record is erased")
+    return kept
 
 
 def _record(raw: bytes, number: int, source: Path, task: TextTask,
@@ -102,7 +130,10 @@ def _record(raw: bytes, number: int, source: Path, task: TextTask,
         label is None or isinstance(label, bool) or not isinstance(label, str | int)
     ):
         raise TextDatasetError(f"{where}: field 'label' must be a string or an integer")
-    return TextRecord(text=text, label=label)
+    rid = obj.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise TextDatasetError(f"{where}: field 'id' must be a string")
+    return TextRecord(text=text, label=label, id=rid)
 
 
 def resolve_labels(records: Sequence[TextRecord], names: Sequence[str],

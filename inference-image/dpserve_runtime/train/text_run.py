@@ -49,6 +49,7 @@ from dpserve_runtime.train.text import (
     load_text_records,
     resolve_labels,
     tokenize,
+    without_erased,
 )
 
 FINGERPRINTS_NAME = "fingerprints.json"
@@ -150,7 +151,8 @@ def run_text(args: argparse.Namespace, learning_rate: float | None) -> dict[str,
             raise HfTrainingError(f"--lora-targets: {exc}") from exc
     labels = _labels(args, base)
     try:
-        records = load_text_records(args.dataset, task)
+        loaded = load_text_records(args.dataset, task)
+        records = without_erased(loaded, args.excluded_ids, str(args.dataset))
         data = _tokenized(records, base, labels, max_seq_len, str(args.dataset))
     except TextDatasetError as exc:
         raise HfTrainingError(str(exc)) from exc
@@ -167,7 +169,8 @@ def run_text(args: argparse.Namespace, learning_rate: float | None) -> dict[str,
     start: dict[str, Any] = {
         "event": "start", "mode": "dpsgd", "format": "huggingface", "task": task,
         "finetune": "lora" if lora else "full", "dataset": str(args.dataset),
-        "records": len(data), "trainRecords": len(train), "tokens": train.tokens,
+        "records": len(data), "erasedRecords": len(loaded) - len(records),
+        "trainRecords": len(train), "tokens": train.tokens,
         "truncatedRecords": data.truncated, "maxSeqLen": max_seq_len,
         "base": {"directory": str(base_dir), **base.reference()},
         "targetEpsilon": args.target_epsilon, "delta": args.delta, "epochs": args.epochs,

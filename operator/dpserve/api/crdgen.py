@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from dpserve import API_GROUP, API_VERSION
-from dpserve.api import privacybudget, privatemodel
+from dpserve.api import erasurerequest, privacybudget, privatemodel
 from dpserve.api.cel import CelRule
 
 CATEGORY = "dpserve"
@@ -228,9 +228,36 @@ def privatemodel_crd() -> dict[str, Any]:
     )
 
 
+def erasurerequest_crd() -> dict[str, Any]:
+    return _crd(
+        kind=erasurerequest.KIND,
+        plural=erasurerequest.PLURAL,
+        short_names=erasurerequest.SHORT_NAMES,
+        schema=_top_schema(
+            erasurerequest.ErasureRequestSpec,
+            erasurerequest.ErasureRequestStatus,
+            "Erase records (by opaque id) from a PrivateModel: version N+1 is trained without "
+            "them (only the affected teachers of a PATE ensemble), and every later training "
+            "run of the model excludes them. No ε is refunded.",
+            erasurerequest.OBJECT_RULES,
+        ),
+        columns=[
+            {"name": "Model", "type": "string", "jsonPath": ".spec.modelRef.name"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            _condition_column("Complete", "Complete"),
+            {"name": "Removed In", "type": "string", "jsonPath": ".status.removedInVersion"},
+            {"name": "Deadline", "type": "string", "jsonPath": ".status.deadline"},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        subresources={"status": {}},
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD manifest."""
     return {
+        f"{API_GROUP}_{erasurerequest.PLURAL}.yaml": erasurerequest_crd(),
         f"{API_GROUP}_{privacybudget.PLURAL}.yaml": privacybudget_crd(),
         f"{API_GROUP}_{privatemodel.PLURAL}.yaml": privatemodel_crd(),
     }

@@ -465,6 +465,43 @@ class VersionRecord(ApiModel):
     retired_at: Timestamp | None = None
 
 
+class ErasureApplied(ApiModel):
+    """A version trained without the first ``ids`` erased ids of the model's list."""
+
+    version: Version
+    ids: Annotated[int, Field(ge=0)]
+    training_set_sha256: Annotated[str, StringConstraints(max_length=64)] | None = None
+    retrained_teachers: Annotated[int, Field(ge=0)] | None = None
+
+
+class ErasureStatus(ApiModel):
+    """Where the model stands with the record ids erased from it (the ids themselves are in
+    the ConfigMap <model>-erasure, which every training Job of the model reads)."""
+
+    listed: Annotated[int, Field(ge=0)] = Field(
+        0, description="Ids in the model's erased-id list (it only grows)."
+    )
+    listed_sha256: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="SHA-256 of the list as last read: a list that lost ids "
+        "since is refused (no training Job starts) instead of silently un-erasing them."
+    )
+    applied: Annotated[list[ErasureApplied], Field(max_length=64)] = Field(
+        default_factory=list, description="Versions that removed erased ids, oldest first "
+        "(the latest 64)."
+    )
+    job: Annotated[str, StringConstraints(max_length=253)] | None = Field(
+        default=None, description="The training Job now removing listed ids."
+    )
+    attempts: Annotated[int, Field(ge=0)] | None = None
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="Why the last erasure retrain failed, or why none starts."
+    )
+    gave_up: bool | None = Field(
+        default=None, description="The erasure retrain failed its attempts; a new "
+        "ErasureRequest for the model tries again."
+    )
+
+
 class AcceptedSpec(ApiModel):
     """The declared model the operator acts on, and whether the model has spent on it.
 
@@ -514,6 +551,7 @@ class PrivateModelStatus(ApiModel):
         default=None, description="ε the budgets of the dropped versions spent, each budget "
         "once; part of lifetimeEpsilon."
     )
+    erasure: ErasureStatus | None = None
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
 
 

@@ -15,6 +15,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dpserve.resources.access import (
+    CONFIGMAPS,
+    ERASUREREQUESTS,
     EVENTS,
     JOBS,
     NODES,
@@ -28,8 +30,9 @@ from dpserve.resources.access import (
 
 # Re-exported: the controllers name the resources they call through this module.
 __all__ = [
-    "BY_KIND", "EVENTS", "JOBS", "NODES", "PODS", "PRIVACYBUDGETS", "PRIVATEMODELS",
-    "RUNTIMECLASSES", "ApiError", "Conflict", "KubeApi", "Res", "Unreachable",
+    "BY_KIND", "CONFIGMAPS", "ERASUREREQUESTS", "EVENTS", "JOBS", "NODES", "PODS",
+    "PRIVACYBUDGETS", "PRIVATEMODELS", "RUNTIMECLASSES", "ApiError", "Conflict", "KubeApi",
+    "Res", "Unreachable",
 ]
 
 Obj = dict[str, Any]

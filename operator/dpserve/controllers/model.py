@@ -28,6 +28,7 @@ from dpserve.controllers import (
     servingstate,
     specedits,
     statusfields,
+    unlearn,
 )
 from dpserve.controllers import modelstatus as ms
 from dpserve.controllers.children import NotOwned, apply_serving
@@ -341,6 +342,12 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         training_refusal = await _charge_declared_training(ctx, model, budget, version)
         fits = training_refusal is None and _fits(ctx, model, budget)
 
+    # Erased record ids: every training Job leaves them out; a damaged list starts none.
+    erasures = await unlearn.read_list(ctx, model, status.erasure)
+    status.erasure = unlearn.listing(status.erasure, erasures)
+    erased_ids = len(erasures.lst.ids)
+    erasure_job = status.erasure is not None and status.erasure.job is not None
+
     in_retraining = False
     if spec.retraining is None or spec.on_budget_exhausted != "Retrain":
         sb.set(ms.RETRAINING, "False", "NotConfigured",
@@ -355,18 +362,39 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     retrain_unpaid = (training_refusal is not None and spec.retraining is not None
                       and spec.retraining.lora is not None
                       and spec.retraining.lora.base is not None)
-    if (budget.problem is None and not fits and (training_refusal is None or retrain_unpaid)
-            and spec.on_budget_exhausted == "Retrain" and spec.retraining is not None
-            and decision.ok):
+    exhausted_retrain = (
+        budget.problem is None and not fits and (training_refusal is None or retrain_unpaid)
+        and spec.on_budget_exhausted == "Retrain" and spec.retraining is not None)
+    # A DP-SGD / DP-LoRA model removes erased ids with its ordinary retrain, brought forward
+    # for an Immediate request or a NextRetrain request's deadline (docs/erasure.md).
+    erasure_retrain = (budget.problem is None and spec.retraining is not None
+                       and unlearn.dpsgd_due(model, status.erasure, erasures, sb.now))
+    pate_erasure = (budget.problem is None and status.retrain_job is None
+                    and unlearn.pate_due(model, status.erasure, erasures))
+    if (exhausted_retrain or erasure_retrain or pate_erasure) and erasures.problem is not None:
+        sb.set(ms.RETRAINING, "False", "ErasureListDamaged", erasures.problem)
+    elif (exhausted_retrain or erasure_retrain) and decision.ok and not erasure_job:
         model.status = status
-        bctx = _build_ctx(ctx, model, budget, 0, decision)
+        bctx = _build_ctx(ctx, model, budget, 0, decision, erased_ids)
         step = await retrain.step(ctx, model, raw, sb, bctx, budget.raw or {})
-        in_retraining = step.in_progress
+        in_retraining = step.in_progress and exhausted_retrain
         requeue_after = step.requeue_after_s
         if step.rolled:  # now on the new version's budget
             version = status.model_version or version
             budget = await _budget(ctx, namespace, status.budget or spec.budget_ref.name)
             fits = budget.problem is None and _fits(ctx, model, budget)
+    elif pate_erasure and decision.ok:
+        # A PATE ensemble: only the teachers that saw an erased record retrain; the new
+        # version serves on the same budget (same data window, nothing refunded).
+        model.status = status
+        bctx = _build_ctx(ctx, model, budget, 0, decision, erased_ids)
+        spent = budget.status.epsilon_spent if budget.status else None
+        unlearned = await unlearn.step(ctx, model, sb, bctx, budget.name, spent)
+        requeue_after = unlearned.requeue_after_s
+        if unlearned.notice is not None:
+            notices.append(ms.Transition("Normal", "ErasureRolledOut", unlearned.notice))
+        if unlearned.rolled:
+            version = status.model_version or version
 
     # BudgetAvailable is evaluated whatever else blocks the model.
     if budget.problem is not None:
@@ -493,7 +521,7 @@ def _selector(name: str) -> str:
 
 
 def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, replicas: int,
-               decision: ConfidentialDecision) -> Any:
+               decision: ConfidentialDecision, erased_ids: int = 0) -> Any:
     header = None
     if budget.spec is not None and budget.spec.partitions is not None:
         header = budget.spec.partitions.header
@@ -509,4 +537,5 @@ def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, re
         operator_pod_labels=ctx.settings.operator_pod_labels,
         allow_host_path_artifacts=ctx.settings.allow_host_path_artifacts,
         ledger_ca_pem=ctx.ledger_ca.pem() if ctx.ledger_ca is not None else None,
+        erased_ids=erased_ids,
     )

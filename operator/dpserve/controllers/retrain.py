@@ -18,7 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
-from dpserve.api.privatemodel import PrivateModel, PrivateModelStatus, VersionRecord
+from dpserve.api.privatemodel import (
+    ErasureStatus,
+    PrivateModel,
+    PrivateModelStatus,
+    VersionRecord,
+)
+from dpserve.controllers import erasurestate as es
 from dpserve.controllers import modelstatus as ms
 from dpserve.controllers import retrainstate as rs
 from dpserve.controllers.children import apply
@@ -217,7 +223,7 @@ async def step(
             else:
                 run = str((job.get("metadata") or {}).get("uid") or plan.job_name)
                 failure = await _roll(ctx, model, sb, budget_raw, plan.version, plan.artifact,
-                                      report, charge, run)
+                                      report, charge, run, es.given_ids(job))
             if failure is None:
                 ctx.metrics.retrains_total.labels(namespace, name, "succeeded").inc()
                 return RetrainStep(rolled=True, in_progress=False)
@@ -244,8 +250,17 @@ async def step(
 async def _roll(
     ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder, budget_raw: Obj,
     version: str, artifact: str, report: dict[str, Any], charge: ReportSpend, run: str,
+    erased_ids: int = 0,
 ) -> str | None:
-    """Create the next budget, charge the run to it, switch the status. None = success."""
+    """Create the next budget, charge the run to it, switch the status. None = success.
+
+    ``erased_ids``: the Job left out the first that many ids of the model's erased-id list
+    (its annotation), so the new version removed them (completing the requests they cover).
+    """
+    excluded = report.get("excludedIds")
+    if erased_ids > 0 and (not isinstance(excluded, int) or excluded < erased_ids):
+        return (f"the trainer excluded {excluded!r} erased ids but the Job was given "
+                f"{erased_ids}: not rolled out")
     status = sb.status
     namespace = str(model.metadata["namespace"])
     name = str(model.metadata["name"])
@@ -306,6 +321,13 @@ async def _roll(
     status.budget = new_budget
     status.retrain_job = None
     status.retrain_attempts = 0
+    if erased_ids > 0:
+        teachers = report.get("teachers") if retraining.mode == "pate" else None
+        sha = report.get("trainingSetSha256")
+        status.erasure = es.record_applied(
+            status.erasure or ErasureStatus(), version, erased_ids,
+            training_set_sha256=sha if isinstance(sha, str) else None,
+            retrained_teachers=teachers if isinstance(teachers, int) else None)
     accuracy = report.get("accuracy")
     trained = (
         f"{version} trained with ε={report.get('epsilon')} (σ={spend.noise_multiplier}, "

@@ -122,6 +122,19 @@ def retraining(
     return section
 
 
+def erasure_request(
+    name: str, namespace: str, *, model: str, record_ids: list[str], reason: str,
+    mode: str = "Immediate", deadline_days: int | None = None,
+) -> Obj:
+    """Erase ``record_ids`` from ``model`` (docs/erasure.md)."""
+    spec: Obj = {"modelRef": {"name": model}, "recordIds": record_ids, "reason": reason,
+                 "mode": mode}
+    if deadline_days is not None:
+        spec["deadlineDays"] = deadline_days
+    return {"apiVersion": API_VERSION, "kind": "ErasureRequest",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
 def namespace(name: str) -> Obj:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 

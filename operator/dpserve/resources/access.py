@@ -68,6 +68,7 @@ class Res:
 
 PRIVATEMODELS = Res(API_GROUP, API_VERSION, "privatemodels", "PrivateModel")
 PRIVACYBUDGETS = Res(API_GROUP, API_VERSION, "privacybudgets", "PrivacyBudget")
+ERASUREREQUESTS = Res(API_GROUP, API_VERSION, "erasurerequests", "ErasureRequest")
 DEPLOYMENTS = Res("apps", "v1", "deployments", "Deployment")
 REPLICASETS = Res("apps", "v1", "replicasets", "ReplicaSet")
 SERVICES = Res("", "v1", "services", "Service")
@@ -116,7 +117,9 @@ class OwnedKind:
 OWNED_KINDS: tuple[OwnedKind, ...] = (
     OwnedKind(SERVICEACCOUNTS, "the model pods' identity, which the ledger authenticates",
               build_serviceaccount),
-    OwnedKind(CONFIGMAPS, "the filter sidecar's configuration", build_configmap),
+    OwnedKind(CONFIGMAPS, "the filter sidecar's configuration; the erased record ids every "
+              "training Job excludes (<model>-erasure, written by the erasure controller)",
+              build_configmap),
     OwnedKind(SERVICES, "the model's one endpoint (the sidecar's port)", build_service),
     OwnedKind(NETWORKPOLICIES, "model pods reach only the ledger and DNS",
               build_networkpolicy),
@@ -153,8 +156,15 @@ ACCESS: tuple[Access, ...] = (
            "Kopf lists, watches and patches PrivacyBudgets as it does PrivateModels; a retrain "
            "creates the next budget (spec.retraining.nextBudget) that version N+1 spends. A "
            "budget is never deleted (the ledger is the audit trail)."),
+    Access(ERASUREREQUESTS, ("get", "list", "watch", "patch"),
+           "Kopf lists, watches and patches ErasureRequests (finalizer-free; handler-progress "
+           "annotations); the operator never creates or deletes one (they are the record of "
+           "what a person asked)."),
     Access(PRIVATEMODELS, ("patch", "update"),
            "Status: controllers merge-patch conditions and phase.", subresource="status"),
+    Access(ERASUREREQUESTS, ("patch", "update"),
+           "Status: the erasure controller writes phase, progress, the version that removed the "
+           "records and the completion time.", subresource="status"),
     Access(PRIVACYBUDGETS, ("patch", "update"),
            "Status: the ledger replaces it with a resourceVersion precondition so no debit is "
            "ever lost (update); the budget controller merge-patches conditions (patch).",

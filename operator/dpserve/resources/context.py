@@ -55,6 +55,9 @@ class BuildContext:
     # whoever may create a PrivateModel. Off unless the operator is told otherwise (the
     # demo and single-node development do).
     allow_host_path_artifacts: bool = False
+    # Ids in the model's erased-id ConfigMap (0: none): training Jobs mount it and leave
+    # them out; the Job's annotation records the count so a roll knows what it removed.
+    erased_ids: int = 0
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -125,6 +128,7 @@ def build_context(
     image_pull_policy: PullPolicy = "IfNotPresent",
     ledger_ca_pem: str | None = None,
     allow_host_path_artifacts: bool = False,
+    erased_ids: int = 0,
 ) -> BuildContext:
     """The usual context: version, artifact and budget from status when a retrain set them,
     else from the spec; the confidential placement from the controller's decision."""
@@ -149,4 +153,5 @@ def build_context(
         image_pull_policy=image_pull_policy,
         ledger_ca_pem=ledger_ca_pem,
         allow_host_path_artifacts=allow_host_path_artifacts,
+        erased_ids=erased_ids,
     )

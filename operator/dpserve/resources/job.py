@@ -25,22 +25,31 @@
   reads the protected dataset, so it runs in the same kind of TEE.
 - Pods use the namespace's default ServiceAccount with no token mounted: the trainer needs no
   API access and must not hold the ``<model>-dpserve`` identity that leases budget.
+- Erasures: when the model has erased record ids, every training Job mounts the
+  ``<model>-erasure`` ConfigMap at /erasure and passes ``--exclude-ids``; the annotation
+  ``dpserve.io/erased-ids`` says how many ids it was given. :func:`build_unlearn_job` is the
+  PATE erasure (``<model>-erase-<next version>``): the served ensemble mounted at /base,
+  ``--unlearn-base``, only the teachers that saw an erased record are retrained.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dpserve.api.privatemodel import Lora, PrivateModel, Retraining
 from dpserve.resources import confidential
 from dpserve.resources.context import BuildContext, model_name, next_version
 from dpserve.resources.deployment import base_env, tmp_volume
-from dpserve.resources.labels import MODEL_VERSION, TRAINING, object_labels
+from dpserve.resources.labels import ERASED_IDS, MODEL_VERSION, TRAINING, object_labels
 from dpserve.resources.meta import finalize, object_meta
 from dpserve.resources.names import (
     DATASET_DIR,
     DATASET_VOLUME,
+    ERASED_IDS_KEY,
+    ERASED_IDS_PATH,
+    ERASURE_DIR,
+    ERASURE_VOLUME,
     LORA_BASE_DIR,
     LORA_BASE_VOLUME,
     OCI_DATASET_FILE,
@@ -50,6 +59,9 @@ from dpserve.resources.names import (
     TMP_DIR,
     TRAIN_CONTAINER,
     TRAIN_TMP_VOLUME,
+    UNLEARN_BASE_DIR,
+    erase_job_name,
+    erasure_configmap_name,
     train_job_name,
 )
 from dpserve.resources.render import Manifest, canonical_json
@@ -74,6 +86,7 @@ class TrainingPlan:
     output: Location  # where the new artifact lands
     dataset: Location
     lora_base: Location | None = None  # the frozen base of a LoRA retrain
+    erased_ids: int = 0  # ids of the model's erased-id list the Job leaves out
 
     @property
     def artifact(self) -> str:
@@ -87,13 +100,32 @@ def _retraining(model: PrivateModel) -> Retraining:
     return model.spec.retraining
 
 
-def training_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
+def _dataset(model: PrivateModel, ctx: BuildContext) -> Location:
     retraining = _retraining(model)
-    version = next_version(ctx.model_version)
     dataset = ctx.location(retraining.dataset, "spec.retraining.dataset")
     if dataset.scheme != "oci" and not dataset.name:
         kind = "a JSONL" if model.spec.model.format == "huggingface" else "an .npz"
         raise ValueError(f"spec.retraining.dataset: {retraining.dataset!r} must name {kind} file")
+    return dataset
+
+
+def unlearn_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
+    """The PATE erasure of the served version: same data set, version N+1 next to it."""
+    version = next_version(ctx.model_version)
+    current = ctx.location(ctx.artifact, "spec.model.artifact")
+    return TrainingPlan(
+        job_name=erase_job_name(model_name(model), version),
+        version=version,
+        output=next_artifact_location(current, version),
+        dataset=_dataset(model, ctx),
+        lora_base=current,  # mounted at /base like a LoRA base: the ensemble to start from
+    )
+
+
+def training_plan(model: PrivateModel, ctx: BuildContext) -> TrainingPlan:
+    retraining = _retraining(model)
+    version = next_version(ctx.model_version)
+    dataset = _dataset(model, ctx)
     current = ctx.location(ctx.artifact, "spec.model.artifact")
     lora_base: Location | None = None
     if retraining.lora is not None:
@@ -232,21 +264,74 @@ def trainer_args(
     # sidecar reads the size from the fingerprint file the trainer writes).
     window = model.spec.output_filter.verbatim_guard.window_tokens
     args += ["--fingerprint-window-tokens", str(window)]
+    if plan.erased_ids > 0:
+        args += ["--exclude-ids", ERASED_IDS_PATH]
     return args
 
 
+def unlearn_args(
+    model: PrivateModel, plan: TrainingPlan, dataset_path: str, output_path: str
+) -> list[str]:
+    """The PATE erasure: the recipe comes from the served artifact, not from the spec."""
+    window = model.spec.output_filter.verbatim_guard.window_tokens
+    return [
+        "--dataset", dataset_path,
+        "--output", output_path,
+        "--mode", "pate",
+        "--unlearn-base", UNLEARN_BASE_DIR,
+        "--exclude-ids", ERASED_IDS_PATH,
+        "--version", plan.version,
+        "--fingerprint-window-tokens", str(window),
+    ]  # fmt: skip
+
+
+def _erasure_volume(model: PrivateModel) -> dict[str, Any]:
+    return {
+        "name": ERASURE_VOLUME,
+        "configMap": {
+            "name": erasure_configmap_name(model_name(model)),
+            "items": [{"key": ERASED_IDS_KEY, "path": ERASED_IDS_KEY}],
+            # A Job must never train without the erasures it was started for.
+            "optional": False,
+        },
+    }
+
+
 def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
-    plan = training_plan(model, ctx)
+    """The retraining Job of version N+1 (onBudgetExhausted: Retrain, or an erasure of a
+    DP-SGD model)."""
+    return _job(model, ctx, training_plan(model, ctx), unlearn=False)
+
+
+def build_unlearn_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
+    """The PATE erasure Job of version N+1 (only the affected teachers retrain)."""
+    if model.spec.model.format != "pate-ensemble":
+        raise ValueError("spec.model.format: exact unlearning applies to pate-ensemble models")
+    if ctx.erased_ids <= 0:
+        raise ValueError("an erasure Job needs erased ids")
+    return _job(model, ctx, unlearn_plan(model, ctx), unlearn=True)
+
+
+def _job(model: PrivateModel, ctx: BuildContext, plan: TrainingPlan, *, unlearn: bool
+         ) -> Manifest:
+    plan = replace(plan, erased_ids=ctx.erased_ids)
     name = model_name(model)
     volumes = _Volumes(ctx.image_pull_policy)
     dataset_mount, dataset_path = _dataset_mount(plan, volumes)
     output_mount, output_path = _output_mount(plan, volumes)
     mounts = [dataset_mount, output_mount]
     if plan.lora_base is not None:
-        mounts.append(
-            volumes.mount(LORA_BASE_VOLUME, plan.lora_base, LORA_BASE_DIR, read_only=True)
-        )
+        base_dir = UNLEARN_BASE_DIR if unlearn else LORA_BASE_DIR
+        mounts.append(volumes.mount(LORA_BASE_VOLUME, plan.lora_base, base_dir, read_only=True))
+    extra_volumes: list[dict[str, Any]] = []
+    if plan.erased_ids > 0:
+        mounts.append({"name": ERASURE_VOLUME, "mountPath": ERASURE_DIR, "readOnly": True})
+        extra_volumes.append(_erasure_volume(model))
     mounts.append({"name": TRAIN_TMP_VOLUME, "mountPath": TMP_DIR})
+    args = (unlearn_args if unlearn else trainer_args)(model, plan, dataset_path, output_path)
+    annotations = {MODEL_VERSION: plan.version}
+    if plan.erased_ids > 0:
+        annotations[ERASED_IDS] = str(plan.erased_ids)
     serving = model.spec.serving.resources
     resources = ctx.training_resources or ResourceSpec(cpu=serving.cpu, memory=serving.memory)
     container = {
@@ -254,7 +339,7 @@ def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
         "image": ctx.image,
         "imagePullPolicy": ctx.image_pull_policy,
         "command": ["dpserve-train"],
-        "args": trainer_args(model, plan, dataset_path, output_path),
+        "args": args,
         "env": [
             *base_env(),
             {"name": "TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
@@ -271,7 +356,7 @@ def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [*volumes.items, tmp_volume(TRAIN_TMP_VOLUME)],
+        "volumes": [*volumes.items, *extra_volumes, tmp_volume(TRAIN_TMP_VOLUME)],
         **confidential.pod_placement(ctx.confidential),
     }
     return finalize(
@@ -284,7 +369,7 @@ def build_job(model: PrivateModel, ctx: BuildContext) -> Manifest:
                 plan.job_name,
                 TRAINING,
                 version=plan.version,
-                annotations={MODEL_VERSION: plan.version},
+                annotations=annotations,
             ),
             "spec": {
                 "backoffLimit": _retraining(model).backoff_limit,

@@ -23,6 +23,9 @@ MANAGED_BY_VALUE = "dpserve-operator"
 # Annotations the operator sets.
 FILTER_CONFIG_HASH = "dpserve.io/filter-config-hash"
 MODEL_VERSION = "dpserve.io/model-version"
+# On a training Job: how many ids of the model's erased-id list it was given (it removes
+# at least those; the list only grows).
+ERASED_IDS = "dpserve.io/erased-ids"
 DESIRED_HASH = "dpserve.io/desired-hash"
 
 # Serving pods and training pods differ by component, so neither the Service nor the

@@ -15,6 +15,8 @@ SERVICE_ACCOUNT_SUFFIX = "-dpserve"
 FILTER_CONFIGMAP_SUFFIX = "-filter"
 TRAINING_NETWORK_POLICY_SUFFIX = "-train"
 TRAIN_JOB_INFIX = "-train-"
+ERASE_JOB_INFIX = "-erase-"
+ERASURE_CONFIGMAP_SUFFIX = "-erasure"
 
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -85,6 +87,17 @@ def train_job_name(model: str, version: str) -> str:
     return bounded(f"{model}{TRAIN_JOB_INFIX}{version}", LABEL_MAX)
 
 
+def erase_job_name(model: str, version: str) -> str:
+    """``<model>-erase-<version>``: the PATE unlearning Job of a version (one per version,
+    never confused with the exhaustion retrain's ``-train-`` Job)."""
+    return bounded(f"{model}{ERASE_JOB_INFIX}{version}", LABEL_MAX)
+
+
+def erasure_configmap_name(model: str) -> str:
+    """The model's erased record ids, read by every training Job of the model."""
+    return bounded(model + ERASURE_CONFIGMAP_SUFFIX, SUBDOMAIN_MAX)
+
+
 def model_key(namespace: str, model: str) -> str:
     """``<namespace>/<name>``: how the ledger and the lease protocol name a model."""
     return f"{namespace}/{model}"
@@ -105,6 +118,7 @@ TRAIN_TMP_VOLUME = "train-tmp"
 DATASET_VOLUME = "dataset"
 OUTPUT_VOLUME = "output"
 LORA_BASE_VOLUME = "lora-base"
+ERASURE_VOLUME = "erasure"
 
 ARTIFACT_MOUNT = "/models/current"
 FILTER_CONFIG_DIR = "/etc/dpserve"
@@ -123,6 +137,11 @@ DATASET_DIR = "/data"
 OCI_DATASET_FILE = "dataset.npz"  # convention for oci:// datasets: the image's root holds it
 OUTPUT_DIR = "/output"
 LORA_BASE_DIR = "/base"  # the frozen base artifact of a LoRA retrain, read-only
+UNLEARN_BASE_DIR = "/base"  # the served PATE ensemble an erasure starts from, read-only
+ERASURE_DIR = "/erasure"  # the <model>-erasure ConfigMap, read-only
+ERASED_IDS_KEY = "ids.json"  # JSON list of erased ids, append order (what the Job reads)
+ERASURE_REQUESTS_KEY = "requests.json"  # which request listed which ids, mode, deadline
+ERASED_IDS_PATH = f"{ERASURE_DIR}/{ERASED_IDS_KEY}"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 MODEL_HOST = "127.0.0.1"
