@@ -61,7 +61,7 @@ GAUSS = {"type": "gaussian", "noiseMultiplier": "2", "clipNorm": "1", "sensitivi
 # API server's cost per request stays constant, as a real API server's does.
 EMULATOR = r"""
 import asyncio, json, sys
-from dpserve.localkube import serving
+from dpserve_testkit.localkube import serving
 
 async def trim(kube) -> None:
     while True:

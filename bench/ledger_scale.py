@@ -31,9 +31,9 @@ from dpserve.ledger.auth import Identity, service_account_user
 from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
-from dpserve.ledger.store import MemoryStore
 from dpserve.resources.labels import selector_labels
 from dpserve.resources.names import deployment_name
+from dpserve_testkit.memory_store import MemoryStore
 
 NS = "bench"
 BUDGETS = 50

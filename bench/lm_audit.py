@@ -58,8 +58,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-# The demo's synthetic clinical-notes vocabulary (torch-free, no real people).
-from dpserve.demo.notes import SYMPTOMS, TEMPLATES, TREATMENTS, fake_name
 from dpserve_runtime.filter.verbatim import VerbatimGuard, write_fingerprint_file
 from dpserve_runtime.train.canary import (
     Canary,
@@ -78,6 +76,9 @@ from dpserve_runtime.train.hf import (
 )
 from dpserve_runtime.train.lora import LoraSpec
 from dpserve_runtime.train.text import TextRecord, tokenize
+
+# The demo's synthetic clinical-notes vocabulary (torch-free, no real people).
+from dpserve_testkit.demo.notes import SYMPTOMS, TEMPLATES, TREATMENTS, fake_name
 
 DELTA = 1e-5
 EOT = "<|endoftext|>"

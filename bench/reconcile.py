@@ -5,7 +5,7 @@ reports Ready=True, then counts the API writes during a quiet period (nothing ch
 the count must be 0) and reports the operator's peak RSS.
 
 Nothing runs pods in the emulator, so "Ready" here is what the operator can observe: a
-status-only stand-in for the Deployment controller (dpserve.localkube.simulate) writes each
+status-only stand-in for the Deployment controller (dpserve_testkit.localkube.simulate) writes each
 Deployment's status as "all replicas available" once it sees the Deployment, as a kubelet
 and the Deployment controller would. Those status writes go straight to the emulator's
 store and are not API requests; every write counted comes from an API client.
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dpserve.localkube import serve
-from dpserve.localkube.client import Client
-from dpserve.localkube.harness import start_operator
+from dpserve_testkit.localkube import serve
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.harness import start_operator
 
 NAMESPACE = "bench"
 

@@ -9,7 +9,7 @@ Targets, each served bare and through its own sidecar (``python -m dpserve_runti
   fingerprints of the training records loaded by its sidecar (the full filter: PII redaction
   plus the guard). Inputs are digits rows, 64 wide. This is the honest bare model: the
   overhead relative to it is what a user sees.
-- ``echo-clean`` / ``echo-pii``: a fake upstream (:mod:`dpserve_runtime.filter.fakes`)
+- ``echo-clean`` / ``echo-pii``: a fake upstream (:mod:`dpserve_testkit.fakes`)
   answering a fixed JSON per input, with a clean text or one carrying an e-mail address and
   a phone number (redacted by the sidecar). It costs almost nothing per request, so it shows
   the sidecar's worst case: its whole cost set against a model that does no work.
@@ -224,7 +224,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 def _start(processes: Processes, workdir: Path, targets: dict[str, Target],
            ledger_port: int) -> None:
-    fakes = ("-m", "dpserve_runtime.filter.fakes")
+    fakes = ("-m", "dpserve_testkit.fakes")
     processes.start(*fakes, "ledger", "--port", str(ledger_port))
     artifact, model_body = _build_model_artifact(workdir)
     targets["model"].body.write_bytes(model_body)

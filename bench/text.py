@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dpserve-bench-text-") as tmp, processes() as procs:
         work = Path(tmp)
         ledger_port = _free_port()
-        procs.start("-m", "dpserve_runtime.filter.fakes", "ledger", "--port",
+        procs.start("-m", "dpserve_testkit.fakes", "ledger", "--port",
                     str(ledger_port), log=work / "ledger.log")
         ledger = f"http://127.0.0.1:{ledger_port}"
         results = [

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpserve.ledger.store import MemoryStore
 from dpserve.resources.labels import selector_labels
 from dpserve.resources.names import deployment_name
+from dpserve_testkit.memory_store import MemoryStore
 
 _API_VERSIONS = {"PrivateModel": "dpserve.io/v1alpha1", "Deployment": "apps/v1",
                  "ReplicaSet": "apps/v1"}

@@ -14,9 +14,9 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-from dpserve.localkube.client import ApiFailure, Client
-from dpserve.localkube.harness import OPERATOR_NAMESPACE, service_account_kubeconfig
-from dpserve.localkube.server import LocalKubeServer
+from dpserve_testkit.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube.harness import OPERATOR_NAMESPACE, service_account_kubeconfig
+from dpserve_testkit.localkube.server import LocalKubeServer
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "charts" / "dpserve"
 RELEASE = "dpserve"

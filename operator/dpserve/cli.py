@@ -1,4 +1,7 @@
-"""The `dpserve` command: run the operator, write the CRDs, run the local demo."""
+"""The `dpserve` command: run the operator, write the CRDs.
+
+The local demo is ``dpserve-demo`` from the dpserve-testkit distribution (never in an image).
+"""
 
 from __future__ import annotations
 
@@ -42,27 +45,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from dpserve.demo.run import DemoFailed, DemoOptions, run_demo
-
-    options = DemoOptions(
-        work_dir=Path(args.work_dir) if args.work_dir else None,
-        headless=args.headless,
-        quick=args.quick,
-        keep_running=args.keep_running,
-        timeout_s=args.timeout,
-        podman_image=args.podman_image,
-    )
-    try:
-        run_demo(options)
-    except DemoFailed as exc:
-        print(f"dpserve demo: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,22 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     run.set_defaults(func=_cmd_run)
 
-    demo = sub.add_parser(
-        "demo", help="run the operator, its ledger and three private models locally, end to end")
-    demo.add_argument("--headless", action="store_true",
-                      help="no live view: progress lines and a summary")
-    demo.add_argument("--quick", action="store_true",
-                      help="smaller ensembles and budgets (about half the time)")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="leave everything up at the end for kubectl (Ctrl-C stops it)")
-    demo.add_argument("--work-dir", metavar="DIR",
-                      help="artifacts, logs, kubeconfig, plot (default: a new temp dir)")
-    demo.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
-                      help="give up when the traffic phase takes longer (default 600)")
-    demo.add_argument("--podman-image", metavar="IMAGE",
-                      help="run the pods as containers of this inference image with podman "
-                           "(root; images/build.sh builds localhost/dpserve-inference:dev)")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

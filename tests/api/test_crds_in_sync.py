@@ -17,7 +17,7 @@ import yaml
 
 from dpserve.api.crdgen import all_crds
 from dpserve.cli import main
-from dpserve.localkube.crdvalidation import crd_schema, schema_errors
+from dpserve_testkit.localkube.crdvalidation import crd_schema, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 COPIES = [REPO / "crds", REPO / "charts" / "dpserve" / "crds"]

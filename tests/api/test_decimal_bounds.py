@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from dpserve.accounting.events import Event, GaussianQuery
 from dpserve.ledger import events as ev
 from dpserve.ledger.accountant import LedgerAccounting
-from dpserve.localkube.crdvalidation import validate
+from dpserve_testkit.localkube.crdvalidation import validate
 
 MODEL: dict[str, Any] = {
     "apiVersion": "dpserve.io/v1alpha1",

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from dpserve.api.mechanism import Mechanism, is_tenant_side, privacy_unit
-from dpserve.localkube.crdvalidation import validate
+from dpserve_testkit.localkube.crdvalidation import validate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CR_KINDS = {"PrivacyBudget", "PrivateModel", "ErasureRequest"}

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from dpserve.localkube.crdvalidation import validate
+from dpserve_testkit.localkube.crdvalidation import validate
 
 CORPUS = Path(__file__).resolve().parent / "invalid"
 CASES = sorted(CORPUS.glob("*.yaml"))

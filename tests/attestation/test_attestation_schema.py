@@ -12,7 +12,7 @@ from typing import Any
 from attestation_support import spec
 from dpserve.api.crdgen import structural_schema
 from dpserve.attestation.spec import AttestationSpec
-from dpserve.localkube.crdvalidation import schema_errors
+from dpserve_testkit.localkube.crdvalidation import schema_errors
 
 Schema = dict[str, Any]
 

@@ -20,9 +20,9 @@ import dpserve.controllers.owned
 import dpserve.controllers.privacybudget
 import dpserve.controllers.privatemodel  # noqa: F401  (registers the Kopf handlers read here)
 from dpserve.controllers import kubeapi
-from dpserve.localkube import rbac
 from dpserve.resources import rbacrules
 from dpserve.resources.access import ACCESS, OWNED_KINDS, Access, grants
+from dpserve_testkit.localkube import rbac
 
 Objects = list[dict[str, Any]]
 Render = Callable[[dict[str, Any]], Objects]

@@ -16,7 +16,7 @@ import kubernetes_validate
 import promql_parser
 import yaml
 
-from dpserve.localkube.crdvalidation import validate
+from dpserve_testkit.localkube.crdvalidation import validate
 
 Objects = list[dict[str, Any]]
 # Kinds kubernetes-validate has no schema for: checked below instead.

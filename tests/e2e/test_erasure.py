@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from e2e_support import DELTA, E2E, PATE_TEACHERS, wait_until
 
-from dpserve.demo import manifests
 from dpserve_runtime.filter.verbatim import VerbatimGuard
 from dpserve_runtime.train.datasets import load_dataset
+from dpserve_testkit.demo import manifests
 
 
 @pytest.mark.slow

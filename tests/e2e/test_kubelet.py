@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from e2e_support import wait_until
 
-from dpserve.localkube import LocalKubeServer
-from dpserve.localkube.client import Client
-from dpserve.localkube.kubelet import (
+from dpserve_testkit.localkube import LocalKubeServer
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.kubelet import (
     KubeletThread,
     LocalKubelet,
     Rewriter,

@@ -18,10 +18,9 @@ from e2e_support import DELTA, E2E, PATE_TEACHERS, wait_until
 from dpserve.accounting import epsilon_spent, max_additional
 from dpserve.accounting.events import GNMaxQuery
 from dpserve.api.privacybudget import PrivacyBudgetStatus
-from dpserve.demo import manifests
-from dpserve.demo.traffic import Answer
 from dpserve.ledger.events import spends
-from dpserve.ledger.settings import CRASH_HOOK_ENV
+from dpserve_testkit.demo import manifests
+from dpserve_testkit.demo.traffic import Answer
 
 ALLOWED_REFUSALS = {"BudgetExhausted", "LedgerUnavailable", "NoEndpoints"}
 
@@ -61,7 +60,7 @@ def test_operator_killed_mid_traffic_never_overspends(e2e: E2E) -> None:
         assert operator.kill() == -9  # SIGKILL while queries are in flight
         answered_at_kill = client.tally.answered
         time.sleep(2.0)  # the sidecar serves what it holds, then refuses (503), never guesses
-        operator.start(extra_env={CRASH_HOOK_ENV: "kill"})
+        operator.start(crash_after_persist="kill")
         # The hooked ledger dies right after persisting its first grant, before replying.
         assert operator.process is not None
         operator.process.wait(90)

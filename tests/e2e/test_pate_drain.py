@@ -17,8 +17,8 @@ from e2e_support import DELTA, E2E, PATE_TEACHERS, PII_LABELS, granted_queries, 
 
 from dpserve.accounting import max_additional
 from dpserve.accounting.events import GNMaxQuery
-from dpserve.demo import manifests
-from dpserve.demo.traffic import NO_ENDPOINT, Answer
+from dpserve_testkit.demo import manifests
+from dpserve_testkit.demo.traffic import NO_ENDPOINT, Answer
 
 SIGMA = 20
 LIMIT = 3.0

@@ -16,7 +16,7 @@ from e2e_support import DELTA, E2E, granted_queries, wait_until
 
 from dpserve.accounting import max_additional
 from dpserve.accounting.events import GaussianQuery, SubsampledGaussian
-from dpserve.demo import manifests
+from dpserve_testkit.demo import manifests
 
 REFUSED = {"BudgetExhausted", "NoEndpoints"}
 

@@ -23,8 +23,8 @@ from e2e_support import DELTA, E2E
 
 from dpserve.accounting import epsilon_spent
 from dpserve.accounting.events import SubsampledGaussian
-from dpserve.demo import manifests
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.demo import manifests
+from dpserve_testkit.localkube.waiting import wait_until
 from text_support import build_tiny_causal_lm, corpus_lines
 
 # v1's declared DP fine-tuning: about ε = 1.34 at δ = 1e-5 (RDP), above the first budget.

@@ -24,7 +24,7 @@ import pytest
 from e2e_support import DELTA, E2E, PATE_TEACHERS, granted_queries, wait_until
 
 from dpserve.api.privacybudget import PrivacyBudgetStatus
-from dpserve.demo import manifests
+from dpserve_testkit.demo import manifests
 from text_support import build_memorising_lm, minilm_artifact
 
 PROMPT = "How do I reach the clinic?"

@@ -31,9 +31,6 @@ import pytest
 import torch
 import yaml
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import Client
-from dpserve.localkube.harness import free_port
 from dpserve.resources.names import (
     FILTER_CONFIG_FILE,
     FILTER_PORT,
@@ -50,6 +47,9 @@ from dpserve.resources.names import (
 from dpserve_runtime.architectures import build_model
 from dpserve_runtime.artifact import save_pate_ensemble
 from dpserve_runtime.filter.verbatim import write_fingerprint_file
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.harness import free_port
 from pod_support import kube_serving_pod
 from podman_support import (
     INFERENCE_IMAGE,
@@ -335,15 +335,33 @@ def test_images_run_as_non_root_without_the_other_plane(images: str) -> None:
     for image in (OPERATOR_IMAGE, INFERENCE_IMAGE):
         config = json.loads(podman("image", "inspect", image).stdout)[0]["Config"]
         assert config["User"] == f"{RUN_AS}:{RUN_AS}", image
-    # The control plane ships no ML runtime; the data plane no Kubernetes client.
+    # The control plane ships no ML runtime; the data plane no Kubernetes client; neither the
+    # test kit (dpserve_testkit) nor its emulator (kmock).
     absent = podman("run", "--rm", "--network=none", "--entrypoint", "python", OPERATOR_IMAGE,
                     "-c", "import importlib.util as u; print([m for m in ('torch', 'opacus', "
-                    "'dpserve_runtime') if u.find_spec(m)])").stdout.strip()
+                    "'dpserve_runtime', 'dpserve_testkit', 'kmock') if u.find_spec(m)])"
+                    ).stdout.strip()
     assert absent == "[]"
     absent = podman("run", "--rm", "--network=none", "--entrypoint", "python", INFERENCE_IMAGE,
                     "-c", "import importlib.util as u; print([m for m in ('kopf', "
-                    "'kubernetes_asyncio', 'pip') if u.find_spec(m)])").stdout.strip()
+                    "'kubernetes_asyncio', 'pip', 'dpserve_testkit', 'kmock') "
+                    "if u.find_spec(m)])").stdout.strip()
     assert absent == "[]"
+
+
+def test_neither_image_holds_test_infrastructure(images: str) -> None:
+    """images/smoke.py's scan, inside each finished image, over what it installed of dpserve
+    and dpserve_runtime: no localkube, demo, fakes, in-memory store, crash hook."""
+    smoke = REPO / "images" / "smoke.py"
+    expected = {OPERATOR_IMAGE: {"dpserve"}, INFERENCE_IMAGE: {"dpserve", "dpserve_runtime"}}
+    for image, packages in expected.items():
+        out = podman("run", "--rm", "--network=none", "-v", f"{smoke}:/check/smoke.py:ro",
+                     "--entrypoint", "python", image, "/check/smoke.py", "shipped").stdout
+        report = json.loads(out)
+        # The scan covered the image's own packages (an empty scan would prove nothing).
+        assert set(report["scanned"]) == packages, (image, report["scanned"])
+        assert all(count > 20 for count in report["scanned"].values()), (image, report)
+        assert report["found"] == [], (image, report["found"])
 
 
 def test_operator_image_runs_restricted_and_reconciles(

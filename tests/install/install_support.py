@@ -24,7 +24,7 @@ ServiceAccount token. What a process runtime cannot follow, and how the kubelet 
   LocalKube authorises every request with the chart's RBAC;
 - the pod network: a wildcard bind binds the pod's loopback address, and Service names
   (``dpserve-ledger.dpserve-system.svc``, the chart's ledger URL the sidecars use) resolve to
-  the Service's ready endpoints (``dpserve.localkube.kubelet.podnet``): the sidecars verify
+  the Service's ready endpoints (``dpserve_testkit.localkube.kubelet.podnet``): the sidecars verify
   the ledger's certificate against that name, as in a cluster;
 - securityContext (user 65532, read-only root, dropped capabilities, seccomp) and resource
   limits are not enforced on a process (the podman runtime enforces them; not run here);
@@ -54,11 +54,11 @@ import helm_python as helm
 import pytest
 import yaml
 
-from dpserve.demo import artifacts
-from dpserve.localkube.client import ApiFailure, Client
-from dpserve.localkube.kubelet import KubeletThread, LocalKubelet, ServerTokens
-from dpserve.localkube.server import LocalKubeServer
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.demo import artifacts
+from dpserve_testkit.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube.kubelet import KubeletThread, LocalKubelet, ServerTokens
+from dpserve_testkit.localkube.server import LocalKubeServer
+from dpserve_testkit.localkube.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

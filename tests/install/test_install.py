@@ -17,8 +17,8 @@ from install_support import Cluster, Trained, readme_steps, status_of
 
 from dpserve.accounting import max_additional
 from dpserve.accounting.events import GNMaxQuery
-from dpserve.demo.traffic import Answer, QueryClient
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.demo.traffic import Answer, QueryClient
+from dpserve_testkit.localkube.waiting import wait_until
 
 RELEASE, OPERATOR_NS, NS = "dpserve", "dpserve-system", "clinical-ml"
 MODEL, BUDGET = "triage-classifier", "patients-2026q4"

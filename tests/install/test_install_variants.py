@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 from install_support import Cluster, Trained, readme_steps, status_of
 
-from dpserve.demo.traffic import QueryClient
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.demo.traffic import QueryClient
+from dpserve_testkit.localkube.waiting import wait_until
 
 NS, MODEL, OPERATOR_NS = "clinical-ml", "triage-classifier", "dpserve-system"
 VARIANTS = {

@@ -20,7 +20,7 @@ from ledger_helpers import (
 
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from dpserve.ledger.auth import Identity, service_account_user
 from dpserve.ledger.service import LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.state import LeasePolicy
-from dpserve.ledger.store import MemoryStore, Unavailable
+from dpserve.ledger.store import Unavailable
+from dpserve_testkit.memory_store import MemoryStore
 from pod_support import add_serving_pod as _add_serving_pod
 from pod_support import kube_serving_pod
 

@@ -33,7 +33,7 @@ from dpserve.attestation.binding import binding_digest, proof
 from dpserve.attestation.keys import MAX_TOKEN_BYTES
 from dpserve.attestation.wire import MAX_HEADER_FIELD, PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 Client = TestClient[Any, Any]
 MODEL = "secure"

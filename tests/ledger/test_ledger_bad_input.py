@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from ledger_helpers import LAPLACE, NS, FakeReviewer, budget_spec, lease_body, make_service
 
 from dpserve.api.lease import LeaseError
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 AUTH = {"Authorization": "Bearer tok-triage"}
 Client = TestClient[Any, Any]

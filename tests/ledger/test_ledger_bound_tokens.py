@@ -14,7 +14,7 @@ from ledger_helpers import NS, FakeReviewer, lease_body
 
 from dpserve.api.lease import LeaseError
 from dpserve.ledger.settings import LedgerSettings
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 Client = TestClient[Any, Any]
 

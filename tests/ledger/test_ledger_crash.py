@@ -25,8 +25,7 @@ from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, model_spec
 
 from dpserve.accounting import GNMaxQuery, epsilon_spent
 from dpserve.ledger.auth import AUDIENCE, service_account_name
-from dpserve.ledger.settings import CRASH_HOOK_ENV
-from dpserve.localkube import LocalKubeServer
+from dpserve_testkit.localkube import LocalKubeServer
 
 pytestmark = pytest.mark.slow  # two ledger processes start (~2-3 s each)
 
@@ -73,16 +72,16 @@ def debited(kube: LocalKubeServer) -> int:
 
 
 class Ledger:
-    """``python -m dpserve.ledger`` in a subprocess."""
+    """``python -m dpserve.ledger`` in a subprocess (via dpserve_testkit.crash if ``crash``)."""
 
     def __init__(self, kubeconfig: Path, crash: str | None = None) -> None:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        env.pop(CRASH_HOOK_ENV, None)
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        if crash is not None:
-            env[CRASH_HOOK_ENV] = crash
+        # The crash hook is the testkit's wrapper around the real ledger entry point.
+        entry = (["dpserve.ledger"] if crash is None
+                 else ["dpserve_testkit.crash", crash, "ledger"])
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dpserve.ledger", "--port", "0", "--log-level", "WARNING"],
+            [sys.executable, "-m", *entry, "--port", "0", "--log-level", "WARNING"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -17,7 +17,7 @@ from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.state import BudgetEvent
 from dpserve.ledger.store import Conflict, KubeStore, NotFound, Unavailable
-from dpserve.localkube import LocalKube, serving
+from dpserve_testkit.localkube import LocalKube, serving
 
 
 @pytest.fixture

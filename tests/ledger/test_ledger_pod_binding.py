@@ -34,9 +34,10 @@ from prometheus_client import CollectorRegistry
 from dpserve.ledger.auth import AUDIENCE, KubeTokenReviewer
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
-from dpserve.ledger.store import KubeStore, MemoryStore
-from dpserve.localkube import LocalKube, serving
+from dpserve.ledger.store import KubeStore
 from dpserve.resources.names import deployment_name
+from dpserve_testkit.localkube import LocalKube, serving
+from dpserve_testkit.memory_store import MemoryStore
 
 POD_IP = "127.0.0.7"  # the pod's address; a client bound to it plays the pod
 OTHER_IP = "127.0.0.9"

@@ -34,7 +34,7 @@ from dpserve.api.privacybudget import LeaseRecord
 from dpserve.ledger import events as ev
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.state import LeasePolicy
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 EPSILON = 2.0
 TENANT_EPSILON = 1.0

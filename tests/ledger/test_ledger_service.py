@@ -26,7 +26,8 @@ from dpserve.api.privacybudget import TrainingSpend
 from dpserve.ledger import state
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
-from dpserve.ledger.store import MemoryStore, NotFound
+from dpserve.ledger.store import NotFound
+from dpserve_testkit.memory_store import MemoryStore
 
 Client = TestClient[Any, Any]
 AUTH = {"Authorization": "Bearer tok-triage"}
@@ -431,14 +432,10 @@ def test_settings_from_environment() -> None:
         {
             "DPSERVE_LEDGER_LEASE_TTL_S": "60",
             "DPSERVE_LEDGER_AT_RISK_FRACTION": "0.05",
-            "DPSERVE_LEDGER_CRASH_AFTER_PERSIST": "hang",
         }
     )
     assert settings.policy.ttl.total_seconds() == 60
     assert settings.policy.at_risk_fraction == 0.05
-    assert settings.crash_after_persist == "hang"
-    assert LedgerSettings.from_env({}).crash_after_persist is None
+    assert not hasattr(settings, "crash_after_persist")  # the crash hook is the testkit's
     with pytest.raises(ValueError, match="DPSERVE_LEDGER_LEASE_TTL_S"):
         LedgerSettings.from_env({"DPSERVE_LEDGER_LEASE_TTL_S": "soon"})
-    with pytest.raises(ValueError, match="DPSERVE_LEDGER_CRASH_AFTER_PERSIST"):
-        LedgerSettings.from_env({"DPSERVE_LEDGER_CRASH_AFTER_PERSIST": "explode"})

@@ -17,7 +17,7 @@ import pytest
 from ledger_helpers import FakeReviewer, lease_body, make_service
 
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 TRICKLE_S = 0.05  # the slow client's pace: one byte per TRICKLE_S
 

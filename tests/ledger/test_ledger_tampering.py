@@ -24,7 +24,7 @@ from ledger_helpers import (
 from dpserve.api.privacybudget import PrivacyBudgetStatus
 from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 Client = TestClient[Any, Any]
 AUTH = {"Authorization": "Bearer tok-triage"}

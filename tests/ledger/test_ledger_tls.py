@@ -13,8 +13,8 @@ import pytest
 from ledger_helpers import FakeReviewer, make_service
 
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
 from dpserve.tls import CaBundle, RotatingServerCert
+from dpserve_testkit.memory_store import MemoryStore
 from tls_support import CertAuthority
 
 

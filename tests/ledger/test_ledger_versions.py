@@ -15,7 +15,7 @@ from ledger_helpers import NS, PATE, FakeReviewer, budget_spec, lease_body, make
 
 from dpserve.api.lease import LeaseError, LeaseGrant
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
+from dpserve_testkit.memory_store import MemoryStore
 
 Client = TestClient[Any, Any]
 V1_POD = {"Authorization": "Bearer tok-triage"}  # pod triage-0

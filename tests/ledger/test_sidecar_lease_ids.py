@@ -21,9 +21,9 @@ from dpserve.api.filterconfig import LeaseSettings
 from dpserve.api.mechanism import Mechanism
 from dpserve.ledger.lease_ids import parse, pool_tag
 from dpserve.ledger.service import LedgerService
-from dpserve.ledger.store import MemoryStore
 from dpserve_runtime.filter.lease_client import LeaseClient
 from dpserve_runtime.filter.metrics import FilterMetrics
+from dpserve_testkit.memory_store import MemoryStore
 
 POD = "triage-0"
 

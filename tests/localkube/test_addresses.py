@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpserve.localkube.kubelet.mapping import AddressPool
+from dpserve_testkit.localkube.kubelet.mapping import AddressPool
 
 
 def test_two_pools_in_one_process_take_disjoint_blocks(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_a_pool_of_another_process_is_avoided_until_it_exits(tmp_path: Path) -> 
         [sys.executable, "-c",
          "import sys\n"
          "from pathlib import Path\n"
-         "from dpserve.localkube.kubelet.mapping import AddressPool\n"
+         "from dpserve_testkit.localkube.kubelet.mapping import AddressPool\n"
          f"pool = AddressPool(Path({str(tmp_path)!r}))\n"
          "print(pool.take(), flush=True)\n"
          "sys.stdin.read()\n"],

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import ApiFailure, Client
-from dpserve.localkube.waiting import wait_until
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube.waiting import wait_until
 
 PB = "/apis/dpserve.io/v1alpha1/namespaces/{ns}/privacybudgets"
 PM = "/apis/dpserve.io/v1alpha1/namespaces/{ns}/privatemodels"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpserve.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube import LocalKubeServer, serve
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="the demo's kubectl is not installed")

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpserve.localkube.kubelet.apiaccess import MOUNT_PATH, automounts, with_api_access
-from dpserve.localkube.kubelet.podnet import HOOK_DIR
-from dpserve.localkube.kubelet.pods import ContainerRun, LocalPod
-from dpserve.localkube.kubelet.services import hosts_file
+from dpserve_testkit.localkube.kubelet.apiaccess import MOUNT_PATH, automounts, with_api_access
+from dpserve_testkit.localkube.kubelet.podnet import HOOK_DIR
+from dpserve_testkit.localkube.kubelet.pods import ContainerRun, LocalPod
+from dpserve_testkit.localkube.kubelet.services import hosts_file
 
 
 def pod(name: str, ip: str, ready: bool, labels: dict[str, str]) -> LocalPod:

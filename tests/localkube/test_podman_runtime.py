@@ -13,21 +13,21 @@ from typing import Any
 
 import pytest
 
-from dpserve.localkube.kubelet import LocalPod
-from dpserve.localkube.kubelet.containers import ContainerError
-from dpserve.localkube.kubelet.podman import (
+from dpserve.resources.security import (
+    FILTER_RESOURCES,
+    container_security_context,
+    pod_security_context,
+)
+from dpserve_testkit.localkube.kubelet import LocalPod
+from dpserve_testkit.localkube.kubelet.containers import ContainerError
+from dpserve_testkit.localkube.kubelet.podman import (
     PodmanRuntime,
     resource_flags,
     security_context,
     security_flags,
     share_with_group,
 )
-from dpserve.localkube.kubelet.volumes import Volume
-from dpserve.resources.security import (
-    FILTER_RESOURCES,
-    container_security_context,
-    pod_security_context,
-)
+from dpserve_testkit.localkube.kubelet.volumes import Volume
 
 IMAGE = "localhost/dpserve-inference:dev"
 LEDGER_PORT = 18443

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import ApiFailure, Client
-from dpserve.localkube.harness import service_account_kubeconfig
-from dpserve.localkube.rbac import Attributes, RbacIndex, Rule, User
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube.harness import service_account_kubeconfig
+from dpserve_testkit.localkube.rbac import Attributes, RbacIndex, Rule, User
 
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 SA = User.service_account("ops", "op")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import ApiFailure, Client
-from dpserve.localkube.patching import server_side_apply
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube.patching import server_side_apply
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 

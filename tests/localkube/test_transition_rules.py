@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import ApiFailure, Client
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import ApiFailure, Client
 
 PM = "/apis/dpserve.io/v1alpha1/namespaces/{ns}/privatemodels"
 

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import Client
-from dpserve.localkube.harness import OperatorPorts, OperatorProcess
-from dpserve.localkube.waiting import wait_until as _wait_until
 from dpserve.resources.access import ACCESS, Res
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.harness import OperatorPorts, OperatorProcess
+from dpserve_testkit.localkube.waiting import wait_until as _wait_until
 from rbac_support import chart_values, operator_credentials
 
 T = TypeVar("T")

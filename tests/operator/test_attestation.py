@@ -22,7 +22,7 @@ from attestation_support import TestIssuer, public_jwk, spec, tee_keypair
 from dpserve.attestation.binding import proof
 from dpserve.attestation.wire import PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.auth import AUDIENCE, service_account_name
-from dpserve.localkube.client import ApiFailure
+from dpserve_testkit.localkube.client import ApiFailure
 from pod_support import kube_serving_pod
 
 PATE = {"type": "pate", "teachers": 10, "noiseMultiplier": "40"}

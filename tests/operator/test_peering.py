@@ -18,9 +18,9 @@ import pytest
 import yaml
 from operator_support import Cluster, budget_body, model_body, wait_until
 
-from dpserve.localkube import LocalKubeServer, serve
-from dpserve.localkube.client import Client
-from dpserve.localkube.harness import OperatorPorts, OperatorProcess
+from dpserve_testkit.localkube import LocalKubeServer, serve
+from dpserve_testkit.localkube.client import Client
+from dpserve_testkit.localkube.harness import OperatorPorts, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 PEERING_CRDS = REPO / "charts/dpserve/charts/kopf-peering/crds/kopf-peering.yaml"

@@ -10,7 +10,7 @@ from typing import Any
 
 from operator_support import Cluster, budget_body, condition, model_body, wait_until
 
-from dpserve.localkube.client import ApiFailure
+from dpserve_testkit.localkube.client import ApiFailure
 
 Obj = dict[str, Any]
 TRAINING = {"noiseMultiplier": "1.1", "sampleRate": "0.01", "steps": 100}

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 EMAIL = "jane.roe@example.com"
 PHONE = "(212) 555-0143"

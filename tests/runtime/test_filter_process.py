@@ -49,7 +49,7 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     ledger_port, model_port, filter_port = _free_port(), _free_port(), _free_port()
-    fakes = [sys.executable, "-m", "dpserve_runtime.filter.fakes"]
+    fakes = [sys.executable, "-m", "dpserve_testkit.fakes"]
     started = [
         subprocess.Popen([*fakes, "ledger", "--port", str(ledger_port), "--budget", "3"]),
         subprocess.Popen([*fakes, "model", "--port", str(model_port), "--text",

@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestServer
 
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
 from dpserve_runtime.filter.metrics import FilterMetrics
 from dpserve_runtime.filter.pii import Finding, PiiAnalyzer
 from dpserve_runtime.filter.verbatim import write_fingerprint_file
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 EMAIL = "jane.roe@example.com"
 PHONE = "(212) 555-0143"

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestServer
 
 from dpserve.api.filterconfig import LeaseSettings
 from dpserve.api.mechanism import Mechanism
-from dpserve_runtime.filter.fakes import FakeLedger
 from dpserve_runtime.filter.lease_client import (
     BudgetExhausted,
     LeaseClient,
     LedgerUnavailable,
 )
 from dpserve_runtime.filter.metrics import FilterMetrics
+from dpserve_testkit.fakes import FakeLedger
 
 MECHANISM = Mechanism(type="pate", teachers=10, noise_multiplier="40")
 

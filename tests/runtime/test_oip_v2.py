@@ -23,9 +23,9 @@ from dpserve.api.mechanism import Mechanism
 from dpserve_runtime.architectures import build_model
 from dpserve_runtime.artifact import save_pate_ensemble, save_state_dict_artifact
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
 from dpserve_runtime.filter.metrics import FilterMetrics
 from dpserve_runtime.server.app import ModelServer, ServerConfig
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 MLP: dict[str, Any] = {"type": "mlp", "inputDim": 64, "hiddenDims": [16], "numClasses": 10}
 CNN: dict[str, Any] = {"type": "cnn", "inputShape": [1, 8, 8], "channels": [4, 8],

@@ -23,11 +23,11 @@ from pydantic import ValidationError
 from dpserve.api.filterconfig import FilterConfig
 from dpserve.api.mechanism import Mechanism
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger
 from dpserve_runtime.filter.metrics import FilterMetrics
 from dpserve_runtime.filter.pii import PiiAnalyzer
 from dpserve_runtime.filter.scan import OutputScanner
 from dpserve_runtime.filter.sse import SseParser
+from dpserve_testkit.fakes import FakeLedger
 from openai_fake_upstream import FakeTextModel
 
 EMAIL = "jane.roe@example.com"

@@ -27,12 +27,12 @@ from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.auth import Identity, service_account_user
 from dpserve.ledger.service import LedgerService
 from dpserve.ledger.settings import LedgerSettings
-from dpserve.ledger.store import MemoryStore
 from dpserve_runtime.filter.app import create_app
 from dpserve_runtime.filter.attestation import AttestationClient
-from dpserve_runtime.filter.fakes import FakeModel
 from dpserve_runtime.filter.lease_client import LeaseClient, LedgerUnavailable
 from dpserve_runtime.filter.metrics import FilterMetrics
+from dpserve_testkit.fakes import FakeModel
+from dpserve_testkit.memory_store import MemoryStore
 from pod_support import add_serving_pod
 
 NS, NAME, POD = "clinical-ml", "triage", "triage-0"

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.__main__ import _audit_key
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
 from dpserve_runtime.filter.pii import PiiAnalyzer
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 KEY = b"0123456789abcdef-audit-key"
 CLIENT_IDS = ["212-555-0143", "078-05-1120", "4111111111111111", "2125550143", "abc-1"]

@@ -25,8 +25,8 @@ from tests.openai_fake_upstream import FakeTextModel
 
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
 from dpserve_runtime.filter.pii import PiiAnalyzer
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 PREDICT, INFER = "/v1/predict", "/v2/models/model/infer"
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"

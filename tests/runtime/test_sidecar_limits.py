@@ -28,9 +28,9 @@ from tests.slow_client_support import (
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.__main__ import _parser
 from dpserve_runtime.filter.app import GUARD_KEY, create_app
-from dpserve_runtime.filter.fakes import FakeLedger, FakeModel
 from dpserve_runtime.filter.pii import PiiAnalyzer
 from dpserve_runtime.httplimits import ConnectionLimits, serve_until
+from dpserve_testkit.fakes import FakeLedger, FakeModel
 
 BODY = json.dumps({"inputs": [[0.0]]}).encode()
 

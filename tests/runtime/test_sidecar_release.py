@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 
 from dpserve.api.filterconfig import FilterConfig
 from dpserve_runtime.filter.app import create_app
-from dpserve_runtime.filter.fakes import FakeLedger
 from dpserve_runtime.filter.pii import PiiAnalyzer
+from dpserve_testkit.fakes import FakeLedger
 
 MARKER = "released-output-marker"
 STATUSES = [201, 203, 206, 301, 302, 303, 307, 308, 400, 404, 409, 422, 429, 500, 503]

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import ssl
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -266,7 +263,7 @@ class LedgerService:
 
         try:
             result = await self.commits.mutate(
-                (namespace, budget_name), decide, fresh=False, on_persist=self._crash_hook
+                (namespace, budget_name), decide, fresh=False
             )
         except NotFound as exc:
             raise LeaseFailure(
@@ -286,15 +283,6 @@ class LedgerService:
                 high_water=result.high_water,
             )
         return result
-
-    def _crash_hook(self) -> None:
-        hook = self.settings.crash_after_persist
-        if hook == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif hook == "hang":
-            log.warning("crash hook: hanging after persist until killed")
-            while True:  # block the loop on purpose: nothing may answer
-                time.sleep(3600)
 
     # ------------------------------------------------------------------ controller API
 

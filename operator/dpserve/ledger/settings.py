@@ -6,12 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
 
 from dpserve.ledger.limits import DEFAULT_LEASE_TTL_S, DEFAULT_MAX_LEASES, LeasePolicy
-
-CrashHook = Literal["kill", "hang"]
-CRASH_HOOK_ENV = "DPSERVE_LEDGER_CRASH_AFTER_PERSIST"
 
 
 @dataclass(frozen=True)
@@ -31,9 +27,6 @@ class LedgerSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     max_connections_per_client: int = 32
-    # Test hook only: after a grant's status write lands and before the reply is sent, the
-    # process SIGKILLs itself ("kill") or blocks ("hang") so a test can kill -9 it there.
-    crash_after_persist: CrashHook | None = None
 
     def __post_init__(self) -> None:
         if not self.header_timeout_s > 0 or not self.body_timeout_s > 0:
@@ -59,9 +52,6 @@ class LedgerSettings:
         if source not in ("true", "false"):
             raise ValueError("DPSERVE_LEDGER_CHECK_SOURCE_ADDRESS: must be 'true' or 'false', "
                              f"got {source!r}")
-        hook = env.get(CRASH_HOOK_ENV) or None
-        if hook not in (None, "kill", "hang"):
-            raise ValueError(f"{CRASH_HOOK_ENV}: must be 'kill' or 'hang', got {hook!r}")
         policy = LeasePolicy(
             ttl=timedelta(seconds=number("DPSERVE_LEDGER_LEASE_TTL_S", DEFAULT_LEASE_TTL_S)),
             at_risk_fraction=number("DPSERVE_LEDGER_AT_RISK_FRACTION", 0.01),
@@ -79,5 +69,4 @@ class LedgerSettings:
             max_connections_per_client=int(
                 number("DPSERVE_LEDGER_MAX_CONNECTIONS_PER_CLIENT", 32)
             ),
-            crash_after_persist=hook,  # type: ignore[arg-type]
         )

@@ -1,0 +1,1 @@
+"""`dpserve-demo`: the operator, its ledger and private models end to end on one machine."""
