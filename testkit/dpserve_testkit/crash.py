@@ -4,10 +4,11 @@
     python -m dpserve_testkit.crash kill|hang ledger --port 0
 
 runs ``dpserve.cli`` (the operator) or ``dpserve.ledger`` (the ledger alone) with
-:meth:`LedgerService._grant` wrapped: once the grant is persisted (``_grant`` returns only
-after the status write landed) and before the handler sends the reply, the process SIGKILLs
-itself (``kill``) or blocks its event loop until killed (``hang``). That is the ambiguous
-moment the lease-id retry must resolve: the spend is on the ledger, the client never heard.
+:meth:`LedgerService._grant` wrapped: once a grant is persisted (``_grant`` returns only
+after its status write landed; a replay writes nothing) and before the handler replies, the
+process SIGKILLs itself (``kill``) or blocks its event loop until killed (``hang``). That is
+the ambiguous moment the lease-id retry must resolve: the spend is on the ledger, the client
+never heard.
 
 The product has no such switch: this module is in the dpserve-testkit distribution, which no
 image installs (tests/images and tests/test_testkit_separation.py check it).
@@ -47,8 +48,9 @@ def install(mode: CrashMode) -> None:
     @functools.wraps(original)
     async def grant_then_crash(self: LedgerService, *args: Any, **kwargs: Any) -> Any:
         result = await original(self, *args, **kwargs)
-        crash(mode)
-        return result  # pragma: no cover - crash() does not return
+        if result.changed:  # a status write landed (a replay of a known lease id writes none)
+            crash(mode)
+        return result
 
     LedgerService._grant = grant_then_crash  # type: ignore[method-assign]
 
