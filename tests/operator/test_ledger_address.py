@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from operator_support import Cluster, budget_body, condition, model_body, wait_until
-from rbac_support import chart_values, operator_credentials
 
 from dpserve.localkube import serve
 from dpserve.localkube.harness import OPERATOR_NAMESPACE, OperatorPorts, OperatorProcess
+from rbac_support import chart_values, operator_credentials
 
 WATCHED = "ledger-addr"
 HOST = f"dpserve-ledger.{OPERATOR_NAMESPACE}.svc"
