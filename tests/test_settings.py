@@ -51,3 +51,20 @@ def test_the_ledger_never_serves_plain_http_by_accident() -> None:
     local = OperatorSettings.from_env({"DPSERVE_LEDGER_INSECURE": "true",
                                        "DPSERVE_LEDGER_URL": "http://127.0.0.1:8443"})
     assert local.ledger_insecure and local.ledger_tls_ca is None
+
+
+def test_serving_pods_get_dns_only_when_told() -> None:
+    assert OperatorSettings.from_env(TLS).serving_dns_egress is False
+    outside = {**TLS, "DPSERVE_LEDGER_URL": "https://ledger.example.org:8443"}
+    with pytest.raises(ValueError, match=r"^DPSERVE_LEDGER_URL: host 'ledger.example.org' .*"
+                                         r"DPSERVE_SERVING_DNS_EGRESS=true"):
+        OperatorSettings.from_env(outside)
+    # A Service of another namespace: the operator cannot read it to pin its address.
+    with pytest.raises(ValueError, match="DPSERVE_SERVING_DNS_EGRESS"):
+        OperatorSettings.from_env({**TLS, "DPSERVE_LEDGER_URL": "https://l.other.svc:8443"})
+    allowed = OperatorSettings.from_env({**outside, "DPSERVE_SERVING_DNS_EGRESS": "true"})
+    assert allowed.serving_dns_egress is True
+    with pytest.raises(ValueError, match=r"^DPSERVE_SERVING_DNS_EGRESS: "):
+        OperatorSettings.from_env({**TLS, "DPSERVE_SERVING_DNS_EGRESS": "yes"})
+    custom_domain = "https://dpserve-ledger.dpserve-system.svc.corp.example:8443"
+    assert OperatorSettings.from_env({**TLS, "DPSERVE_LEDGER_URL": custom_domain})

@@ -70,6 +70,7 @@ def ledger_tls(settings: OperatorSettings) -> tuple[RotatingServerCert | None, C
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     from dpserve import kube
     from dpserve.controllers import budget as budget_ctl
+    from dpserve.controllers import ledgerservice as ledger_service
     from dpserve.controllers import model as model_ctl
     from dpserve.controllers.context import OperatorContext
     from dpserve.controllers.kubeapi import KubeApi
@@ -119,15 +120,19 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
                             delay_s=op_settings.requeue_delay_s, workers=2)
     ctx.models.start()
     ctx.budgets.start()
+    # Serving pods pin the ledger Service's ClusterIPs (no DNS): a new address re-reconciles.
+    memo.ledger_follow = asyncio.create_task(
+        ledger_service.follow(ctx, max(1.0, op_settings.cluster_cache_s)))
     memo.ctx = ctx
     memo.ledger_api = ledger_api
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    follow = getattr(memo, "tls_follow", None)
-    if follow is not None:
-        follow.cancel()
+    for task in ("tls_follow", "ledger_follow"):
+        follow = getattr(memo, task, None)
+        if follow is not None:
+            follow.cancel()
     ctx = getattr(memo, "ctx", None)
     if ctx is None:
         return

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dpserve.resources.labels import DEFAULT_OPERATOR_POD_LABELS
+from dpserve.resources.ledgerhost import classify
 
 LogFormat = Literal["json", "text"]
 DEFAULT_IMAGE = "ghcr.io/dpserve/inference:0.1.0"
@@ -83,8 +84,17 @@ class OperatorSettings:
     ledger_tls_key: str | None = None
     ledger_tls_ca: str | None = None
     ledger_insecure: bool = False
+    # Serving pods get no DNS (their NetworkPolicy is pod-wide: DNS for the sidecar would be
+    # a channel out for the model container too); they reach the ledger by its Service's
+    # pinned ClusterIP. True keeps DNS egress, for a ledger URL naming a host outside the
+    # cluster (resources/ledgerhost.py).
+    serving_dns_egress: bool = False
 
     def __post_init__(self) -> None:
+        self._check_tls()
+        self._check_ledger_host()
+
+    def _check_tls(self) -> None:
         tls = (self.ledger_tls_cert, self.ledger_tls_key, self.ledger_tls_ca)
         scheme = self.ledger_url.partition("://")[0]
         if self.ledger_insecure:
@@ -104,6 +114,16 @@ class OperatorSettings:
         if scheme != "https":
             raise ValueError(f"DPSERVE_LEDGER_URL: {self.ledger_url!r} must be https:// "
                              "(the ledger serves TLS)")
+
+    def _check_ledger_host(self) -> None:
+        host = classify(self.ledger_url, self.operator_namespace)
+        if host.kind == "external" and not self.serving_dns_egress:
+            raise ValueError(
+                f"DPSERVE_LEDGER_URL: host {host.host!r} is neither an IP address nor the "
+                f"ledger Service of the operator namespace (<service>.{self.operator_namespace}"
+                ".svc): serving pods have no DNS to resolve it. Use the Service name, or set "
+                "DPSERVE_SERVING_DNS_EGRESS=true (chart value servingDnsEgress) to give every "
+                "serving pod DNS egress")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -139,4 +159,5 @@ class OperatorSettings:
             ledger_tls_key=env.get("DPSERVE_LEDGER_TLS_KEY") or None,
             ledger_tls_ca=env.get("DPSERVE_LEDGER_TLS_CA") or None,
             ledger_insecure=_flag(env, "DPSERVE_LEDGER_INSECURE"),
+            serving_dns_egress=_flag(env, "DPSERVE_SERVING_DNS_EGRESS"),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dp_accounting.pld import pld_pmf as pmf_lib
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from dpserve.accounting import (
     SubsampledGaussian,
 )
 from dpserve.accounting.events import Event, Spend
-from dpserve.accounting.pld import gaussian_pld
+from dpserve.accounting.pld import compose, epsilon_for_delta, gaussian_pld
 
 
 def _pmf_state(pld: pld_lib.PrivacyLossDistribution) -> list[tuple[object, ...]]:
@@ -48,6 +49,55 @@ def test_vectorised_gaussian_pld_is_the_library_pld_bit_for_bit(
     assert _pmf_state(ours) == _pmf_state(library)
     for delta in (1e-3, 1e-6, 1e-9):
         assert ours.get_epsilon_for_delta(delta) == library.get_epsilon_for_delta(delta)
+
+
+@pytest.mark.parametrize("std", [0.7, 1.0, 4.0, 300.0])
+@pytest.mark.parametrize("truncation", [1e-15, 0.0, 1e-6])
+def test_composition_is_the_library_composition_bit_for_bit(std: float,
+                                                           truncation: float) -> None:
+    """The ledger's compositions (a training run, then a merged Gaussian; Laplace; a sparse
+    PMF) through the vectorised truncation equal dp-accounting's compose, array for array."""
+    run = gaussian_pld(1.1, 1e-3, sampling_prob=0.05).self_compose(40)
+    queries = gaussian_pld(std, 1e-3)
+    laplace = pld_lib.from_laplace_mechanism(parameter=2.0, value_discretization_interval=1e-3)
+    for first, second in ((run, queries), (queries, run), (run, laplace), (laplace, queries),
+                          (run, run)):
+        assert _pmf_state(compose(first, second, truncation)) == _pmf_state(
+            first.compose(second, truncation))
+    composed = compose(run, queries)
+    assert composed.get_epsilon_for_delta(1e-6) == run.compose(queries).get_epsilon_for_delta(
+        1e-6)
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-6, 1e-9, 1e-12, 0.5, 1e-20])
+def test_epsilon_for_delta_is_the_library_number(delta: float) -> None:
+    """The vectorised epsilon of dense PMFs is the library loop's float, on the ledger's
+    compositions, a lone Gaussian, heavy and light noise and deltas from loose to tiny."""
+    run = gaussian_pld(1.1, 1e-3, sampling_prob=0.05).self_compose(40)
+    plds = [run, compose(run, gaussian_pld(1.0, 1e-3)), compose(run, gaussian_pld(30.0, 1e-3)),
+            gaussian_pld(0.5, 1e-4), gaussian_pld(2.0, 1e-4), gaussian_pld(1.0, 1e-3),
+            pld_lib.from_laplace_mechanism(parameter=0.5, value_discretization_interval=1e-3),
+            compose(run, run)]
+    for pld in plds:
+        assert epsilon_for_delta(pld, delta) == pld.get_epsilon_for_delta(delta)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 2**32 - 1), size=st.integers(2, 4000),
+    lower=st.integers(-6000, 6000), interval=st.sampled_from([1e-4, 1e-3, 1e-2]),
+    infinity=st.sampled_from([0.0, 1e-12, 1e-7, 1e-4]),
+    delta=st.sampled_from([1e-2, 1e-5, 1e-7, 1e-10, 1e-13]),
+)
+def test_epsilon_for_delta_is_the_library_number_on_random_pmfs(
+    seed: int, size: int, lower: int, interval: float, infinity: float, delta: float
+) -> None:
+    rng = np.random.default_rng(seed)  # test data, not privacy noise
+    probs = rng.exponential(size=size) ** rng.choice([1.0, 4.0])
+    probs *= (1 - infinity) / probs.sum()
+    pmf = pmf_lib.DensePLDPmf(interval, lower, probs, infinity, True)
+    pld = pld_lib.PrivacyLossDistribution(pmf)
+    assert epsilon_for_delta(pld, delta) == pld.get_epsilon_for_delta(delta)
 
 
 def test_subsampled_gaussian_pld_is_still_the_library_one() -> None:

@@ -167,6 +167,16 @@ def test_environment(render: Render, release_name: str, release_namespace: str) 
     assert _container(deployment)["image"] == "dpserve-operator:0.1.0"
 
 
+def test_serving_pods_get_dns_only_when_asked(render: Render) -> None:
+    """The operator pins the ledger's ClusterIP instead (docs/confidential.md)."""
+    (default,) = _kind(render({}), "Deployment")
+    assert _env(default)["DPSERVE_SERVING_DNS_EGRESS"] == "false"
+    (widened,) = _kind(render({"servingDnsEgress": True,
+                               "ledgerUrl": "https://ledger.example.org:8443"}), "Deployment")
+    assert _env(widened)["DPSERVE_SERVING_DNS_EGRESS"] == "true"
+    assert _env(widened)["DPSERVE_LEDGER_URL"] == "https://ledger.example.org:8443"
+
+
 def test_image_digests(render: Render) -> None:
     digest = "sha256:" + "b" * 64
     (deployment,) = _kind(render({"image": {"digest": digest},

@@ -21,7 +21,13 @@ import dpserve.controllers.privacybudget
 import dpserve.controllers.privatemodel  # noqa: F401  (registers the Kopf handlers read here)
 from dpserve.controllers import kubeapi
 from dpserve.resources import rbacrules
-from dpserve.resources.access import ACCESS, OWNED_KINDS, Access, grants
+from dpserve.resources.access import (
+    ACCESS,
+    OWNED_KINDS,
+    Access,
+    grants,
+    operator_namespace_grants,
+)
 from dpserve_testkit.localkube import rbac
 
 Objects = list[dict[str, Any]]
@@ -91,11 +97,17 @@ def test_namespaced_is_a_role_per_namespace(render: Render, standby: bool) -> No
     # Only cluster-scoped resources (plus namespaces, which Kopf resolves in this mode).
     assert _permissions(cluster_role) == _expected(cluster)
     assert all(not a.res.namespaced for a in cluster)
-    roles = {r["metadata"]["namespace"]: r for r in _roles(objects, "Role")}
+    (own,) = [r for r in _roles(objects, "Role") if r["metadata"]["name"].endswith("-operator")]
+    # The operator's own namespace: the ledger Service's ClusterIP, pinned in serving pods.
+    assert own["metadata"]["namespace"] == "dpserve-system"  # the release namespace
+    assert _permissions(own) == _expected(operator_namespace_grants(cluster_wide=False))
+    assert _permissions(own) == {("", "services"): {"get"}}
+    roles = {r["metadata"]["namespace"]: r for r in _roles(objects, "Role") if r is not own}
     assert sorted(roles) == namespaces
     for role in roles.values():
         assert _permissions(role) == _expected(namespaced)
-    bindings = {b["metadata"]["namespace"]: b for b in _roles(objects, "RoleBinding")}
+    bindings = {b["metadata"]["namespace"]: b for b in _roles(objects, "RoleBinding")
+                if not b["metadata"]["name"].endswith("-operator")}
     assert sorted(bindings) == namespaces
     for namespace, binding in bindings.items():
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -106,7 +118,8 @@ def test_owned_kinds_get_full_ownership_and_the_table_has_no_duplicates() -> Non
     keys = [(a.res.group, a.resource, a.when) for a in ACCESS]
     assert len(keys) == len(set(keys))
     for owned in OWNED_KINDS:
-        (access,) = [a for a in ACCESS if a.res == owned.res and a.subresource is None]
+        (access,) = [a for a in ACCESS if a.res == owned.res and a.subresource is None
+                     and a.when == "always"]
         assert {"get", "list", "watch", "create", "update", "delete"} <= set(access.verbs)
 
 
@@ -180,7 +193,8 @@ def test_every_kopf_watch_is_granted(scenario_values: dict[str, Any], scenario_o
 
 def test_every_resource_the_controllers_call_is_granted(scenario_objects: Objects) -> None:
     index, user = _index(scenario_objects), _operator(scenario_objects)
-    namespaced = [o["metadata"]["namespace"] for o in _roles(scenario_objects, "Role")]
+    namespaced = [o["metadata"]["namespace"] for o in _roles(scenario_objects, "Role")
+                  if not o["metadata"]["name"].endswith("-operator")]
     called = [v for v in vars(kubeapi).values() if isinstance(v, kubeapi.Res)]
     called += list(kubeapi.BY_KIND.values())
     assert kubeapi.PODS in called and kubeapi.NODES in called

@@ -322,3 +322,27 @@ def test_kubectl_applies_and_prints_printer_columns(
     refused = subprocess.run([*kubectl, "apply", "-f", str(manifest)], capture_output=True,
                              text=True, timeout=30)
     assert refused.returncode != 0 and "spec.epsilon" in refused.stderr
+
+
+def test_services_get_cluster_ips_as_from_an_api_server(api: Client, ns: str) -> None:
+    """The operator pins the ledger Service's ClusterIP in serving pods: allocated, unique,
+    none for headless and ExternalName Services, kept by an update that omits it."""
+    svc = f"/api/v1/namespaces/{ns}/services"
+    ports = [{"port": 80}]
+    first = api.create(svc, {"metadata": {"name": "a"}, "spec": {"ports": ports}})["spec"]
+    second = api.create(svc, {"metadata": {"name": "b"}, "spec": {"ports": ports}})["spec"]
+    assert first["clusterIP"].startswith("10.96.") and first["clusterIPs"] == [first["clusterIP"]]
+    assert second["clusterIP"] != first["clusterIP"]
+    chosen = api.create(svc, {"metadata": {"name": "c"},
+                              "spec": {"ports": ports, "clusterIP": "10.96.250.1"}})["spec"]
+    assert chosen["clusterIPs"] == ["10.96.250.1"]
+    headless = api.create(svc, {"metadata": {"name": "h"},
+                                "spec": {"ports": ports, "clusterIP": "None"}})["spec"]
+    assert headless["clusterIP"] == "None" and "clusterIPs" not in headless
+    external = api.create(svc, {"metadata": {"name": "e"}, "spec": {
+        "type": "ExternalName", "externalName": "x.example.org"}})["spec"]
+    assert "clusterIP" not in external
+    live = api.get(f"{svc}/a")
+    replaced = api.replace(f"{svc}/a", {"metadata": {"name": "a", "labels": {"x": "1"}},
+                                        "spec": {"ports": ports}})
+    assert replaced["spec"]["clusterIP"] == live["spec"]["clusterIP"]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,35 @@ def test_the_hook_resolves_service_names_and_binds_the_pod_address(tmp_path: Pat
     assert resolved.split() == ["127.0.1.2", "127.0.1.2", "127.0.1.2", "NXDOMAIN",
                                 "127.0.0.1"]
     assert bound == "127.0.77.9"
+
+
+def test_outgoing_connections_leave_from_the_pod_address(tmp_path: Path) -> None:
+    """As from a pod's interface: the ledger judges a lease request by its source address."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    loops = "asyncio.new_event_loop()"
+    if importlib.util.find_spec("uvloop") is not None:
+        loops += ", __import__('uvloop').new_event_loop()"
+    try:
+        out = run_hooked(
+            "import asyncio, socket\n"
+            f"s = socket.socket(); s.connect(('127.0.0.1', {port})); print(s.getsockname()[0])\n"
+            "e = socket.socket(); e.bind(('127.0.0.1', 0));"
+            f" e.connect(('127.0.0.1', {port})); print(e.getsockname()[0])\n"
+            f"for loop in ({loops},):\n"
+            f"    _, w = loop.run_until_complete(asyncio.open_connection('127.0.0.1', {port}))\n"
+            "    print(w.get_extra_info('sockname')[0]); w.close(); loop.close()\n",
+            hosts)
+    finally:
+        listener.close()
+    plain, explicit, *looped = out.splitlines()
+    assert plain == "127.0.77.9"
+    assert explicit == "127.0.0.1"  # a socket bound on purpose keeps its address
+    assert looped and all(address == "127.0.77.9" for address in looped), looped
 
 
 def test_the_token_volume_is_added_as_the_admission_plugin_does() -> None:

@@ -124,7 +124,8 @@ def test_networkpolicy_shape(make_model, make_ctx):
     )
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
-    ledger, dns = spec["egress"]
+    # No DNS by default: the ledger is reached through its pinned ClusterIP (hostAliases).
+    (ledger,) = spec["egress"]
     assert ledger == {
         "to": [
             {
@@ -136,6 +137,13 @@ def test_networkpolicy_shape(make_model, make_ctx):
         ],
         "ports": [{"protocol": "TCP", "port": 8443}],
     }
+
+
+def test_networkpolicy_dns_only_when_the_operator_allows_it(make_model, make_ctx):
+    model = make_model()
+    spec = build_networkpolicy(model, make_ctx(model, dns_egress=True))["spec"]
+    ledger, dns = spec["egress"]
+    assert ledger["ports"] == [{"protocol": "TCP", "port": 8443}]
     assert dns["to"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
@@ -143,7 +151,6 @@ def test_networkpolicy_shape(make_model, make_ctx):
         }
     ]
     assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)]
-    assert len(spec["egress"]) == 2
 
 
 @pytest.mark.parametrize(

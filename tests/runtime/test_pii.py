@@ -18,7 +18,11 @@ from presidio_analyzer import AnalyzerEngine
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
 from dpserve_runtime.filter import pii
-from dpserve_runtime.filter.phone import FastPhoneRecognizer, min_candidate_length
+from dpserve_runtime.filter.phone import (
+    FastPhoneRecognizer,
+    min_candidate_length,
+    region_screen,
+)
 from dpserve_runtime.filter.pii import PATTERN_ENTITIES, REQUIRED, PiiAnalyzer
 from dpserve_runtime.filter.presidio_reference import presidio_default_engine_offline
 
@@ -194,6 +198,59 @@ def test_phone_length_bound_holds_for_every_example_number() -> None:
                         assert len(match.raw_string) >= bound, (region, other, text)
                         checked += 1
     assert checked > 1000
+
+
+# Plain candidates the screen decides on (digits and separators only): dates, times, ids,
+# amounts, national numbers with and without prefixes, country codes without a plus.
+_PLAIN_CANDIDATE = st.lists(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=1, max_size=12),
+        st.sampled_from([" ", "-", ".", "(", ")", "/", "0", "1", "00", "011", "49", "972",
+                         "91", "55", "90", "015", "2024-05-14", "555-01"]),
+    ),
+    min_size=1, max_size=10,
+).map("".join)
+
+
+def _parses_and_verifies(candidate: str, region: str) -> bool:
+    """The library's own parse and leniency VALID verification of one candidate (as the
+    matcher makes it, at the start of a text that is the candidate)."""
+    matcher = phonenumbers.PhoneNumberMatcher(candidate, region)
+    return phonenumbers.PhoneNumberMatcher._parse_and_verify(matcher, candidate, 0) is not None
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_PLAIN_CANDIDATE | _NUMBERISH)
+def test_region_screen_rejects_only_what_phonenumbers_rejects(candidate: str) -> None:
+    for region in PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS:
+        if not region_screen(region).may_match(candidate):
+            assert not _parses_and_verifies(candidate, region), (region, candidate)
+
+
+def test_region_screen_passes_every_example_number() -> None:
+    """Every example number phonenumbers ships, in every format, that the library finds
+    valid for a default region, passes that region's screen; and the screen rejects most
+    of a realistic note's candidates (dates, times, ids), or it would be no use."""
+    formats = [phonenumbers.PhoneNumberFormat.E164, phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+               phonenumbers.PhoneNumberFormat.NATIONAL]
+    checked = 0
+    for region in PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS:
+        screen = region_screen(region)
+        for other in sorted(phonenumbers.SUPPORTED_REGIONS):
+            for number_type in range(11):
+                example = phonenumbers.example_number_for_type(other, number_type)
+                if example is None:
+                    continue
+                for fmt in formats:
+                    for text in (phonenumbers.format_number(example, fmt),
+                                 phonenumbers.national_significant_number(example)):
+                        if _parses_and_verifies(text, region):
+                            assert screen.may_match(text), (region, other, text)
+                            checked += 1
+    assert checked > 1000
+    rejected = [c for c in ("2024-05-14", "120/80", "36.6", "14:30", "123456", "98765432",
+                            "4111 1111 1111 1111") if not region_screen("US").may_match(c)]
+    assert len(rejected) >= 5
 
 
 def test_phone_bounds_cut_short_numbers() -> None:

@@ -53,8 +53,8 @@ templates/rbac.yaml chooses which blocks go into the ClusterRole and the Roles.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, update, patch, delete]
-# Owned networkpolicies: model pods reach only the ledger and DNS. Created, replaced and
-# deleted as their PrivateModel's; watched (drift correction).
+# Owned networkpolicies: model pods reach only the ledger (and DNS only when servingDnsEgress
+# is set). Created, replaced and deleted as their PrivateModel's; watched (drift correction).
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, update, patch, delete]
@@ -134,4 +134,12 @@ templates/rbac.yaml chooses which blocks go into the ClusterRole and the Roles.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]
+{{- end }}
+
+{{- define "dpserve.rbac.operatorNamespace.namespaced" -}}
+# The ledger's own Service, in the operator's namespace: serving pods have no DNS and reach
+# the ledger by its ClusterIP, which the operator pins in their hostAliases.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get]
 {{- end }}

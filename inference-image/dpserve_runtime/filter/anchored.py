@@ -1,4 +1,4 @@
-"""Presidio's URL and e-mail patterns, matched in linear time with the same matches.
+"""Presidio's URL, e-mail and IP address patterns, matched in linear time, same matches.
 
 Presidio runs each pattern with ``finditer`` over the whole text: the regex engine tries
 every start position and, from each, scans and backtracks as far as the pattern allows. Two
@@ -45,7 +45,11 @@ from typing import Any, Final
 import regex
 from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
-from presidio_analyzer.predefined_recognizers import EmailRecognizer, UrlRecognizer
+from presidio_analyzer.predefined_recognizers import (
+    EmailRecognizer,
+    IpRecognizer,
+    UrlRecognizer,
+)
 
 # Presidio's PatternRecognizer.global_regex_flags (both recognizers keep the default).
 FLAGS: Final = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
@@ -290,6 +294,30 @@ def _pattern_results(recognizer: PatternRecognizer, text: str, flags: int,
     return deduplicated
 
 
+# IP address patterns: what each one's match starts with, as a pattern matched at the start
+# position (same flags, same character classes): a superset of its match starts, and every
+# one of them is found by one linear scan (``overlapped``: every position, not only those
+# after the previous hit). Each begins with a bounded prefix of the pattern itself.
+_IP_LEAD_HEX_COLON: Final = r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:|:)"
+IP_STARTS: Final[dict[str, str]] = {
+    "IPv4_mapped": r"(?<![\w:])::",  # "::" then an IPv4 address
+    "IPv4_embedded": r"(?<![\w:])[0-9A-Fa-f]{1,4}:",  # hex groups, then an IPv4 address
+    "IPv4": r"\b[0-9]{1,3}\.",  # first octet (1-3 digits) and its dot
+    "IPv6": _IP_LEAD_HEX_COLON,  # every alternative opens with a hex group and ":" or ":"
+    "IPv6_unspecified": r"(?<![\w:])::",
+}
+_IP_START_PATTERNS: Final = {name: regex.compile(start, FLAGS)
+                             for name, start in IP_STARTS.items()}
+
+
+def ip_finditer(pattern_name: str, pattern: regex.Pattern[str], text: str,
+                counter: WorkCounter | None = None) -> Iterator[regex.Match[str]]:
+    """One of Presidio's IP address patterns over ``text``, tried only where it can start."""
+    starts = (m.start() for m in _IP_START_PATTERNS[pattern_name].finditer(
+        text, overlapped=True))
+    return anchored_finditer(pattern, text, starts, counter, pattern_name)
+
+
 class LinearUrlRecognizer(UrlRecognizer):  # type: ignore[misc]
     """Presidio's URL recognizer, same findings, linear time (see the module doc)."""
 
@@ -327,3 +355,19 @@ class LinearEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
             return list(super().analyze(text, entities, nlp_artifacts, regex_flags))
         return _pattern_results(
             self, text, flags, lambda p, compiled: email_finditer(compiled, text))
+
+
+class LinearIpRecognizer(IpRecognizer):  # type: ignore[misc]
+    """Presidio's IP address recognizer, same findings: each pattern is tried only where a
+    linear scan finds its opening (module doc), instead of at every position of the text."""
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
+                regex_flags: int | None = None) -> list[RecognizerResult]:
+        loose: Any = self
+        flags: int = regex_flags or loose.global_regex_flags
+        patterns: list[Pattern] = loose.patterns
+        if flags != FLAGS or [(p.name, p.regex) for p in patterns] != [
+                (p.name, p.regex) for p in IpRecognizer.PATTERNS]:
+            return list(super().analyze(text, entities, nlp_artifacts, regex_flags))
+        return _pattern_results(
+            self, text, flags, lambda p, compiled: ip_finditer(p.name, compiled, text))

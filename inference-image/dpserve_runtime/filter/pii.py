@@ -20,11 +20,14 @@ what this module does instead, with the same findings:
   checks each rule against the recognizers. :meth:`PiiAnalyzer.may_contain_pii` searches
   their union once, so the scanner skips a text no requested entity can match (most keys
   and values of a model's answer) without a cache digest or a recognizer call.
-- The phone recognizer (eight regional phonenumbers matchers, the slowest part) skips
-  candidates too short to be a valid number: see :mod:`dpserve_runtime.filter.phone`.
-- The URL and e-mail patterns run in linear time with the same matches: the pattern is
-  tried only at candidate starts found by linear scans (:mod:`dpserve_runtime.filter.anchored`;
-  Presidio's own ``finditer`` spends about 1.5 ms per start position in a run of dots).
+- The phone recognizer (eight regional phonenumbers matchers, the slowest part) walks the
+  text once for all regions and parses only candidates that pass a region's necessary
+  conditions (length, country code, national number pattern, national prefix): see
+  :mod:`dpserve_runtime.filter.phone`.
+- The URL, e-mail and IP address patterns run with the same matches, each tried only at
+  candidate starts found by linear scans (:mod:`dpserve_runtime.filter.anchored`; Presidio's
+  own ``finditer`` spends about 1.5 ms per start position in a run of dots on the URL
+  pattern, and tries the 500-character IPv6 pattern at every position).
 - Without an NLP model the recognizers are called directly (same thresholds and duplicate
   rule as ``AnalyzerEngine.analyze``), skipping the engine's per-call overhead.
 - A bounded cache of findings (and of the redacted form) per text, since model outputs such
@@ -72,6 +75,7 @@ from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, NoOpNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     EmailRecognizer,
+    IpRecognizer,
     PhoneRecognizer,
     UrlRecognizer,
 )
@@ -83,7 +87,11 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from dpserve.api.outputfilter import NER_ENTITIES, PATTERN_ENTITIES
-from dpserve_runtime.filter.anchored import LinearEmailRecognizer, LinearUrlRecognizer
+from dpserve_runtime.filter.anchored import (
+    LinearEmailRecognizer,
+    LinearIpRecognizer,
+    LinearUrlRecognizer,
+)
 from dpserve_runtime.filter.names import SCORE_STRONG as NAMES_SCORE_CEILING
 from dpserve_runtime.filter.names import GazetteerDataError, NamesRecognizer
 from dpserve_runtime.filter.phone import FastPhoneRecognizer
@@ -283,6 +291,10 @@ def default_recognizers(entities: Iterable[str]) -> list[EntityRecognizer]:
             )
         elif type(recognizer) is UrlRecognizer:
             recognizer = LinearUrlRecognizer(
+                context=recognizer.context, supported_language=recognizer.supported_language
+            )
+        elif type(recognizer) is IpRecognizer:
+            recognizer = LinearIpRecognizer(
                 context=recognizer.context, supported_language=recognizer.supported_language
             )
         elif type(recognizer) is PhoneRecognizer:

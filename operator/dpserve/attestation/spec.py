@@ -148,7 +148,7 @@ class AgentSettings(ApiModel):
     """Where the sidecar obtains its token: the attestation agent inside the pod's TEE."""
 
     # Loopback only: the agent runs inside the pod's TEE, and the model's NetworkPolicy lets
-    # its pods reach nothing but the ledger and DNS, so any other host could never answer.
+    # its pods reach nothing but the ledger (no DNS), so any other host could never answer.
     url: Annotated[str, StringConstraints(pattern=LOOPBACK_URL, max_length=512)] = Field(
         default=DEFAULT_AGENT_URL,
         description="The in-guest attestation agent's token endpoint, on loopback "

@@ -34,6 +34,8 @@ from dpserve.controllers import modelstatus as ms
 from dpserve.controllers.children import NotOwned, apply_serving
 from dpserve.controllers.context import ModelKey, OperatorContext, now
 from dpserve.controllers.kubeapi import PODS, PRIVACYBUDGETS, PRIVATEMODELS, ApiError
+from dpserve.controllers.ledgerservice import UNAVAILABLE as LEDGER_UNAVAILABLE
+from dpserve.controllers.ledgerservice import ledger_address
 from dpserve.controllers.parse import InvalidSpec, parse_budget_spec, parse_model
 from dpserve.controllers.readiness import serving_readiness
 from dpserve.ledger import events as ledger_events
@@ -46,6 +48,8 @@ from dpserve.resources.labels import INFERENCE, selector_labels
 from dpserve.resources.names import FILTER_PORT, model_key, service_name
 
 Obj = dict[str, Any]
+# How soon a model whose ledger Service is missing (or headless) is looked at again.
+LEDGER_RETRY_S = 10.0
 logger = logging.getLogger(__name__)
 
 
@@ -427,9 +431,18 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     status.model_version = version
     status.artifact = status.artifact or spec.model.artifact
     model.status = status
+    ledger = await ledger_address(ctx)
     try:
-        applied = await apply_serving(ctx.api, model, _build_ctx(ctx, model, budget, replicas,
-                                                                 decision), uid, ctx.metrics)
+        if ledger.problem is not None:
+            # Without the ledger's address the pods could not lease (they have no DNS):
+            # the serving objects are left as they are, the model says why, and it is
+            # looked at again (the Service may be on its way: an install in progress).
+            applied = {}
+            requeue_after = min(requeue_after or LEDGER_RETRY_S, LEDGER_RETRY_S)
+        else:
+            applied = await apply_serving(
+                ctx.api, model, _build_ctx(ctx, model, budget, replicas, decision,
+                                           ledger_ips=ledger.ips), uid, ctx.metrics)
     except NotOwned as exc:
         sb.set(ms.READY, "False", "ResourceConflict", str(exc))
         status.phase = "Failed"
@@ -439,7 +452,11 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         raise InvalidSpec(str(exc)) from exc
 
     deployment = applied["Deployment"].live if "Deployment" in applied else None
-    if status.phase == "Failed" and not applied:
+    if ledger.problem is not None:
+        ready_replicas = 0
+        sb.set(ms.READY, "False", LEDGER_UNAVAILABLE, ledger.problem)
+        status.phase = "Pending"
+    elif status.phase == "Failed" and not applied:
         ready_replicas = 0
     elif replicas == 0:
         ready_replicas = 0
@@ -521,7 +538,8 @@ def _selector(name: str) -> str:
 
 
 def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, replicas: int,
-               decision: ConfidentialDecision, erased_ids: int = 0) -> Any:
+               decision: ConfidentialDecision, erased_ids: int = 0,
+               ledger_ips: tuple[str, ...] = ()) -> Any:
     header = None
     if budget.spec is not None and budget.spec.partitions is not None:
         header = budget.spec.partitions.header
@@ -538,4 +556,6 @@ def _build_ctx(ctx: OperatorContext, model: PrivateModel, budget: BudgetView, re
         allow_host_path_artifacts=ctx.settings.allow_host_path_artifacts,
         ledger_ca_pem=ctx.ledger_ca.pem() if ctx.ledger_ca is not None else None,
         erased_ids=erased_ids,
+        ledger_ips=ledger_ips,
+        dns_egress=ctx.settings.serving_dns_egress,
     )

@@ -33,9 +33,10 @@ from dpserve.resources.service import build_service
 from dpserve.resources.serviceaccount import build_serviceaccount
 
 Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
-# When a grant applies: always, only in namespaced mode (chart value watchNamespaces), or only
-# with the hot standby (chart value standby.enabled; Kopf peering objects).
-When = Literal["always", "namespacedMode", "standby"]
+# When a grant applies: always, only in namespaced mode (chart value watchNamespaces), only
+# with the hot standby (chart value standby.enabled; Kopf peering objects), or in the
+# operator's own namespace (a Role there in namespaced mode; the ClusterRole cluster-wide).
+When = Literal["always", "namespacedMode", "standby", "operatorNamespace"]
 Builder = Callable[[PrivateModel, BuildContext], dict[str, Any] | None]
 
 
@@ -121,7 +122,8 @@ OWNED_KINDS: tuple[OwnedKind, ...] = (
               "training Job excludes (<model>-erasure, written by the erasure controller)",
               build_configmap),
     OwnedKind(SERVICES, "the model's one endpoint (the sidecar's port)", build_service),
-    OwnedKind(NETWORKPOLICIES, "model pods reach only the ledger and DNS",
+    OwnedKind(NETWORKPOLICIES, "model pods reach only the ledger (and DNS only when "
+              "servingDnsEgress is set)",
               build_networkpolicy),
     OwnedKind(PODDISRUPTIONBUDGETS, "kept while more than one replica serves; deleted at "
               "one", build_poddisruptionbudget, pod_disruption_budget_name),
@@ -193,6 +195,10 @@ ACCESS: tuple[Access, ...] = (
     Access(CRDS, ("get", "list", "watch"),
            "Kopf discovers the served resources from the CRDs and watches them to notice CRD "
            "upgrades."),
+    Access(SERVICES, ("get",),
+           "The ledger's own Service, in the operator's namespace: serving pods have no DNS "
+           "and reach the ledger by its ClusterIP, which the operator pins in their "
+           "hostAliases.", when="operatorNamespace"),
     Access(NAMESPACES, ("list", "watch"),
            "Namespaced mode: Kopf lists and watches namespaces to resolve --namespace into the "
            "namespaces that exist (cluster-wide it does not).", when="namespacedMode"),
@@ -218,6 +224,10 @@ def grants(*, cluster_wide: bool, standby: bool) -> tuple[list[Access], list[Acc
     for access in ACCESS:
         if access.when == "standby" and not standby:
             continue
+        if access.when == "operatorNamespace":
+            if cluster_wide:
+                cluster.append(access)
+            continue  # namespaced: operator_namespace_grants
         if access.when == "namespacedMode" and cluster_wide:
             continue
         if access.res.namespaced:
@@ -229,3 +239,9 @@ def grants(*, cluster_wide: bool, standby: bool) -> tuple[list[Access], list[Acc
                 continue  # namespaced peering is the KopfPeering
             cluster.append(access)
     return cluster, namespaced
+
+
+def operator_namespace_grants(*, cluster_wide: bool) -> list[Access]:
+    """The Role in the operator's own namespace (namespaced mode only; cluster-wide these
+    are in the ClusterRole)."""
+    return [] if cluster_wide else [a for a in ACCESS if a.when == "operatorNamespace"]

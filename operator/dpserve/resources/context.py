@@ -19,6 +19,7 @@ from dpserve.resources.confidential import (
     resolve_confidential,
 )
 from dpserve.resources.labels import DEFAULT_OPERATOR_POD_LABELS
+from dpserve.resources.ledgerhost import is_ip
 from dpserve.resources.names import DNS1123_LABEL, validate_model_name
 from dpserve.resources.ownership import OwnerInfo
 from dpserve.resources.security import FILTER_RESOURCES, ResourceSpec
@@ -58,6 +59,12 @@ class BuildContext:
     # Ids in the model's erased-id ConfigMap (0: none): training Jobs mount it and leave
     # them out; the Job's annotation records the count so a roll knows what it removed.
     erased_ids: int = 0
+    # The ledger Service's ClusterIPs: the serving pod maps the ledger host name to them
+    # (hostAliases), so it needs no DNS. Empty: the host is an address, or DNS is allowed.
+    ledger_ips: tuple[str, ...] = ()
+    # Whether serving pods may query the cluster DNS (DPSERVE_SERVING_DNS_EGRESS): off
+    # unless the ledger URL names a host outside the cluster.
+    dns_egress: bool = False
 
     def __post_init__(self) -> None:
         if not self.image or any(c.isspace() for c in self.image):
@@ -73,6 +80,9 @@ class BuildContext:
             raise ValueError(f"replicas must be >= 0, got {self.replicas}")
         if self.revision_history_limit < 0:
             raise ValueError("revision_history_limit must be >= 0")
+        bad = [ip for ip in self.ledger_ips if not is_ip(ip)]
+        if bad:
+            raise ValueError(f"ledger addresses {bad!r} are not IP addresses")
 
     def location(self, uri: str, field: str) -> Location:
         """``uri`` parsed, refused when it is a host path and host paths are off."""
@@ -84,6 +94,10 @@ class BuildContext:
                 "DPSERVE_ALLOW_HOST_PATH_ARTIFACTS=true (chart value "
                 "allowHostPathArtifacts) for local development only")
         return location
+
+    @property
+    def ledger_host(self) -> str:
+        return (urlsplit(self.ledger_url).hostname or "").lower()
 
     @property
     def ledger_port(self) -> int:
@@ -129,6 +143,8 @@ def build_context(
     ledger_ca_pem: str | None = None,
     allow_host_path_artifacts: bool = False,
     erased_ids: int = 0,
+    ledger_ips: tuple[str, ...] = (),
+    dns_egress: bool = False,
 ) -> BuildContext:
     """The usual context: version, artifact and budget from status when a retrain set them,
     else from the spec; the confidential placement from the controller's decision."""
@@ -154,4 +170,6 @@ def build_context(
         ledger_ca_pem=ledger_ca_pem,
         allow_host_path_artifacts=allow_host_path_artifacts,
         erased_ids=erased_ids,
+        ledger_ips=tuple(ledger_ips),
+        dns_egress=dns_egress,
     )

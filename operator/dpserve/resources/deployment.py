@@ -11,6 +11,8 @@ Pod shape (see DESIGN.md, "The pod"):
   container (inside a confidential VM the guest memory is encrypted, a host disk is not),
   service links off (the environment must not depend on which Services exist: pod-level
   TEE policies pin the container environment).
+- ``hostAliases``: the ledger host name mapped to its Service's ClusterIPs when the operator
+  pinned them (``ctx.ledger_ips``): the pod's NetworkPolicy allows no DNS by default.
 - ``format: huggingface``: the model server gets ``--task`` (and, for text-generation, the
   request bounds ``--max-tokens`` / ``--max-choices`` of ``spec.serving.generation``) and the
   Hugging Face libraries are told to stay offline (air-gapped clusters: a hub lookup must fail
@@ -34,6 +36,7 @@ from dpserve.resources.labels import (
     object_labels,
     selector_labels,
 )
+from dpserve.resources.ledgerhost import host_aliases
 from dpserve.resources.meta import finalize, object_meta
 from dpserve.resources.names import (
     ARTIFACT_MOUNT,
@@ -247,6 +250,8 @@ def pod_template(model: PrivateModel, ctx: BuildContext) -> dict[str, Any]:
         "volumes": pod_volumes(model, ctx),
         **confidential.pod_placement(ctx.confidential),
     }
+    if ctx.ledger_ips:  # the ledger by name without DNS (resources/ledgerhost.py)
+        spec["hostAliases"] = host_aliases(ctx.ledger_host, ctx.ledger_ips)
     return {
         "metadata": {
             "labels": object_labels(name, ctx.model_version, INFERENCE),

@@ -1,9 +1,18 @@
 """NetworkPolicies: serving pods take traffic on the sidecar port only and talk only to the
-ledger and DNS; training pods talk to nothing.
+ledger (and to the cluster DNS only when the operator is told to allow it); training pods
+talk to nothing.
 
 The ledger runs in the operator's pods (``ctx.operator_pod_labels`` in
 ``ctx.operator_namespace``); namespaces are matched by the immutable
 ``kubernetes.io/metadata.name`` label the API server sets on every namespace.
+
+No DNS by default: a policy applies to the whole pod, so DNS egress for the sidecar would be
+DNS for the model container too, a channel out of the pod (queries for names that encode
+data, answered by whoever serves that zone). The sidecar reaches the ledger through the
+ledger Service's ClusterIP pinned in the pod's ``hostAliases`` (``resources/ledgerhost.py``);
+``ctx.dns_egress`` (``DPSERVE_SERVING_DNS_EGRESS``) adds the DNS rule back for a ledger URL
+that names a host outside the cluster. What the policy can and cannot stop:
+docs/confidential.md, "Network isolation".
 """
 
 from __future__ import annotations
@@ -31,8 +40,36 @@ def _namespace(name: str) -> dict[str, Any]:
     return {"matchLabels": {NAMESPACE_NAME_LABEL: name}}
 
 
+def _ledger_egress(ctx: BuildContext) -> dict[str, Any]:
+    return {
+        "to": [
+            {
+                "namespaceSelector": _namespace(ctx.operator_namespace),
+                "podSelector": {"matchLabels": dict(ctx.operator_pod_labels)},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": ctx.ledger_port}],
+    }
+
+
+def _dns_egress() -> dict[str, Any]:
+    return {
+        "to": [
+            {
+                "namespaceSelector": _namespace(DNS_NAMESPACE),
+                "podSelector": {"matchLabels": dict(DNS_POD_LABELS)},
+            }
+        ],
+        "ports": [
+            {"protocol": "UDP", "port": 53},
+            {"protocol": "TCP", "port": 53},
+        ],
+    }
+
+
 def build_networkpolicy(model: PrivateModel, ctx: BuildContext) -> Manifest:
     name = model_name(model)
+    egress = [_ledger_egress(ctx)] + ([_dns_egress()] if ctx.dns_egress else [])
     return finalize(
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -43,29 +80,7 @@ def build_networkpolicy(model: PrivateModel, ctx: BuildContext) -> Manifest:
                 "policyTypes": ["Ingress", "Egress"],
                 # From anywhere, but only to the sidecar: the model port is on localhost.
                 "ingress": [{"ports": [{"protocol": "TCP", "port": FILTER_PORT}]}],
-                "egress": [
-                    {
-                        "to": [
-                            {
-                                "namespaceSelector": _namespace(ctx.operator_namespace),
-                                "podSelector": {"matchLabels": dict(ctx.operator_pod_labels)},
-                            }
-                        ],
-                        "ports": [{"protocol": "TCP", "port": ctx.ledger_port}],
-                    },
-                    {
-                        "to": [
-                            {
-                                "namespaceSelector": _namespace(DNS_NAMESPACE),
-                                "podSelector": {"matchLabels": dict(DNS_POD_LABELS)},
-                            }
-                        ],
-                        "ports": [
-                            {"protocol": "UDP", "port": 53},
-                            {"protocol": "TCP", "port": 53},
-                        ],
-                    },
-                ],
+                "egress": egress,
             },
         }
     )

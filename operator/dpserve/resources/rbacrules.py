@@ -28,6 +28,7 @@ BLOCKS: tuple[tuple[When, Scope], ...] = (
     ("namespacedMode", "cluster"),
     ("standby", "cluster"),
     ("standby", "namespaced"),
+    ("operatorNamespace", "namespaced"),
 )
 DEFAULT_OUTPUT = Path("charts/dpserve/templates/_rbac_rules.tpl")
 HEADER = """\

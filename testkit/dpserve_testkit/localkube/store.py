@@ -22,7 +22,7 @@ from typing import Any
 
 import kmock
 
-from dpserve_testkit.localkube import crdvalidation, errors, patching
+from dpserve_testkit.localkube import clusterips, crdvalidation, errors, patching
 from dpserve_testkit.localkube.kinds import CRD_RESOURCE, NAMESPACES, Kind, KindRegistry
 
 Obj = dict[str, Any]
@@ -277,6 +277,8 @@ class Store:
             obj.pop("status", None)
         if kind.resource == NAMESPACES:
             obj["status"] = {"phase": "Active"}
+        if kind.resource == clusterips.SERVICES:
+            clusterips.allocate(obj, self._bucket(kind).values())
         obj = self._validate(kind, obj, name, strict=strict)
         if kind.resource == CRD_RESOURCE:
             self._check_crd(obj)
@@ -353,6 +355,8 @@ class Store:
             obj["metadata"] = new_meta
             obj["apiVersion"] = kind.api_version
             obj["kind"] = kind.kind
+            if kind.resource == clusterips.SERVICES:
+                clusterips.keep(obj, old)
             if kind.status_subresource:  # the main resource ignores status writes
                 if "status" in old:
                     obj["status"] = old["status"]

@@ -7,19 +7,24 @@ host's. The kubelet sets the variables below for each container process, and thi
 - a wildcard bind (``0.0.0.0`` or ``""``) binds the pod's own address (``LOCALKUBE_POD_IP``):
   in a pod it would listen on the pod's interfaces only, and on the host it would collide
   with every other pod's port;
+- an outgoing IPv4 connection leaves from the pod's address, as from a pod's interface (the
+  ledger checks that a lease request comes from the token's pod); on the host it would leave
+  from 127.0.0.1, the address of no pod;
 - cluster DNS names of Services (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``,
   ``<svc>.<ns>``, and a bare ``<svc>`` of the pod's namespace, ``LOCALKUBE_POD_NAMESPACE``)
   resolve to the addresses the kubelet lists in the hosts file ``LOCALKUBE_HOSTS`` (the
   Services' ready endpoints, as a headless Service resolves); a Service name the file lacks
   does not resolve. Other names go to the host's resolver. Both Python's resolver and
-  uvloop's (``Loop.getaddrinfo``, which bypasses it) are covered; a wildcard bind by uvloop
-  itself is not (its servers bind through libuv).
+  uvloop's (``Loop.getaddrinfo``, which bypasses it) are covered, and uvloop's connections
+  (``Loop.create_connection`` to an IPv4 address) leave from the pod's address; a wildcard
+  bind by uvloop itself is not covered (its servers bind through libuv).
 
 Nothing here is imported by the operator or the data plane themselves.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import socket
@@ -97,6 +102,39 @@ def _pod_bind(self: socket.socket, address: Any) -> None:
     _bind(self, address)
 
 
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _bind_pod_source(sock: socket.socket) -> None:
+    """Bind an unbound IPv4 socket to the pod's address before it connects."""
+    if sock.family != socket.AF_INET or sock.type != socket.SOCK_STREAM:
+        return
+    try:
+        bound = sock.getsockname()[0] != "0.0.0.0"
+    except OSError:
+        return
+    if not bound:
+        _bind(sock, (_POD_IP, 0))
+
+
+def _pod_connect(self: socket.socket, address: Any) -> None:
+    _bind_pod_source(self)
+    _connect(self, address)
+
+
+def _pod_connect_ex(self: socket.socket, address: Any) -> int:
+    _bind_pod_source(self)
+    return _connect_ex(self, address)
+
+
+def _ipv4(host: Any) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+    except (TypeError, ValueError):
+        return False
+
+
 def _patch_uvloop() -> None:
     """uvloop resolves through libuv, not ``socket.getaddrinfo``: wrap its loop's method
     (aiohttp's resolver calls it, then connects to the addresses it returns)."""
@@ -122,9 +160,21 @@ def _patch_uvloop() -> None:
         return found
 
     uvloop.Loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+    connect = uvloop.Loop.create_connection
+
+    async def create_connection(self: Any, protocol_factory: Any, host: Any = None,
+                                port: Any = None, **kwargs: Any) -> Any:
+        # aiohttp resolves first and connects to the address: an IPv4 literal here.
+        if kwargs.get("local_addr") is None and kwargs.get("sock") is None and _ipv4(host):
+            kwargs["local_addr"] = (_POD_IP, 0)
+        return await connect(self, protocol_factory, host, port, **kwargs)
+
+    uvloop.Loop.create_connection = create_connection  # type: ignore[method-assign]
 
 
 if _POD_IP:
     socket.socket.bind = _pod_bind  # type: ignore[method-assign,assignment]
+    socket.socket.connect = _pod_connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = _pod_connect_ex  # type: ignore[method-assign,assignment]
     socket.getaddrinfo = _pod_getaddrinfo
     _patch_uvloop()
