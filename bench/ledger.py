@@ -51,6 +51,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client, config
 
+from dpserve.ledger.lease_ids import sequenced_id
+
 NS = "bench"
 PATE = {"type": "pate", "teachers": 50, "noiseMultiplier": "40"}
 GAUSS = {"type": "gaussian", "noiseMultiplier": "2", "clipNorm": "1", "sensitivity": "0.02"}
@@ -188,7 +190,7 @@ async def sidecar(
     while time.perf_counter() < deadline:
         counter += 1
         body = {
-            "leaseId": f"{pod}-{counter:07d}",
+            "leaseId": sequenced_id(pod, None, counter),
             "model": f"{NS}/{model}",
             "pod": pod,
             "mechanism": mech,

@@ -16,11 +16,17 @@ from ledger_helpers import (
     budget_spec,
     make_service,
     model_spec,
+    reset_lease_pools,
 )
 
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.service import LedgerService
 from dpserve_testkit.memory_store import MemoryStore
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lease_pools() -> None:
+    reset_lease_pools()  # each test's sidecars start their lease sequences afresh
 
 
 @pytest.fixture

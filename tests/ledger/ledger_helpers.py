@@ -13,6 +13,7 @@ from dpserve.api.mechanism import Mechanism
 from dpserve.api.privacybudget import PrivacyBudgetSpec
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.auth import Identity, service_account_user
+from dpserve.ledger.lease_ids import parse, sequenced_id
 from dpserve.ledger.service import LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.state import LeasePolicy
@@ -134,6 +135,26 @@ def make_service(
     )
 
 
+_POOLS: dict[tuple[str, str | None], dict[str, int]] = {}
+
+
+def seq_id(label: str, pod: str = "triage-0", partition: str | None = None) -> str:
+    """The sequenced id a sidecar of ``pod`` sends for the test's lease named ``label``.
+
+    A label keeps its id (a retry of that lease); a new label of a pool takes the pool's next
+    sequence, as a sidecar's new lease does. The pools start afresh with each test (conftest).
+    An id that is already sequenced (or malformed on purpose) is passed through.
+    """
+    if parse(label) is not None or not label.startswith("lease-"):
+        return label
+    pool = _POOLS.setdefault((pod, partition), {})
+    return sequenced_id(pod, partition, pool.setdefault(label, len(pool) + 1))
+
+
+def reset_lease_pools() -> None:
+    _POOLS.clear()
+
+
 def lease_body(
     lease_id: str = "lease-0001",
     model: str = f"{NS}/triage",
@@ -144,7 +165,7 @@ def lease_body(
     version: str = "v1",
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "leaseId": lease_id,
+        "leaseId": seq_id(lease_id, pod, partition),
         "model": model,
         "modelVersion": version,
         "pod": pod,

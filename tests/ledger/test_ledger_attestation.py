@@ -16,7 +16,16 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from joserfc.jwk import Key
-from ledger_helpers import NS, PATE, Clock, FakeReviewer, lease_body, make_service, model_spec
+from ledger_helpers import (
+    NS,
+    PATE,
+    Clock,
+    FakeReviewer,
+    lease_body,
+    make_service,
+    model_spec,
+    seq_id,
+)
 
 from attestation_support import (
     EVIDENCE,
@@ -106,7 +115,8 @@ class Pod:
         return issuer.claims(tee_pubkey=public_jwk(self.key), **claims)
 
     def proof(self, lease_id: str, *, pod: str | None = None, key: Key | None = None) -> str:
-        return proof(key or self.key, model=KEY, pod=pod or self.name, lease_id=lease_id,
+        pod = pod or self.name
+        return proof(key or self.key, model=KEY, pod=pod, lease_id=seq_id(lease_id, pod),
                      now=self.clock.now.timestamp())
 
     def headers(self, lease_id: str, token: str | None = None) -> dict[str, str]:
@@ -145,7 +155,7 @@ async def test_a_valid_bound_token_is_granted(
                                  pod.headers("lease-ok-0001"))
     assert status == 200, payload
     assert payload["granted"] >= 1
-    assert leases(store) == ["lease-ok-0001"]
+    assert leases(store) == [seq_id("lease-ok-0001", POD)]
     seen = service.attestation.seen(KEY)
     assert seen.last is not None and seen.last.verdict.ok and seen.last.pod == POD
     # the same token serves the next lease request, with a proof for that lease id
@@ -247,7 +257,7 @@ async def test_verification_precedes_the_lease_id_replay(
     status, again = await post(client, "tok-0", secure_body("lease-once-001"),
                                fresh.headers("lease-once-001"))
     assert status == 200 and again["granted"] == first["granted"]
-    assert leases(store) == ["lease-once-001"]
+    assert leases(store) == [seq_id("lease-once-001", POD)]
 
 
 async def test_a_model_without_attestation_is_unchanged(
@@ -324,7 +334,7 @@ async def test_header_sizes_are_bounded_on_the_served_port(
             assert status == 400, text
     finally:
         await service.stop()
-    assert leases(store) == ["lease-big-0001"]
+    assert leases(store) == [seq_id("lease-big-0001", POD)]
 
 
 async def test_runtime_data_binding_names_the_pod(
@@ -345,7 +355,7 @@ async def test_runtime_data_binding_names_the_pod(
                                  {TOKEN_HEADER: mine})
     _refusal(status, payload, RUNTIME_DATA_PATH, f"not {OTHER_POD!r}")
     assert failures(service, "binding") == 1
-    assert leases(store) == ["lease-rd-0001"]
+    assert leases(store) == [seq_id("lease-rd-0001", POD)]
 
 
 async def test_an_unattested_pod_learns_nothing_about_the_model(

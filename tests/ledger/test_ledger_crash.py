@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, model_spec
+from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, model_spec, seq_id
 
 from dpserve.accounting import GNMaxQuery, epsilon_spent
 from dpserve.ledger.auth import AUDIENCE, service_account_name
@@ -107,7 +107,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def ask(http: aiohttp.ClientSession, url: str, lease_id: str, requested: int = 50) -> Any:
     body = {
-        "leaseId": lease_id,
+        "leaseId": seq_id(lease_id, POD),
         "model": f"{NS}/triage",
         "modelVersion": "v1",
         "pod": POD,
@@ -146,7 +146,7 @@ async def test_kill_between_persist_and_reply_then_retry(
 
     persisted = budget_status(kube)
     (record,) = persisted["leases"]
-    assert record["leaseId"] == "lease-crash-0001"
+    assert record["leaseId"] == seq_id("lease-crash-0001", POD)
     assert debited(kube) == record["granted"]
 
     second = Ledger(kube.kubeconfig)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio import client, config
-from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, lease_body, model_spec
+from ledger_helpers import NS, PATE, budget_spec, kube_serving_pod, lease_body, model_spec, seq_id
 from prometheus_client import CollectorRegistry
 
 from dpserve.ledger.auth import AUDIENCE, CachingReviewer, Identity, KubeTokenReviewer, authorize
@@ -142,7 +142,7 @@ async def test_service_end_to_end_on_the_api_server(
     assert again == grant
     status: dict[str, Any] = (await store.get_budget(NS, "patients"))["status"]
     assert status["ledger"][0]["count"] == 1
-    assert status["leases"][0]["leaseId"] == "lease-0001"
+    assert status["leases"][0]["leaseId"] == seq_id("lease-0001")
     with pytest.raises(LeaseFailure) as info:
         await service.lease(json.dumps(lease_body("lease-0002")).encode(), "Bearer nope")
     assert info.value.http_status == 401

@@ -32,6 +32,7 @@ from ledger_helpers import GAUSS, LAPLACE, NS, PATE, Clock, FakeReviewer, make_s
 from dpserve.accounting import epsilon_spent
 from dpserve.api.privacybudget import LeaseRecord
 from dpserve.ledger import events as ev
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.state import LeasePolicy
 from dpserve_testkit.memory_store import MemoryStore
@@ -138,7 +139,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.counter += 1
                 partition = tenants[index] if model == "embed" else None
                 pending = Pending(
-                    f"lease-{self.counter:06d}",
+                    sequenced_id(pod, partition, self.counter),
                     requested[index],
                     partition,
                     self.clock.now.timestamp(),
@@ -204,7 +205,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.counter += 1
             partition = TENANTS[0] if model == "embed" else None
             self.pending[pod] = Pending(
-                f"lease-{self.counter:06d}", 5, partition, self.clock.now.timestamp()
+                sequenced_id(pod, partition, self.counter), 5, partition, self.clock.now.timestamp()
             )
             self.loop.run_until_complete(self._ask(self.services[0], model, pod, self.pending[pod]))
         self.store.unreachable = False

@@ -19,6 +19,7 @@ from ledger_helpers import (
     lease_body,
     make_service,
     model_spec,
+    seq_id,
 )
 
 from dpserve.api.lease import MAX_LEASE_BODY_BYTES, LeaseError, LeaseGrant
@@ -67,7 +68,7 @@ async def test_grant_is_persisted_before_the_answer(client: Client, store: Memor
     assert seen == [1]
     status = store.budget(NS, "patients")["status"]
     assert status["epsilonSpent"] == format(grant.epsilon_spent, "g")
-    assert [lease["leaseId"] for lease in status["leases"]] == ["lease-0001"]
+    assert [lease["leaseId"] for lease in status["leases"]] == [seq_id("lease-0001")]
     assert [c["type"] for c in status["conditions"]] == ["Exhausted", "Ready", "BudgetLow",
                                                        "Reconciling", "Stalled"]
 
@@ -194,6 +195,10 @@ async def test_malformed_json(client: Client) -> None:
     ("change", "field"),
     [
         ({"leaseId": "x"}, "leaseId"),
+        # A random id (the form before sequenced ids) would be idempotent only while its
+        # record is on the status: the wire takes sequenced ids only.
+        ({"leaseId": "3f2c9a7e-1b4d-4c8e-9f00-6a5b4c3d2e1f"}, "leaseId"),
+        ({"leaseId": "S0000000000000001-ee1c11331b9f1b2f"}, "leaseId"),
         ({"model": "no-slash"}, "model"),
         ({"requested": 0}, "requested"),
         ({"requested": "ten"}, "requested"),
@@ -385,7 +390,8 @@ async def test_concurrent_requests_share_one_write(
     assert ledger_count(store) == 10
     assert store.status_writes <= 3  # group commit: not one write per grant
     leases = store.budget(NS, "patients")["status"]["leases"]
-    assert sorted(lease["leaseId"] for lease in leases) == [f"lease-{i:04d}" for i in range(10)]
+    assert sorted(lease["leaseId"] for lease in leases) == sorted(
+        seq_id(f"lease-{i:04d}", f"triage-{i}") for i in range(10))
 
 
 @pytest.mark.parametrize("phase", ["get_model", "replace_budget_status"])

@@ -18,6 +18,7 @@ from ledger_helpers import (
     budget_spec,
     lease_body,
     make_service,
+    seq_id,
     spec,
 )
 
@@ -58,7 +59,8 @@ async def test_an_emptied_ledger_is_restored_before_the_next_grant(
     after = store.budget(NS, "patients")["status"]
     assert _queries(store) == counted + answer["granted"]  # restored, then charged
     assert float(after["epsilonSpent"]) > float(before["epsilonSpent"])
-    assert {lease["leaseId"] for lease in after["leases"]} >= {"lease-0002", "lease-after-1"}
+    assert {lease["leaseId"] for lease in after["leases"]} >= {seq_id("lease-0002"),
+                                                              seq_id("lease-after-1")}
     restored = [e for _, _, e in store.events if e.reason == "RecordedSpendRestored"]
     assert len(restored) == 1 and restored[0].type == "Warning"
     assert "count 0 <" in restored[0].message

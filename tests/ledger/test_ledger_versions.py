@@ -11,7 +11,16 @@ import json
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
-from ledger_helpers import NS, PATE, FakeReviewer, budget_spec, lease_body, make_service, model_spec
+from ledger_helpers import (
+    NS,
+    PATE,
+    FakeReviewer,
+    budget_spec,
+    lease_body,
+    make_service,
+    model_spec,
+    seq_id,
+)
 
 from dpserve.api.lease import LeaseError, LeaseGrant
 from dpserve.ledger.service import LedgerService
@@ -84,7 +93,7 @@ async def test_old_pods_spend_their_own_budget_after_the_roll(
     assert query_entries(store, B1) == [("v1", v1["granted"])]
     assert query_entries(store, B2) == [("v2", v2["granted"])]
     records = {r["leaseId"]: r["modelVersion"] for r in store.budget(NS, B1)["status"]["leases"]}
-    assert records == {"lease-v1-0001": "v1"}
+    assert records == {seq_id("lease-v1-0001"): "v1"}
     # Each grant reports the numbers of the budget it was charged to.
     assert v1["epsilonSpent"] == float(store.budget(NS, B1)["status"]["epsilonSpent"])
     assert v2["epsilonSpent"] == float(store.budget(NS, B2)["status"]["epsilonSpent"])

@@ -9,6 +9,7 @@ with a valid, bound token; the model's Attested condition follows what the ledge
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from attestation_support import TestIssuer, public_jwk, spec, tee_keypair
 from dpserve.attestation.binding import proof
 from dpserve.attestation.wire import PROOF_HEADER, TOKEN_HEADER
 from dpserve.ledger.auth import AUDIENCE, service_account_name
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve_testkit.localkube.client import ApiFailure
 from pod_support import kube_serving_pod
 
@@ -127,7 +129,7 @@ def test_leases_flow_only_with_a_valid_bound_token(cluster: Cluster) -> None:
         pod_uid=kube_serving_pod(kube, "tee", "pod-0", namespace=ns),  # a serving pod
         audiences=[AUDIENCE]))
     # No attestation: refused, counted, surfaced.
-    code, body = _lease(cluster, token, ns, "lease-none-0001", {})
+    code, body = _lease(cluster, token, ns, sequenced_id("pod-0", None, 1), {})
     assert code == 403 and body["reason"] == "AttestationFailed" and body["claim"] == "token"
     failed = wait_until(lambda: (c := _attested(cluster, ns)) and c["status"] == "False"
                         and c["reason"] == "AttestationFailed" and c, what="Attested False")
@@ -138,17 +140,19 @@ def test_leases_flow_only_with_a_valid_bound_token(cluster: Cluster) -> None:
     # A debug-enabled TEE: refused with the claim.
     key = tee_keypair("EC")
     bad = issuer.token(tee_pubkey=public_jwk(key), debug=True)
-    code, body = _lease(cluster, token, ns, "lease-debug-001", {
+    lease_id = sequenced_id("pod-0", None, 2)
+    code, body = _lease(cluster, token, ns, lease_id, {
         TOKEN_HEADER: bad, PROOF_HEADER: proof(key, model=f"{ns}/tee", pod="pod-0",
-                                               lease_id="lease-debug-001", now=time.time())})
+                                               lease_id=lease_id, now=time.time())})
     assert code == 403 and body["message"].endswith("debug is enabled"), body
     assert _failures(cluster, ns, "debug") == 1
 
     # A valid token bound to this pod: granted, and the model says Attested.
     good = issuer.token(tee_pubkey=public_jwk(key))
-    code, body = _lease(cluster, token, ns, "lease-good-001", {
+    lease_id = sequenced_id("pod-0", None, 3)
+    code, body = _lease(cluster, token, ns, lease_id, {
         TOKEN_HEADER: good, PROOF_HEADER: proof(key, model=f"{ns}/tee", pod="pod-0",
-                                                lease_id="lease-good-001", now=time.time())})
+                                                lease_id=lease_id, now=time.time())})
     assert code == 200 and body["granted"] >= 1, body
     verified = wait_until(lambda: (c := _attested(cluster, ns)) and c["status"] == "True"
                           and c, what="Attested True")
@@ -159,6 +163,8 @@ def test_leases_flow_only_with_a_valid_bound_token(cluster: Cluster) -> None:
     wait_until(lambda: _attested(cluster, ns) is None, what="Attested removed")
     wait_until(lambda: "attestation" not in json.loads(api.get(cluster.path(
         ns, "configmaps", "tee-filter"))["data"]["filter.json"]), what="config without it")
+    later = itertools.count(4)  # each try a new lease of the pod
     # The ledger follows the spec within its model cache time (DPSERVE_LEDGER_MODEL_CACHE_S).
-    wait_until(lambda: _lease(cluster, token, ns, f"lease-{uuid.uuid4().hex}", {})[0] == 200,
+    wait_until(lambda: _lease(cluster, token, ns, sequenced_id("pod-0", None, next(later)),
+                              {})[0] == 200,
                what="leases without attestation once the spec says so")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -10,8 +11,11 @@ from typing import Any
 from operator_support import Cluster, budget_body, condition, model_body, wait_until
 
 from dpserve.ledger.auth import AUDIENCE
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.resources.names import service_account_name
 from pod_support import kube_serving_pod
+
+_SEQUENCE = itertools.count(1)  # the test sidecar's lease sequence: each lease a new one
 
 
 def _ready_model(cluster: Cluster, ns: str, name: str = "m", **kwargs: Any) -> dict[str, Any]:
@@ -119,7 +123,7 @@ def _pod_token(cluster: Cluster, ns: str, model: str) -> str:
 def _lease(cluster: Cluster, token: str, ns: str, model: str, mechanism: dict[str, Any],
            version: str = "v1", requested: int = 1000) -> tuple[int, dict[str, Any]]:
     return cluster.lease(token, {
-        "leaseId": f"lease-{uuid.uuid4().hex}", "model": f"{ns}/{model}",
+        "leaseId": sequenced_id("pod-0", None, next(_SEQUENCE)), "model": f"{ns}/{model}",
         "modelVersion": version, "pod": "pod-0", "mechanism": mechanism,
         "requested": requested})
 

@@ -7,6 +7,7 @@ an Event, and naming a fresh budget resumes it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from typing import Any
@@ -14,8 +15,11 @@ from typing import Any
 from operator_support import Cluster, budget_body, condition, model_body, wait_until
 
 from dpserve.ledger.auth import AUDIENCE
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.resources.names import service_account_name
 from pod_support import kube_serving_pod
+
+_SEQUENCE = itertools.count(1)  # the test sidecar's lease sequence: each lease a new one
 
 
 def _token(cluster: Cluster, ns: str) -> str:
@@ -32,7 +36,7 @@ def _exhaust(cluster: Cluster, ns: str, mechanism: dict[str, Any], version: str)
     token = _token(cluster, ns)
     for _ in range(500):
         code, body = cluster.lease(token, {
-            "leaseId": f"lease-{uuid.uuid4().hex}", "model": f"{ns}/m",
+            "leaseId": sequenced_id("pod-0", None, next(_SEQUENCE)), "model": f"{ns}/m",
             "modelVersion": version, "pod": "pod-0", "mechanism": mechanism,
             "requested": 1000})
         if code == 429:

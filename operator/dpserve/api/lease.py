@@ -19,6 +19,8 @@
   granted; retry with the same ``leaseId``)
 
 A lease id makes retries idempotent: the same id returns the same grant and never debits twice.
+``leaseId`` is sequenced, ``s<16 hex: sequence>-<16 hex: pool tag>``
+(:mod:`dpserve.ledger.lease_ids`); any other form is refused (400 naming ``leaseId``).
 The ledger persists the debit to PrivacyBudget.status *before* it answers 200.
 
 ``modelVersion`` is the version the requesting pod serves (from its filter config). Each
@@ -44,9 +46,10 @@ MAX_LEASE_BODY_BYTES = 16 * 1024
 MAX_REQUESTED = 1_000_000
 PARTITION_HEADER_DEFAULT = "X-Dpserve-Tenant"
 
-LeaseId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{7,127}$")
-]
+# Sequenced ids only (dpserve.ledger.lease_ids): bound to the pod and partition that formed
+# them and idempotent for as long as the ledger remembers the pool's high-water mark. A
+# random id would be idempotent only while its own record is on the status.
+LeaseId = Annotated[str, StringConstraints(pattern=r"^s[0-9a-f]{16}-[0-9a-f]{16}$")]
 # A model version as in PrivateModel spec.model.version / status.modelVersion.
 ModelVersion = Annotated[str, StringConstraints(pattern=r"^v[0-9]+$", max_length=16)]
 ModelKey = Annotated[

@@ -13,7 +13,9 @@ high-water mark:
   or below that record's sequence that is not itself on the status was granted before and is
   refused (400), never charged again.
 
-Random ids (the format before this one) are still accepted, with the weaker guarantee.
+The lease request accepts sequenced ids only (``dpserve.api.lease.LeaseId``). Records of random
+ids (the format before this one) that an earlier release left on a status are still honoured
+as replays while they are there; the grant logic keeps that path for them.
 """
 
 from __future__ import annotations
