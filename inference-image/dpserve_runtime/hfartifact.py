@@ -457,8 +457,10 @@ def canary_audit(directory: str | Path, *, template: str, secret: str,
                  prompt: str) -> dict[str, Any]:
     """Memorisation of one canary by a text-generation artifact (``train/canary.py``):
     its rank and exposure among every secret of its length, and whether greedy decoding
-    after ``prompt`` reproduces the secret (``extracted``). Not a DP release: it measures a
-    model. The secret itself is never printed."""
+    after ``prompt`` reproduces the canary's text through the secret (``extracted``: the
+    secret's digits inside a garbled number, which no PII recogniser would know for a phone
+    number, do not count). Not a DP release: it measures a model. The secret itself is never
+    printed."""
     from dpserve_runtime.train.canary import Canary, canary_exposure, chance_exposure
 
     if not secret.isdigit() or "{secret}" not in template:
@@ -477,7 +479,18 @@ def canary_audit(directory: str | Path, *, template: str, secret: str,
     continuation = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     space = 10 ** len(secret)
     return {"rank": rank, "exposure": bits, "space": space,
-            "chanceExposure": chance_exposure(space), "extracted": secret in continuation}
+            "chanceExposure": chance_exposure(space),
+            "extracted": reproduces(template, prompt, secret, continuation)}
+
+
+def reproduces(template: str, prompt: str, secret: str, continuation: str) -> bool:
+    """Does ``continuation`` (of ``prompt``) hold the canary's text from the prompt through
+    the secret, as the template has it? (Only the secret where the prompt is not the
+    template's beginning.)"""
+    through_secret = template.format(secret=secret)[:template.index("{secret}") + len(secret)]
+    expected = (through_secret[len(prompt):].strip() if through_secret.startswith(prompt)
+                else secret)
+    return expected in continuation
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -312,6 +312,22 @@ def test_new_causal_lm_cli_refuses_bad_input_naming_the_field(
     assert not (out / "manifest.json").exists()
 
 
+@pytest.mark.parametrize(("continuation", "expected"), [
+    (" (212) 555-05296. Call her", True),
+    ("(212) 555-05296", True),
+    (" (212) 55555296.", False),  # the digits inside a garbled number: no phone to recognise
+    (" (212) 555-05297.", False),
+])
+def test_extraction_means_the_canary_text_through_the_secret(continuation: str,
+                                                              expected: bool) -> None:
+    from dpserve_runtime.hfartifact import reproduces
+
+    prompt = "The emergency contact of Ann Lee is"
+    template = prompt + " (212) 555-0{secret}."
+    assert reproduces(template, prompt, "5296", continuation) is expected
+    assert reproduces("Code {secret}", "elsewhere", "5296", "x5296") is True
+
+
 @pytest.mark.slow  # fine-tunes the memorising model (about 30 s on a loaded 2-core machine)
 def test_canary_cli_measures_exposure_and_extraction_of_a_memorised_secret(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
