@@ -16,6 +16,7 @@ from typing import Any
 from dpserve.api.privacybudget import PrivacyBudgetSpec, PrivacyBudgetStatus
 from dpserve.api.privatemodel import (
     AcceptedSpec,
+    Phase,
     PrivateModel,
     PrivateModelStatus,
     VersionRecord,
@@ -286,6 +287,33 @@ async def _roll_declared_version(
                                              if declared is not None else ""))
 
 
+@dataclass
+class _Pass:
+    """One reconcile's working state, handed from phase to phase of :func:`_reconcile`."""
+
+    ctx: OperatorContext
+    raw: Obj
+    model: PrivateModel
+    sb: ms.StatusBuilder
+    decision: ConfidentialDecision
+    budget: BudgetView
+    version: str
+    refused: str | None
+    notices: list[ms.Transition]
+    fits: bool = False
+    training_refusal: str | None = None
+    in_retraining: bool = False
+    requeue_after: float | None = None
+
+    @property
+    def namespace(self) -> str:
+        return str(self.model.metadata["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.model.metadata["name"])
+
+
 async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     raw = await ctx.api.get(PRIVATEMODELS, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
@@ -299,21 +327,37 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     if read.problem is not None:
         await _status_unreadable(ctx, raw, read.problem)
         return
-    meta = raw["metadata"]
-    generation = meta.get("generation")
-    sb = ms.StatusBuilder(read.status, generation, now())
-    status = sb.status
-    spec = model.spec
-    uid = str(meta.get("uid", ""))
-    desired_replicas = spec.serving.replicas
-    requeue_after: float | None = None
+    sb = ms.StatusBuilder(read.status, raw["metadata"].get("generation"), now())
 
     # Confidential placement: required and impossible -> nothing is scheduled anywhere.
-    decision: ConfidentialDecision = await ctx.cluster.decide(spec.confidential)
+    decision: ConfidentialDecision = await ctx.cluster.decide(model.spec.confidential)
     good = decision.ok and not decision.degraded
     sb.set(ms.CONFIDENTIAL, "True" if good else "False", decision.reason, decision.message)
     await _attested(ctx, sb, model)
 
+    p = await _follow_spec(ctx, raw, model, sb, decision)
+    await _retrain_or_unlearn(p)
+    _budget_available(p)
+    plan = servingstate.serving_plan(
+        placement_ok=decision.ok, budget_problem=p.budget.problem is not None,
+        training_refused=p.training_refusal is not None, fits=p.fits,
+        in_retraining=p.in_retraining, desired_replicas=model.spec.serving.replicas)
+    if plan.restore_replicas != "keep":
+        sb.status.restore_replicas = plan.restore_replicas
+    if servingstate.newly_stopped(ms_phase(sb.previous), plan):
+        ctx.metrics.models_stopped_total.labels(
+            namespace, name, model.spec.on_budget_exhausted).inc()
+    ready_replicas = await _serve(p, plan.replicas, plan.phase)
+    await _finish(p, read, plan.replicas, ready_replicas)
+
+
+async def _follow_spec(ctx: OperatorContext, raw: Obj, model: PrivateModel,
+                       sb: ms.StatusBuilder, decision: ConfidentialDecision) -> _Pass:
+    """Spec edits (followed before the model spent, rolled as a new declared version, or
+    refused), the budget the served version spends, its declared training charged once,
+    and whether one more query fits."""
+    status, spec = sb.status, model.spec
+    namespace = str(model.metadata["namespace"])
     notices: list[ms.Transition] = []
     if status.accepted is None and status.budget is not None:
         status.accepted = await _accepted_before_upgrade(ctx, model, status)
@@ -340,19 +384,24 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         else:
             notices.append(rolled)
             version = status.model_version or version
-    fits = False
-    training_refusal: str | None = None
+    p = _Pass(ctx, raw, model, sb, decision, budget, version, refused, notices)
     if budget.problem is None:
-        training_refusal = await _charge_declared_training(ctx, model, budget, version)
-        fits = training_refusal is None and _fits(ctx, model, budget)
+        p.training_refusal = await _charge_declared_training(ctx, model, budget, version)
+        p.fits = p.training_refusal is None and _fits(ctx, model, budget)
+    return p
 
+
+async def _retrain_or_unlearn(p: _Pass) -> None:
+    """The Retraining condition, and a retrain (budget exhausted, or erased records due) or
+    a PATE erasure step where one is called for; may move the model to a new version."""
+    ctx, model, sb, budget = p.ctx, p.model, p.sb, p.budget
+    spec, status = model.spec, sb.status
     # Erased record ids: every training Job leaves them out; a damaged list starts none.
     erasures = await unlearn.read_list(ctx, model, status.erasure)
     status.erasure = unlearn.listing(status.erasure, erasures)
     erased_ids = len(erasures.lst.ids)
     erasure_job = status.erasure is not None and status.erasure.job is not None
 
-    in_retraining = False
     if spec.retraining is None or spec.on_budget_exhausted != "Retrain":
         sb.set(ms.RETRAINING, "False", "NotConfigured",
                f"onBudgetExhausted is {spec.on_budget_exhausted}")
@@ -363,11 +412,12 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     # for it only when its declared training does not fit. It is then not served, and
     # retrained only from an explicit lora.base (an artifact already paid for; the CRD
     # refuses the unpaid version itself as the base).
-    retrain_unpaid = (training_refusal is not None and spec.retraining is not None
+    retrain_unpaid = (p.training_refusal is not None and spec.retraining is not None
                       and spec.retraining.lora is not None
                       and spec.retraining.lora.base is not None)
     exhausted_retrain = (
-        budget.problem is None and not fits and (training_refusal is None or retrain_unpaid)
+        budget.problem is None and not p.fits
+        and (p.training_refusal is None or retrain_unpaid)
         and spec.on_budget_exhausted == "Retrain" and spec.retraining is not None)
     # A DP-SGD / DP-LoRA model removes erased ids with its ordinary retrain, brought forward
     # for an Immediate request or a NextRetrain request's deadline (docs/erasure.md).
@@ -377,59 +427,56 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
                     and unlearn.pate_due(model, status.erasure, erasures))
     if (exhausted_retrain or erasure_retrain or pate_erasure) and erasures.problem is not None:
         sb.set(ms.RETRAINING, "False", "ErasureListDamaged", erasures.problem)
-    elif (exhausted_retrain or erasure_retrain) and decision.ok and not erasure_job:
+    elif (exhausted_retrain or erasure_retrain) and p.decision.ok and not erasure_job:
         model.status = status
-        bctx = _build_ctx(ctx, model, budget, 0, decision, erased_ids)
-        step = await retrain.step(ctx, model, raw, sb, bctx, budget.raw or {})
-        in_retraining = step.in_progress and exhausted_retrain
-        requeue_after = step.requeue_after_s
+        bctx = _build_ctx(ctx, model, budget, 0, p.decision, erased_ids)
+        step = await retrain.step(ctx, model, p.raw, sb, bctx, budget.raw or {})
+        p.in_retraining = step.in_progress and exhausted_retrain
+        p.requeue_after = step.requeue_after_s
         if step.rolled:  # now on the new version's budget
-            version = status.model_version or version
-            budget = await _budget(ctx, namespace, status.budget or spec.budget_ref.name)
-            fits = budget.problem is None and _fits(ctx, model, budget)
-    elif pate_erasure and decision.ok:
+            p.version = status.model_version or p.version
+            p.budget = await _budget(ctx, p.namespace, status.budget or spec.budget_ref.name)
+            p.fits = p.budget.problem is None and _fits(ctx, model, p.budget)
+    elif pate_erasure and p.decision.ok:
         # A PATE ensemble: only the teachers that saw an erased record retrain; the new
         # version serves on the same budget (same data window, nothing refunded).
         model.status = status
-        bctx = _build_ctx(ctx, model, budget, 0, decision, erased_ids)
+        bctx = _build_ctx(ctx, model, budget, 0, p.decision, erased_ids)
         spent = budget.status.epsilon_spent if budget.status else None
         unlearned = await unlearn.step(ctx, model, sb, bctx, budget.name, spent)
-        requeue_after = unlearned.requeue_after_s
+        p.requeue_after = unlearned.requeue_after_s
         if unlearned.notice is not None:
-            notices.append(ms.Transition("Normal", "ErasureRolledOut", unlearned.notice))
+            p.notices.append(ms.Transition("Normal", "ErasureRolledOut", unlearned.notice))
         if unlearned.rolled:
-            version = status.model_version or version
+            p.version = status.model_version or p.version
 
-    # BudgetAvailable is evaluated whatever else blocks the model.
+
+def _budget_available(p: _Pass) -> None:
+    """BudgetAvailable, evaluated whatever else blocks the model."""
+    budget, sb = p.budget, p.sb
+    limit = budget.spec.epsilon if budget.spec else "?"
+    spent = budget.status.epsilon_spent if budget.status else None
     if budget.problem is not None:
         sb.set(ms.BUDGET_AVAILABLE, "False", *budget.problem)
-    elif training_refusal is not None:
-        sb.set(ms.BUDGET_AVAILABLE, "False", "TrainingSpendExceedsBudget", training_refusal)
-    elif not fits:
+    elif p.training_refusal is not None:
+        sb.set(ms.BUDGET_AVAILABLE, "False", "TrainingSpendExceedsBudget", p.training_refusal)
+    elif not p.fits:
         sb.set(ms.BUDGET_AVAILABLE, "False", "BudgetExhausted",
-               f"PrivacyBudget {budget.name} cannot pay one more {_mechanism_name(model)} query "
-               f"(ε spent {(budget.status.epsilon_spent if budget.status else None) or '0'} of "
-               f"{budget.spec.epsilon if budget.spec else '?'})")
+               f"PrivacyBudget {budget.name} cannot pay one more {_mechanism_name(p.model)} "
+               f"query (ε spent {spent or '0'} of {limit})")
     else:
-        spent = budget.status.epsilon_spent if budget.status else None
         sb.set(ms.BUDGET_AVAILABLE, "True", "BudgetAvailable",
-               f"PrivacyBudget {budget.name}: ε spent {spent or '0'} of "
-               f"{budget.spec.epsilon if budget.spec else '?'}")
+               f"PrivacyBudget {budget.name}: ε spent {spent or '0'} of {limit}")
 
-    plan = servingstate.serving_plan(
-        placement_ok=decision.ok, budget_problem=budget.problem is not None,
-        training_refused=training_refusal is not None, fits=fits,
-        in_retraining=in_retraining, desired_replicas=desired_replicas)
-    replicas, phase = plan.replicas, plan.phase
-    if plan.restore_replicas != "keep":
-        status.restore_replicas = plan.restore_replicas
-    if servingstate.newly_stopped(ms_phase(sb.previous), plan):
-        ctx.metrics.models_stopped_total.labels(namespace, name, spec.on_budget_exhausted).inc()
 
-    # Owned objects, rendered from the status' version / artifact / budget.
+async def _serve(p: _Pass, replicas: int, phase: Phase) -> int:
+    """Owned objects rendered from the status' version / artifact / budget, then Ready and
+    the phase from what runs; returns the ready replicas."""
+    ctx, model, sb, budget = p.ctx, p.model, p.sb, p.budget
+    status = sb.status
     status.budget = budget.name
-    status.model_version = version
-    status.artifact = status.artifact or spec.model.artifact
+    status.model_version = p.version
+    status.artifact = status.artifact or model.spec.model.artifact
     model.status = status
     ledger = await ledger_address(ctx)
     try:
@@ -438,43 +485,50 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
             # the serving objects are left as they are, the model says why, and it is
             # looked at again (the Service may be on its way: an install in progress).
             applied = {}
-            requeue_after = min(requeue_after or LEDGER_RETRY_S, LEDGER_RETRY_S)
+            p.requeue_after = min(p.requeue_after or LEDGER_RETRY_S, LEDGER_RETRY_S)
         else:
             applied = await apply_serving(
-                ctx.api, model, _build_ctx(ctx, model, budget, replicas, decision,
-                                           ledger_ips=ledger.ips), uid, ctx.metrics)
+                ctx.api, model, _build_ctx(ctx, model, budget, replicas, p.decision,
+                                           ledger_ips=ledger.ips),
+                str(p.raw["metadata"].get("uid", "")), ctx.metrics)
     except NotOwned as exc:
         sb.set(ms.READY, "False", "ResourceConflict", str(exc))
         status.phase = "Failed"
         applied = {}
     except ValueError as exc:  # a builder refused the object: surfaced like an invalid spec
-        await _invalid(ctx, raw, str(exc))
+        await _invalid(ctx, p.raw, str(exc))
         raise InvalidSpec(str(exc)) from exc
 
-    deployment = applied["Deployment"].live if "Deployment" in applied else None
     if ledger.problem is not None:
-        ready_replicas = 0
         sb.set(ms.READY, "False", LEDGER_UNAVAILABLE, ledger.problem)
         status.phase = "Pending"
-    elif status.phase == "Failed" and not applied:
-        ready_replicas = 0
-    elif replicas == 0:
-        ready_replicas = 0
-        zero = servingstate.scaled_to_zero(phase, blocked_reason=decision.reason,
+        return 0
+    if status.phase == "Failed" and not applied:
+        return 0
+    if replicas == 0:
+        zero = servingstate.scaled_to_zero(phase, blocked_reason=p.decision.reason,
                                            pending_reason=(budget.problem or ("", ""))[0])
         sb.set(ms.READY, "False", zero.reason, zero.message)
         status.phase = zero.phase
-    else:
-        pods = await ctx.api.list(PODS, namespace, label_selector=_selector(name))
-        readiness = serving_readiness(replicas, deployment, pods)
-        ready_replicas = readiness.ready_replicas
-        sb.set(ms.READY, "True" if readiness.ready else "False", readiness.reason,
-               readiness.message)
-        status.phase = servingstate.running_phase(phase, readiness.ready)
+        return 0
+    deployment = applied["Deployment"].live if "Deployment" in applied else None
+    pods = await ctx.api.list(PODS, p.namespace, label_selector=_selector(p.name))
+    readiness = serving_readiness(replicas, deployment, pods)
+    sb.set(ms.READY, "True" if readiness.ready else "False", readiness.reason,
+           readiness.message)
+    status.phase = servingstate.running_phase(phase, readiness.ready)
+    return readiness.ready_replicas
 
-    if refused is not None:  # still serving what was accepted; a person must act
+
+async def _finish(p: _Pass, read: statusfields.StatusRead, replicas: int,
+                  ready_replicas: int) -> None:
+    """The status' remaining fields, written once if it changed; Events for what changed;
+    the replicas metric; a requeue where a phase asked for one."""
+    ctx, sb, budget = p.ctx, p.sb, p.budget
+    status, namespace, name = sb.status, p.namespace, p.name
+    if p.refused is not None:  # still serving what was accepted; a person must act
         sb.set(ms.READY, "False", kstatus.SPEC_EDIT_REFUSED,
-               f"{refused}; still serving {status.model_version} from budget {status.budget}")
+               f"{p.refused}; still serving {status.model_version} from budget {status.budget}")
     if status.accepted is not None:
         has_spent = bool(status.versions) or (budget.status is not None and any(
             e.consumer == model_key(namespace, name) for e in budget.status.ledger))
@@ -489,13 +543,13 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     status.lifetime_epsilon = retrainstate.lifetime_epsilon(
         status.versions, budget.name, status.epsilon_spent, status.dropped_versions_epsilon)
     new = statusfields.with_extras(sb.finish().wire(), read)
-    if await _update_status(ctx, raw, new):
-        for t in [*notices, *sb.transitions()]:
-            await ctx.api.event(raw, type=t.type, reason=t.reason, message=t.message,
+    if await _update_status(ctx, p.raw, new):
+        for t in [*p.notices, *sb.transitions()]:
+            await ctx.api.event(p.raw, type=t.type, reason=t.reason, message=t.message,
                                 now=_stamp())
     ctx.metrics.model_replicas.labels(namespace, name).set(replicas)
-    if requeue_after is not None:
-        ctx.kick_model(namespace, name, requeue_after)
+    if p.requeue_after is not None:
+        ctx.kick_model(namespace, name, p.requeue_after)
 
 
 async def _attested(ctx: OperatorContext, sb: ms.StatusBuilder, model: PrivateModel) -> None:
