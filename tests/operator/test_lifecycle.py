@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -56,10 +57,30 @@ def test_model_renders_owned_objects_and_becomes_ready(cluster: Cluster) -> None
     assert "dpserve.io/budget-protection" in budget["metadata"]["finalizers"]
     assert condition(budget, "Ready") is not None  # written by the ledger path
 
-    # Quiet steady state: nothing to do, nothing written.
+    # Quiet steady state: a reconcile with nothing to do writes nothing. An edit of the
+    # owned Deployment's annotations (which the operator does not manage) makes it look
+    # again; once that reconcile has finished, the namespace saw only the test's own write.
     since = time.monotonic()
-    time.sleep(2.0)
-    assert cluster.server.call(lambda kube: kube.count_writes(since)) == 0
+    finished = _reconciles_finished(cluster)
+    api.merge(cluster.path(ns, "deployments", "m"),
+              {"metadata": {"annotations": {"test.dpserve.io/poke": "1"}}})
+    wait_until(lambda: _reconciles_finished(cluster) > finished, what="a reconcile after the poke")
+
+    def written() -> list[str]:
+        return cluster.server.call(lambda kube: [
+            f"{w.method} {w.path}" for w in kube.writes
+            if w.at >= since and f"/namespaces/{ns}/" in w.path])
+
+    assert written() == [f"PATCH {cluster.path(ns, 'deployments', 'm')}"], written()
+
+
+def _reconciles_finished(cluster: Cluster) -> float:
+    """PrivateModel reconciles the operator has completed (its duration histogram's count)."""
+    with urllib.request.urlopen(cluster.operator.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    prefix = 'dpserve_reconcile_duration_seconds_count{kind="PrivateModel"} '
+    return next((float(line[len(prefix):]) for line in text.splitlines()
+                 if line.startswith(prefix)), 0.0)
 
 
 def test_spec_edit_is_applied_and_conditions_keep_transition_times(cluster: Cluster) -> None:
