@@ -249,6 +249,61 @@ def test_crash_looping_container_is_reported(local: Local) -> None:
     assert deployment["status"]["readyReplicas"] == 0
 
 
+# Answers /healthz twice, then 500: a liveness probe sees it fail.
+_TIRING_SERVER = """
+import http.server
+served = 0
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        global served
+        served += 1
+        self.send_response(200 if served <= 2 else 500)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
+"""
+
+
+def _probed(name: str, code: str, **probes: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                     "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "command": [PY, "-c", code],
+                                     "ports": [{"name": "http", "containerPort": 8080}],
+                                     **probes}]}}}}
+
+
+def test_a_container_failing_its_liveness_probe_is_killed_and_restarted(local: Local) -> None:
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1,
+             "failureThreshold": 2, "timeoutSeconds": 1}
+    local.api.create("/apis/apps/v1/namespaces/t/deployments",
+                     _probed("tiring", _TIRING_SERVER, livenessProbe=probe))
+    status = wait_until(
+        lambda: (p := local.pods("t")) and (cs := p[0]["status"]["containerStatuses"][0])
+        and cs["restartCount"] >= 1 and cs, timeout_s=60, what="a restart after liveness")
+    # Killed by the kubelet (SIGTERM), not exited on its own.
+    assert status["lastState"]["terminated"]["exitCode"] != 0, status
+    wait_until(lambda: "running" in local.pods("t")[0]["status"]["containerStatuses"][0]
+               ["state"], timeout_s=60, what="running again")
+
+
+def test_a_container_never_passing_its_startup_probe_is_killed(local: Local) -> None:
+    # Never listens: the startup probe's budget (1 s x 2) runs out; liveness never starts.
+    probes = {"startupProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1,
+                               "failureThreshold": 2},
+              "livenessProbe": {"httpGet": {"path": "/", "port": "http"}}}
+    local.api.create("/apis/apps/v1/namespaces/t/deployments",
+                     _probed("mute", "import time; time.sleep(3600)", **probes))
+    status = wait_until(
+        lambda: (p := local.pods("t")) and (cs := p[0]["status"]["containerStatuses"][0])
+        and cs["restartCount"] >= 1 and cs, timeout_s=60, what="a restart after startup")
+    assert status["lastState"]["terminated"]["exitCode"] != 0, status
+    assert status["ready"] is False
+
+
 def test_unsupported_volume_is_a_container_error_not_a_crash(local: Local) -> None:
     api = local.api
     api.create("/apis/apps/v1/namespaces/t/deployments", {

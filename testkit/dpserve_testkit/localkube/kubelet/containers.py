@@ -27,6 +27,7 @@ from dpserve_testkit.localkube.kubelet.mapping import (
 )
 from dpserve_testkit.localkube.kubelet.podnet import HOOK_DIR
 from dpserve_testkit.localkube.kubelet.pods import ContainerRun, LocalPod
+from dpserve_testkit.localkube.kubelet.probes import ProbeClock
 from dpserve_testkit.localkube.kubelet.volumes import Volume
 
 Obj = dict[str, Any]
@@ -115,6 +116,12 @@ def container_command(container: Obj, env: Mapping[str, str],
 def named_ports(container: Obj) -> dict[str, int]:
     return {p["name"]: int(p["containerPort"])
             for p in container.get("ports") or [] if p.get("name")}
+
+
+def probe_clock(container: Obj) -> ProbeClock | None:
+    """The container's startup and liveness probes (None: it has neither)."""
+    startup, liveness = container.get("startupProbe"), container.get("livenessProbe")
+    return None if startup is None and liveness is None else ProbeClock(startup, liveness)
 
 
 class ContainerRuntime(Protocol):
@@ -220,6 +227,7 @@ def container_run(
         termination_path=termination,
         fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         readiness=container.get("readinessProbe"), ports=named_ports(container),
+        probes=probe_clock(container),
     )
 
 

@@ -41,6 +41,7 @@ from dpserve_testkit.localkube.kubelet.containers import (
     Mount,
     manifest_env,
     named_ports,
+    probe_clock,
     resolve_mounts,
     termination_file,
     thread_env,
@@ -190,7 +191,7 @@ class PodmanRuntime:
             fallback_to_logs=container.get("terminationMessagePolicy") ==
             "FallbackToLogsOnError",
             readiness=container.get("readinessProbe"), ports=named_ports(container),
-            image=image, runtime_id=self.container_name(pod, name),
+            probes=probe_clock(container), image=image, runtime_id=self.container_name(pod, name),
         )
 
     async def release(self, run: ContainerRun) -> None:

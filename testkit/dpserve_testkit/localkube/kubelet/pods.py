@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dpserve_testkit.localkube.kubelet.mapping import now
+from dpserve_testkit.localkube.kubelet.probes import ProbeClock
 
 Obj = dict[str, Any]
 # Waiting in back-off counts as CrashLoopBackOff (what the operator's readiness looks for).
@@ -42,6 +43,7 @@ class ContainerRun:
     ready: bool = False
     next_probe: float = 0.0
     waiting: tuple[str, str] | None = None  # (reason, message): the container cannot start
+    probes: ProbeClock | None = None  # startup and liveness probes, where it has any
 
     @property
     def running(self) -> bool:

@@ -116,6 +116,7 @@ class LocalKubelet:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._stops: set[asyncio.Task[None]] = set()  # containers being killed after a probe
         self.syncs = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -461,11 +462,15 @@ class LocalKubelet:
         run.exit_code = None
         run.finished_at = None
         run.restart_at = None
-        run.ready = run.readiness is None
         run.next_probe = 0.0
+        if run.probes is not None:
+            run.probes.reset(time.monotonic())
+        # Without a readiness probe a container is ready once started (its startup probe).
+        run.ready = run.readiness is None and (run.probes is None or run.probes.started)
 
     async def _observe(self, pod: LocalPod) -> None:
-        """Exits, restarts after back-off, readiness probes; publish what changed."""
+        """Exits, restarts after back-off, startup/liveness probes (a container that fails
+        them is killed, :mod:`.probes`), readiness probes; publish what changed."""
         if pod.deleted:
             return
         clock = time.monotonic()
@@ -487,9 +492,23 @@ class LocalKubelet:
                 run.last_terminated = terminated_state(run)
                 run.restarts += 1
                 await self._spawn(pod, run)
+        due = [(run, spec) for run in pod.containers if run.running and run.probes is not None
+               and (spec := run.probes.due(clock)) is not None]
+        checked = await asyncio.gather(*(
+            self._probe(pod, run, spec, run.probes.timeout_s())  # type: ignore[union-attr]
+            for run, spec in due))
+        for (run, _), ok in zip(due, checked, strict=True):
+            assert run.probes is not None
+            why = run.probes.record(ok, clock)
+            if why is not None:
+                self._kill_container(pod, run, why)
+            elif run.readiness is None:
+                run.ready = run.probes.started
         probes = [run for run in pod.containers
-                  if run.running and run.readiness is not None and clock >= run.next_probe]
-        results = await asyncio.gather(*(self._probe(pod, run) for run in probes))
+                  if run.running and run.readiness is not None and clock >= run.next_probe
+                  and (run.probes is None or run.probes.started)]
+        results = await asyncio.gather(*(
+            self._probe(pod, run, run.readiness or {}, PROBE_TIMEOUT_S) for run in probes))
         for run, ok in zip(probes, results, strict=True):
             run.ready = ok
             period = float((run.readiness or {}).get("periodSeconds", 10))
@@ -498,8 +517,32 @@ class LocalKubelet:
             run.next_probe = clock + (min(period, 2.0) if ok else 0.25)
         await self._publish(pod)
 
-    async def _probe(self, pod: LocalPod, run: ContainerRun) -> bool:
-        http = (run.readiness or {}).get("httpGet")
+    def _kill_container(self, pod: LocalPod, run: ContainerRun, why: str) -> None:
+        """Stop one container as a kubelet does after a failed probe (SIGTERM, SIGKILL after
+        the grace period); its exit is then handled by the restart policy."""
+        log.warning("pod %s/%s container %s: %s; killing it", pod.namespace, pod.name,
+                    run.name, why)
+        process = run.process
+        if process is None or process.returncode is not None:
+            return
+        run.ready = False
+
+        async def stop() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=pod.grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+        task = asyncio.get_running_loop().create_task(stop())
+        self._stops.add(task)
+        task.add_done_callback(self._stops.discard)
+
+    async def _probe(self, pod: LocalPod, run: ContainerRun, spec: Obj,
+                     timeout_s: float) -> bool:
+        http = spec.get("httpGet")
         if http is None:
             return True  # exec / tcpSocket probes: running counts as ready locally
         port = http.get("port")
@@ -513,7 +556,7 @@ class LocalKubelet:
         try:
             async with self._session.get(
                 f"{scheme}://{pod.ip}:{port}{http.get('path', '/')}", ssl=False,
-                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 await resp.read()
                 return 200 <= resp.status < 400
