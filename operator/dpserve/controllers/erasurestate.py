@@ -29,7 +29,12 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from dpserve.api.base import ConditionStatus
-from dpserve.api.erasurerequest import ErasureMode, ErasureProgress, ErasureRequestStatus
+from dpserve.api.erasurerequest import (
+    ErasureMode,
+    ErasurePhase,
+    ErasureProgress,
+    ErasureRequestStatus,
+)
 from dpserve.api.privatemodel import ErasureApplied, ErasureStatus
 from dpserve.ledger.conditions import parse_rfc3339, rfc3339, set_condition
 from dpserve.resources.labels import ERASED_IDS
@@ -242,93 +247,112 @@ def deadline_of(created: datetime, days: int) -> datetime:
     return created + timedelta(days=days)
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """A condition's status, reason and message."""
+
+    status: ConditionStatus
+    reason: str
+    message: str
+
+
+def _phase(facts: RequestFacts, covering: ErasureApplied | None, deadline: datetime
+           ) -> tuple[ErasurePhase, _Verdict]:
+    """The request's phase and its ``Complete`` condition (first matching case wins)."""
+    erasure = facts.erasure
+    if covering is not None:
+        teachers = (f" ({covering.retrained_teachers} teacher(s) retrained)"
+                    if covering.retrained_teachers is not None else "")
+        return "Completed", _Verdict(
+            "True", "RecordsRemoved", f"version {covering.version} was trained without the "
+            f"records{teachers}; they are excluded from every later training run of the model")
+    if facts.model_problem is not None:
+        missing = facts.model_missing
+        return ("Pending" if missing else "Failed"), _Verdict(
+            "False", "ModelNotFound" if missing else "NotErasable", facts.model_problem)
+    if facts.listed is None:
+        return "Pending", _Verdict("False", "NotListed",
+                                   "the ids are not yet listed for the model")
+    if erasure is not None and erasure.gave_up:  # the model's status says why
+        return "Failed", _Verdict("False", "RetrainFailed",
+                                  erasure.message or "the model's erasure retrain failed")
+    if erasure is not None and erasure.job is not None:
+        last = f"; last attempt: {erasure.message}" if erasure.message else ""
+        return "Retraining", _Verdict(
+            "False", "Retraining", f"Job {erasure.job} trains the model without the records"
+            + last)
+    if facts.mode == "NextRetrain" and facts.now < deadline and facts.teachers is None:
+        return "Scheduled", _Verdict(
+            "False", "Scheduled", "folded into the model's next retrain; started by "
+            f"{rfc3339(deadline)} at the latest")
+    return "Retraining", _Verdict("False", "WaitingForRetrain", "listed; the model's "
+                                  "reconcile starts the retrain without the records")
+
+
+def _accepted(facts: RequestFacts) -> _Verdict:
+    listed = facts.listed
+    if listed is None:
+        return _Verdict("Unknown", "NotListed", "not listed yet")
+    if facts.spec_ids_sha256 not in (None, listed.ids_sha256):
+        # Only where the API server skipped the CRD's immutability rule (CEL transition
+        # rules): the listed ids are the ones erased, and the edit is said, never dropped.
+        return _Verdict("False", "SpecEditRefused",
+                        "spec is immutable: this request erases the ids it named when it "
+                        "was listed; create a new ErasureRequest for other records")
+    return _Verdict("True", "Listed", f"{facts.record_ids} id(s) listed for the model")
+
+
+def _outcomes(phase: ErasurePhase | None, previous: ErasureRequestStatus, overdue: bool
+              ) -> tuple[Outcome, ...]:
+    """Outcomes newly reached (each counted once by the metric)."""
+    was_overdue = any(c.type == OVERDUE and c.status == "True" for c in previous.conditions)
+    reached: list[Outcome] = []
+    if phase == "Completed" and previous.phase != "Completed":
+        reached.append("completed")
+    if phase == "Failed" and previous.phase != "Failed":
+        reached.append("failed")
+    if overdue and not was_overdue:
+        reached.append("overdue")
+    return tuple(reached)
+
+
 def decide_request(facts: RequestFacts, previous: ErasureRequestStatus) -> RequestDecision:
     """The request's status from the facts; outcomes newly reached (for the metric)."""
     deadline = deadline_of(facts.created, facts.deadline_days)
     status = previous.model_copy(deep=True)
     status.observed_generation = facts.generation
     status.deadline = rfc3339(deadline)
-    erasure = facts.erasure
-    listed = facts.listed
     covering = None
-    if listed is not None and erasure is not None:
-        covering = next((a for a in erasure.applied if a.ids >= listed.up_to), None)
+    if facts.listed is not None and facts.erasure is not None:
+        covering = next((a for a in facts.erasure.applied if a.ids >= facts.listed.up_to), None)
     status.progress = ErasureProgress(
-        records_listed=facts.record_ids if listed is not None else 0,
+        records_listed=facts.record_ids if facts.listed is not None else 0,
         records_total=facts.record_ids,
         teachers_affected=covering.retrained_teachers if covering is not None else None,
         teachers_total=facts.teachers,
     )
 
-    def cond(kind: str, value: ConditionStatus, reason: str, message: str) -> None:
-        status.conditions = set_condition(status.conditions, type=kind, status=value,
-                                          reason=reason, message=message,
-                                          generation=facts.generation, now=facts.now)
+    def cond(kind: str, verdict: _Verdict) -> None:
+        status.conditions = set_condition(
+            status.conditions, type=kind, status=verdict.status, reason=verdict.reason,
+            message=verdict.message, generation=facts.generation, now=facts.now)
 
+    status.phase, complete = _phase(facts, covering, deadline)
     if covering is not None:
-        status.phase = "Completed"
         status.removed_in_version = covering.version
         status.training_set_sha256 = covering.training_set_sha256
         status.completion_time = previous.completion_time or rfc3339(facts.now)
-        cond(COMPLETE, "True", "RecordsRemoved",
-             f"version {covering.version} was trained without the records"
-             + (f" ({covering.retrained_teachers} teacher(s) retrained)"
-                if covering.retrained_teachers is not None else "")
-             + "; they are excluded from every later training run of the model")
-    elif facts.model_problem is not None:
-        status.phase = "Pending" if facts.model_missing else "Failed"
-        cond(COMPLETE, "False", "ModelNotFound" if facts.model_missing else "NotErasable",
-             facts.model_problem)
-    elif listed is None:
-        status.phase = "Pending"
-        cond(COMPLETE, "False", "NotListed", "the ids are not yet listed for the model")
-    elif erasure is not None and erasure.gave_up:
-        status.phase = "Failed"  # the model gave up retraining (its status says why)
-        cond(COMPLETE, "False", "RetrainFailed",
-             erasure.message or "the model's erasure retrain failed")
-    elif erasure is not None and erasure.job is not None:
-        status.phase = "Retraining"
-        cond(COMPLETE, "False", "Retraining", f"Job {erasure.job} trains the model without "
-             "the records" + (f"; last attempt: {erasure.message}" if erasure.message else ""))
-    elif facts.mode == "NextRetrain" and facts.now < deadline and facts.teachers is None:
-        status.phase = "Scheduled"
-        cond(COMPLETE, "False", "Scheduled",
-             f"folded into the model's next retrain; started by {rfc3339(deadline)} at the "
-             "latest")
-    else:
-        status.phase = "Retraining"
-        cond(COMPLETE, "False", "WaitingForRetrain", "listed; the model's reconcile starts "
-             "the retrain without the records")
-
-    if listed is not None and facts.spec_ids_sha256 not in (None, listed.ids_sha256):
-        # Only where the API server skipped the CRD's immutability rule (CEL transition
-        # rules): the listed ids are the ones erased, and the edit is said, never dropped.
-        cond(ACCEPTED, "False", "SpecEditRefused",
-             "spec is immutable: this request erases the ids it named when it was listed; "
-             "create a new ErasureRequest for other records")
-    else:
-        cond(ACCEPTED, "True" if listed is not None else "Unknown",
-             "Listed" if listed is not None else "NotListed",
-             f"{facts.record_ids} id(s) listed for the model" if listed is not None
-             else "not listed yet")
-
+    cond(COMPLETE, complete)
+    cond(ACCEPTED, _accepted(facts))
     overdue = status.phase != "Completed" and facts.now >= deadline
-    cond(OVERDUE, "True" if overdue else "False", "DeadlinePassed" if overdue else "InTime",
-         f"deadline {rfc3339(deadline)} " + ("passed" if overdue else "not passed")
-         + ("" if status.phase != "Completed" else f"; completed {status.completion_time}"))
-
-    outcomes: list[Outcome] = []
-    if status.phase == "Completed" and previous.phase != "Completed":
-        outcomes.append("completed")
-    if status.phase == "Failed" and previous.phase != "Failed":
-        outcomes.append("failed")
-    was_overdue = any(c.type == OVERDUE and c.status == "True" for c in previous.conditions)
-    if overdue and not was_overdue:
-        outcomes.append("overdue")
+    cond(OVERDUE, _Verdict(
+        "True" if overdue else "False", "DeadlinePassed" if overdue else "InTime",
+        f"deadline {rfc3339(deadline)} " + ("passed" if overdue else "not passed")
+        + ("" if status.phase != "Completed" else f"; completed {status.completion_time}")))
     requeue = None
     if status.phase not in ("Completed", "Failed") and not overdue:
         requeue = max((deadline - facts.now).total_seconds(), 1.0)
-    return RequestDecision(status, tuple(outcomes), requeue)
+    return RequestDecision(status, _outcomes(status.phase, previous, overdue), requeue)
 
 
 def with_listing(status: ErasureStatus | None, lst: ErasureList) -> ErasureStatus:

@@ -34,7 +34,7 @@ from dpserve.controllers.parse import InvalidSpec, parse_budget_spec
 from dpserve.ledger import state as ledger_state
 from dpserve.ledger.conditions import get_condition, parse_rfc3339, rfc3339
 from dpserve.resources import BuildContext, build_job, build_training_networkpolicy
-from dpserve.resources.job import training_plan
+from dpserve.resources.job import TrainingPlan, training_plan
 from dpserve.resources.names import TRAIN_CONTAINER, model_key
 
 Obj = dict[str, Any]
@@ -164,79 +164,94 @@ async def step(
     """Advance the retraining of ``model`` by one reconcile; writes only what changed."""
     status = sb.status
     namespace = str(model.metadata["namespace"])
-    name = str(model.metadata["name"])
-    uid = str(model.metadata.get("uid", ""))
     plan = training_plan(model, bctx)
     attempts = status.retrain_attempts or 0
     job = await ctx.api.get(JOBS, namespace, plan.job_name)
     state = rs.job_state(job)
-
     if state == "Absent":
-        refusal = await _next_budget_refusal(ctx, model, status, plan.version)
-        if refusal is not None:  # checked before any training: nothing is spent or started
-            return _refuse(sb, refusal)
-        cond = get_condition(status.conditions, ms.RETRAINING)
-        start = rs.start_decision(
-            attempts=attempts, max_attempts=ctx.settings.retrain_max_attempts,
-            backoff_base_s=ctx.settings.retrain_backoff_s,
-            last_transition=parse_rfc3339(cond.last_transition_time) if cond else None,
-            now=sb.now)
-        if start.action == "give-up":
-            sb.set(ms.RETRAINING, "False", "RetrainFailed",
-                   f"gave up training {plan.version} after {attempts} failed attempts")
-            return RetrainStep(rolled=False, in_progress=False)
-        if start.action == "wait":
-            return RetrainStep(rolled=False, in_progress=True, requeue_after_s=start.wait_s)
-        await apply(ctx.api, "NetworkPolicy", build_training_networkpolicy(model, bctx), uid,
-                    ctx.metrics)
-        try:
-            await ctx.api.create(JOBS, namespace, build_job(model, bctx))
-            ctx.metrics.api_writes.labels("Job", "create").inc()
-        except Conflict:
-            pass  # created by an earlier attempt of this reconcile: it is tracked below
-        status.retrain_job = plan.job_name
-        sb.set(ms.RETRAINING, "True", "JobRunning",
-               f"Job {plan.job_name} trains {plan.version} (attempt {attempts + 1})")
-        ctx.metrics.retrains_total.labels(namespace, name, "started").inc()
-        return RetrainStep(rolled=False, in_progress=True)
-
+        return await _start(ctx, model, sb, bctx, plan, attempts)
     assert job is not None
     status.retrain_job = plan.job_name
     if state == "Running":
         sb.set(ms.RETRAINING, "True", "JobRunning",
                f"Job {plan.job_name} trains {plan.version} (attempt {attempts + 1})")
         return RetrainStep(rolled=False, in_progress=True)
-
-    failure: str | None = None
     if state == "Complete":
-        pods = await ctx.api.list(PODS, namespace, label_selector=f"job-name={plan.job_name}")
-        try:
-            report = parse_report(pods)
-            assert model.spec.retraining is not None
-            charge = report_spend(report, model.spec.retraining.mode)
-        except BadReport as exc:
-            failure = f"Job {plan.job_name} succeeded but its report is unusable: {exc}"
-        else:
-            refusal = await _next_budget_refusal(ctx, model, status, plan.version)
-            if refusal is not None:  # e.g. the Job of an operator that did not check yet
-                failure = refusal.message
-            else:
-                run = str((job.get("metadata") or {}).get("uid") or plan.job_name)
-                failure = await _roll(ctx, model, sb, budget_raw, plan.version, plan.artifact,
-                                      report, charge, run, es.given_ids(job))
-            if failure is None:
-                ctx.metrics.retrains_total.labels(namespace, name, "succeeded").inc()
-                return RetrainStep(rolled=True, in_progress=False)
+        failure = await _finish(ctx, model, sb, job, plan, budget_raw)
+        if failure is None:
+            ctx.metrics.retrains_total.labels(namespace, str(model.metadata["name"]),
+                                              "succeeded").inc()
+            return RetrainStep(rolled=True, in_progress=False)
     else:
         failure = rs.job_failure_message(job, plan.job_name)
+    return await _failed(ctx, model, sb, plan, attempts, failure)
 
+
+async def _start(ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder,
+                 bctx: BuildContext, plan: TrainingPlan, attempts: int) -> RetrainStep:
+    """No Job yet: refuse, give up, wait out the back-off, or create it."""
+    status = sb.status
+    namespace = str(model.metadata["namespace"])
+    refusal = await _next_budget_refusal(ctx, model, status, plan.version)
+    if refusal is not None:  # checked before any training: nothing is spent or started
+        return _refuse(sb, refusal)
+    cond = get_condition(status.conditions, ms.RETRAINING)
+    start = rs.start_decision(
+        attempts=attempts, max_attempts=ctx.settings.retrain_max_attempts,
+        backoff_base_s=ctx.settings.retrain_backoff_s,
+        last_transition=parse_rfc3339(cond.last_transition_time) if cond else None,
+        now=sb.now)
+    if start.action == "give-up":
+        sb.set(ms.RETRAINING, "False", "RetrainFailed",
+               f"gave up training {plan.version} after {attempts} failed attempts")
+        return RetrainStep(rolled=False, in_progress=False)
+    if start.action == "wait":
+        return RetrainStep(rolled=False, in_progress=True, requeue_after_s=start.wait_s)
+    await apply(ctx.api, "NetworkPolicy", build_training_networkpolicy(model, bctx),
+                str(model.metadata.get("uid", "")), ctx.metrics)
+    try:
+        await ctx.api.create(JOBS, namespace, build_job(model, bctx))
+        ctx.metrics.api_writes.labels("Job", "create").inc()
+    except Conflict:
+        pass  # created by an earlier attempt of this reconcile: it is tracked next time
+    status.retrain_job = plan.job_name
+    sb.set(ms.RETRAINING, "True", "JobRunning",
+           f"Job {plan.job_name} trains {plan.version} (attempt {attempts + 1})")
+    ctx.metrics.retrains_total.labels(namespace, str(model.metadata["name"]), "started").inc()
+    return RetrainStep(rolled=False, in_progress=True)
+
+
+async def _finish(ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder, job: Obj,
+                  plan: TrainingPlan, budget_raw: Obj) -> str | None:
+    """A succeeded Job: read its report and roll to its version. None = rolled."""
+    namespace = str(model.metadata["namespace"])
+    pods = await ctx.api.list(PODS, namespace, label_selector=f"job-name={plan.job_name}")
+    try:
+        report = parse_report(pods)
+        assert model.spec.retraining is not None
+        charge = report_spend(report, model.spec.retraining.mode)
+    except BadReport as exc:
+        return f"Job {plan.job_name} succeeded but its report is unusable: {exc}"
+    refusal = await _next_budget_refusal(ctx, model, sb.status, plan.version)
+    if refusal is not None:  # e.g. the Job of an operator that did not check yet
+        return refusal.message
+    run = str((job.get("metadata") or {}).get("uid") or plan.job_name)
+    return await _roll(ctx, model, sb, budget_raw, plan.version, plan.artifact, report,
+                       charge, run, es.given_ids(job))
+
+
+async def _failed(ctx: OperatorContext, model: PrivateModel, sb: ms.StatusBuilder,
+                  plan: TrainingPlan, attempts: int, failure: str) -> RetrainStep:
+    """Count the failed attempt, delete the Job (its name is reused), retry or give up."""
+    status = sb.status
+    namespace = str(model.metadata["namespace"])
     decision = rs.after_failure(attempts=attempts,
                                 max_attempts=ctx.settings.retrain_max_attempts,
                                 backoff_base_s=ctx.settings.retrain_backoff_s)
     status.retrain_attempts = decision.attempts
     status.retrain_job = None
     sb.set(ms.RETRAINING, "False", "JobFailed", f"{failure} (attempt {decision.attempts})")
-    ctx.metrics.retrains_total.labels(namespace, name, "failed").inc()
+    ctx.metrics.retrains_total.labels(namespace, str(model.metadata["name"]), "failed").inc()
     try:  # the next attempt reuses the deterministic name
         await ctx.api.delete(JOBS, namespace, plan.job_name)
         ctx.metrics.api_writes.labels("Job", "delete").inc()
@@ -245,6 +260,73 @@ async def step(
     if decision.gave_up:
         return RetrainStep(rolled=False, in_progress=False)
     return RetrainStep(rolled=False, in_progress=True, requeue_after_s=decision.requeue_after_s)
+
+
+async def _ensure_budget(ctx: OperatorContext, model: PrivateModel, budget_raw: Obj,
+                         new_budget: str, version: str) -> None:
+    """Create the version's PrivacyBudget unless it exists (budgets outlive models: no
+    owner); it inherits the current budget's accountant."""
+    namespace = str(model.metadata["namespace"])
+    name = str(model.metadata["name"])
+    retraining = model.spec.retraining
+    assert retraining is not None
+    if await ctx.api.get(PRIVACYBUDGETS, namespace, new_budget) is not None:
+        return
+    accountant = ((budget_raw.get("spec") or {}).get("accountant")) or "rdp"
+    body = {
+        "apiVersion": "dpserve.io/v1alpha1",
+        "kind": "PrivacyBudget",
+        "metadata": {"name": new_budget, "namespace": namespace,
+                     "labels": {"dpserve.io/model": name},
+                     "annotations": {"dpserve.io/created-for": f"{name} {version}"}},
+        "spec": {"epsilon": retraining.next_budget.epsilon,
+                 "delta": retraining.next_budget.delta, "accountant": accountant},
+    }
+    try:
+        await ctx.api.create(PRIVACYBUDGETS, namespace, body)
+        ctx.metrics.api_writes.labels("PrivacyBudget", "create").inc()
+    except Conflict:
+        pass
+
+
+async def _charge(ctx: OperatorContext, model: PrivateModel, new_budget: str, version: str,
+                  spend: TrainingSpend, run: str) -> tuple[str | None, list[str]]:
+    """Charge the DP-SGD run to the version's budget: (refusal, notes to surface)."""
+    namespace = str(model.metadata["namespace"])
+    recorded = await ctx.ledger.record_training(
+        namespace, new_budget, consumer=model_key(namespace, str(model.metadata["name"])),
+        model_version=version, spend=spend, run=run,
+    )
+    if isinstance(recorded, ledger_state.Refusal):
+        return (f"budget {new_budget} refused the DP-SGD run of {version}: "
+                f"{recorded.message}"), []
+    notes = []
+    differing = [t for t in recorded.earlier_runs if t != spend]
+    if differing:
+        notes.append(
+            f"budget {new_budget} already held {len(differing)} other DP-SGD run(s) of "
+            f"{version} (" + "; ".join(
+                f"σ={t.noise_multiplier}, q={t.sample_rate}, steps={t.steps}"
+                for t in differing) + "): every run is charged")
+    kept = recorded.existing
+    if kept is not None:
+        notes.append(f"Job run {run} was recorded earlier with σ={kept.noise_multiplier}, "
+                     f"q={kept.sample_rate}, steps={kept.steps}; that record is kept")
+    return None, notes
+
+
+def _trained_message(version: str, report: dict[str, Any], spend: TrainingSpend | None,
+                     new_budget: str) -> str:
+    accuracy = report.get("accuracy")
+    trained = (
+        f"{version} trained with ε={report.get('epsilon')} (σ={spend.noise_multiplier}, "
+        f"q={spend.sample_rate}, steps={spend.steps})"
+        if spend is not None
+        else f"{version}: {report.get('teachers')} PATE teachers trained (answers are charged "
+        "per query)"
+    )
+    return (trained + (f", accuracy {accuracy}" if accuracy is not None else "")
+            + f"; serving from budget {new_budget}")
 
 
 async def _roll(
@@ -262,55 +344,23 @@ async def _roll(
         return (f"the trainer excluded {excluded!r} erased ids but the Job was given "
                 f"{erased_ids}: not rolled out")
     status = sb.status
-    namespace = str(model.metadata["namespace"])
-    name = str(model.metadata["name"])
     retraining = model.spec.retraining
     assert retraining is not None
-    old_budget = status.budget or model.spec.budget_ref.name
-    old_version = status.model_version or model.spec.model.version
-    old_artifact = status.artifact or model.spec.model.artifact
     new_budget = next_budget_name(model, version)
-    if await ctx.api.get(PRIVACYBUDGETS, namespace, new_budget) is None:
-        accountant = ((budget_raw.get("spec") or {}).get("accountant")) or "rdp"
-        body = {
-            "apiVersion": "dpserve.io/v1alpha1",
-            "kind": "PrivacyBudget",
-            "metadata": {"name": new_budget, "namespace": namespace,
-                         "labels": {"dpserve.io/model": name},
-                         "annotations": {"dpserve.io/created-for": f"{name} {version}"}},
-            "spec": {"epsilon": retraining.next_budget.epsilon,
-                     "delta": retraining.next_budget.delta, "accountant": accountant},
-        }
-        try:
-            await ctx.api.create(PRIVACYBUDGETS, namespace, body)
-            ctx.metrics.api_writes.labels("PrivacyBudget", "create").inc()
-        except Conflict:
-            pass
-    spend = charge.spend
+    await _ensure_budget(ctx, model, budget_raw, new_budget, version)
     notes = [charge.mismatch] if charge.mismatch else []
-    if spend is not None:
-        recorded = await ctx.ledger.record_training(
-            namespace, new_budget, consumer=model_key(namespace, name), model_version=version,
-            spend=spend, run=run,
-        )
-        if isinstance(recorded, ledger_state.Refusal):
-            return f"budget {new_budget} refused the DP-SGD run of {version}: {recorded.message}"
-        differing = [t for t in recorded.earlier_runs if t != spend]
-        if differing:
-            notes.append(
-                f"budget {new_budget} already held {len(differing)} other DP-SGD run(s) of "
-                f"{version} (" + "; ".join(
-                    f"σ={t.noise_multiplier}, q={t.sample_rate}, steps={t.steps}"
-                    for t in differing) + "): every run is charged")
-        kept = recorded.existing
-        if kept is not None:
-            notes.append(f"Job run {run} was recorded earlier with σ={kept.noise_multiplier}, "
-                         f"q={kept.sample_rate}, steps={kept.steps}; that record is kept")
-    old_spent = ((budget_raw.get("status") or {}).get("epsilonSpent"))
+    if charge.spend is not None:
+        refused, charged = await _charge(ctx, model, new_budget, version, charge.spend, run)
+        if refused is not None:
+            return refused
+        notes += charged
     retired = rs.retire(
         status.versions,
-        VersionRecord(version=old_version, budget=old_budget, artifact=old_artifact,
-                      epsilon_spent=old_spent, retired_at=rfc3339(sb.now)),
+        VersionRecord(version=status.model_version or model.spec.model.version,
+                      budget=status.budget or model.spec.budget_ref.name,
+                      artifact=status.artifact or model.spec.model.artifact,
+                      epsilon_spent=(budget_raw.get("status") or {}).get("epsilonSpent"),
+                      retired_at=rfc3339(sb.now)),
         current_budget=new_budget, dropped_versions=status.dropped_versions or 0,
         dropped_epsilon=status.dropped_versions_epsilon)
     status.versions = retired.versions
@@ -328,16 +378,7 @@ async def _roll(
             status.erasure or ErasureStatus(), version, erased_ids,
             training_set_sha256=sha if isinstance(sha, str) else None,
             retrained_teachers=teachers if isinstance(teachers, int) else None)
-    accuracy = report.get("accuracy")
-    trained = (
-        f"{version} trained with ε={report.get('epsilon')} (σ={spend.noise_multiplier}, "
-        f"q={spend.sample_rate}, steps={spend.steps})"
-        if spend is not None
-        else f"{version}: {report.get('teachers')} PATE teachers trained (answers are charged "
-        "per query)"
-    )
-    message = (trained + (f", accuracy {accuracy}" if accuracy is not None else "")
-               + f"; serving from budget {new_budget}")
+    message = _trained_message(version, report, charge.spend, new_budget)
     if notes:  # charged by the spec, never dropped; said with a Warning (the transition)
         sb.set(ms.RETRAINING, "False", ms.REPORT_MISMATCH, message + "; " + "; ".join(notes))
     else:
