@@ -27,8 +27,11 @@ ServiceAccount token. What a process runtime cannot follow, and how the kubelet 
   the Service's ready endpoints (``dpserve_testkit.localkube.kubelet.podnet``): the sidecars verify
   the ledger's certificate against that name, as in a cluster;
 - securityContext (user 65532, read-only root, dropped capabilities, seccomp) and resource
-  limits are not enforced on a process (the podman runtime enforces them; not run here);
-- liveness probes are not run by the local kubelet (readiness probes are).
+  limits are not enforced on a process (the podman runtime enforces them:
+  test_install_podman.py).
+
+``Cluster(..., runtime="podman")`` runs every container, the operator's included, as a podman
+container of the built images instead (test_install_podman.py says what that changes).
 
 The examples are applied unchanged; the test provides what they point at: the artifact
 ``pvc://models/triage/v1`` (50 PATE teachers trained on scikit-learn's digits) and the data
@@ -47,6 +50,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +58,17 @@ import helm_python as helm
 import pytest
 import yaml
 
+from dpserve.accounting import max_additional
+from dpserve.accounting.events import GNMaxQuery
 from dpserve_testkit.demo import artifacts
+from dpserve_testkit.demo.traffic import Answer, QueryClient
 from dpserve_testkit.localkube.client import ApiFailure, Client
 from dpserve_testkit.localkube.kubelet import KubeletThread, LocalKubelet, ServerTokens
+from dpserve_testkit.localkube.kubelet.containers import ContainerRuntime
+from dpserve_testkit.localkube.kubelet.podman import PodmanRuntime
 from dpserve_testkit.localkube.server import LocalKubeServer
 from dpserve_testkit.localkube.waiting import wait_until
+from podman_support import CONTAINERS_CONF
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -68,6 +78,11 @@ KUBECTL = shutil.which("kubectl", path=os.pathsep.join(
 KEEP = "helm.sh/resource-policy"
 Obj = dict[str, Any]
 TEACHERS = 50  # examples/model-pate-retrain.yaml: serving.mechanism.teachers
+RELEASE, OPERATOR_NS, NS = "dpserve", "dpserve-system", "clinical-ml"
+MODEL, BUDGET = "triage-classifier", "patients-2026q4"
+# examples/budget-rdp.yaml and examples/model-pate-retrain.yaml
+EPSILON, DELTA, SIGMA = 8.0, 1e-6, 40
+REFUSED = {"BudgetExhausted", "NoEndpoints"}
 
 
 def readme_steps(text: str | None = None) -> dict[int, list[list[str]]]:
@@ -125,8 +140,9 @@ def _helm_parser() -> argparse.ArgumentParser:
 class Cluster:
     """LocalKube (RBAC on) + the local kubelet + a user's kubectl and helm."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, runtime: str = "process") -> None:
         self.workdir = workdir
+        self.runtime = runtime
         self.kubeconfig = workdir / "kubeconfig"
         self.pvc_root = workdir / "pvc"
         self.releases: dict[str, Release] = {}
@@ -141,9 +157,13 @@ class Cluster:
         self.server = LocalKubeServer(kubeconfig=self.kubeconfig, install_crds=False,
                                       rbac=True, anonymous_admin=True).start()
         server = self.server
+        runtime: ContainerRuntime | None = None
+        if self.runtime == "podman":
+            # The API server is the one host service the containers reach by its address.
+            runtime = PodmanRuntime(host_ports=[server.port], containers_conf=CONTAINERS_CONF)
         self.kubelet = KubeletThread(lambda: LocalKubelet(
             server.url, self.workdir / "pods", tokens=ServerTokens(server),
-            pvc_root=self.pvc_root)).start()
+            pvc_root=self.pvc_root, runtime=runtime)).start()
         return self
 
     def stop(self) -> None:
@@ -308,10 +328,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(dataset, root / "pate", X, y)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Iterator[Cluster]:
-    """A cluster offering what the examples need: the TDX node pool, the PVC contents."""
-    live = Cluster(tmp_path_factory.mktemp("install")).start()
+def example_cluster(workdir: Path, trained: Trained, runtime: str = "process"
+                    ) -> Cluster:
+    """A started cluster offering what the examples need: the TDX node pool, the PVC
+    contents (stop it when done)."""
+    live = Cluster(workdir, runtime).start()
     try:
         live.api.create("/api/v1/nodes", {"metadata": {"name": "tdx-1", "labels": {
             "cloud.google.com/gke-confidential-nodes-instance-type": "TDX"}}})
@@ -319,6 +340,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Itera
         window = live.pvc_root / "datasets" / "triage" / "2027q1.npz"
         window.parent.mkdir(parents=True)
         shutil.copy2(trained.dataset, window)
+    except BaseException:
+        live.stop()
+        raise
+    return live
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> Iterator[Cluster]:
+    live = example_cluster(tmp_path_factory.mktemp("install"), trained)
+    try:
         yield live
     finally:
         live.stop()
@@ -330,3 +361,60 @@ def status_of(obj: Obj | None) -> Obj:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)[:3000]
+
+
+def client(cluster: Cluster, trained: Trained) -> QueryClient:
+    assert cluster.kubelet is not None
+    kubelet = cluster.kubelet
+    return QueryClient(lambda: kubelet.endpoints(NS, MODEL), trained.X, trained.y)
+
+
+@dataclass
+class Drained:
+    capacity: int
+    answers: list[Answer]
+    v2: Answer  # the first answer of the retrained version
+
+
+def drain(cluster: Cluster, trained: Trained) -> Drained:
+    """README step 3 (the examples), then queries through the model's sidecars until the
+    budget refuses, then the retrained v2's first answer."""
+    for command in readme_steps()[3]:
+        done = cluster.run(command)
+    assert "PHASE" in done.stdout.splitlines()[0], done.stdout  # kubectl get pm,pb
+    wait_until(lambda: len(cluster.kubelet.endpoints(NS, MODEL)) == 2, 180,  # type: ignore[union-attr]
+               what=lambda: f"two ready replicas of {MODEL}\n{cluster.diagnostics()}")
+    capacity = max_additional([], GNMaxQuery(SIGMA), EPSILON, DELTA, "rdp", 100_000)
+    queries = client(cluster, trained)
+    answers = []
+    for _ in range(capacity + 50):
+        answer = queries.ask()
+        answers.append(answer)
+        if not answer.answered:
+            break
+
+    def rolled() -> bool:
+        status = status_of(cluster.find(cluster.group(NS, "privatemodels", MODEL)))
+        return status.get("modelVersion") == "v2" and status.get("phase") == "Serving"
+
+    wait_until(rolled, 300, what=lambda: f"the retrained v2 serving\n{cluster.diagnostics()}")
+    v2 = wait_until(lambda: (a := queries.ask()).answered and a.version == "v2" and a, 120,
+                    what="an answer of v2")
+    return Drained(capacity, answers, v2)
+
+
+def assert_drained(cluster: Cluster, drained: Drained) -> None:
+    """v1 answered at most the budget's capacity, then refused; the budget is exhausted
+    within ε; every answer was granted; v2 answers."""
+    answered = [a for a in drained.answers if a.answered]
+    assert not drained.answers[-1].answered, "the budget never ran out"
+    assert drained.answers[-1].reason in REFUSED, drained.answers[-1]
+    assert 1 <= len(answered) <= drained.capacity
+    assert all(a.version == "v1" for a in answered)
+    budget = status_of(cluster.find(cluster.group(NS, "privacybudgets", BUDGET)))
+    assert Decimal(budget["epsilonSpent"]) <= Decimal(str(EPSILON))
+    assert any(c["type"] == "Exhausted" and c["status"] == "True"
+               for c in budget["conditions"])
+    granted = sum(e["count"] for e in budget["ledger"] if e["kind"] == "query")
+    assert len(answered) <= granted <= drained.capacity
+    assert drained.v2.version == "v2"

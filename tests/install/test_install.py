@@ -13,18 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from install_support import Cluster, Trained, readme_steps, status_of
+from install_support import (
+    BUDGET,
+    MODEL,
+    NS,
+    OPERATOR_NS,
+    RELEASE,
+    Cluster,
+    Drained,
+    Trained,
+    assert_drained,
+    client,
+    drain,
+    readme_steps,
+    status_of,
+)
 
-from dpserve.accounting import max_additional
-from dpserve.accounting.events import GNMaxQuery
-from dpserve_testkit.demo.traffic import Answer, QueryClient
+from dpserve_testkit.demo.traffic import Answer
 from dpserve_testkit.localkube.waiting import wait_until
-
-RELEASE, OPERATOR_NS, NS = "dpserve", "dpserve-system", "clinical-ml"
-MODEL, BUDGET = "triage-classifier", "patients-2026q4"
-# examples/budget-rdp.yaml and examples/model-pate-retrain.yaml
-EPSILON, DELTA, SIGMA = 8.0, 1e-6, 40
-REFUSED = {"BudgetExhausted", "NoEndpoints"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -33,13 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 class Installed:
     pod: Any  # the operator's LocalPod
     pod_object: dict[str, Any]
-
-
-@dataclass
-class Drained:
-    capacity: int
-    answers: list[Answer]
-    v2: Answer  # the first answer of the retrained version
 
 
 @dataclass
@@ -57,12 +56,6 @@ class Upgraded:
 
 def steps() -> dict[int, list[list[str]]]:
     return readme_steps()
-
-
-def client(cluster: Cluster, trained: Trained) -> QueryClient:
-    assert cluster.kubelet is not None
-    kubelet = cluster.kubelet
-    return QueryClient(lambda: kubelet.endpoints(NS, MODEL), trained.X, trained.y)
 
 
 def spend(cluster: Cluster) -> dict[str, Any]:
@@ -100,28 +93,7 @@ def installed(cluster: Cluster) -> Installed:
 
 @pytest.fixture(scope="module")
 def drained(cluster: Cluster, trained: Trained, installed: Installed) -> Drained:
-    for command in steps()[3]:
-        done = cluster.run(command)
-    assert "PHASE" in done.stdout.splitlines()[0], done.stdout  # kubectl get pm,pb
-    wait_until(lambda: len(cluster.kubelet.endpoints(NS, MODEL)) == 2, 180,  # type: ignore[union-attr]
-               what=lambda: f"two ready replicas of {MODEL}\n{cluster.diagnostics()}")
-    capacity = max_additional([], GNMaxQuery(SIGMA), EPSILON, DELTA, "rdp", 100_000)
-    queries = client(cluster, trained)
-    answers = []
-    for _ in range(capacity + 50):
-        answer = queries.ask()
-        answers.append(answer)
-        if not answer.answered:
-            break
-
-    def rolled() -> bool:
-        status = status_of(cluster.find(cluster.group(NS, "privatemodels", MODEL)))
-        return status.get("modelVersion") == "v2" and status.get("phase") == "Serving"
-
-    wait_until(rolled, 300, what=lambda: f"the retrained v2 serving\n{cluster.diagnostics()}")
-    v2 = wait_until(lambda: (a := queries.ask()).answered and a.version == "v2" and a, 120,
-                    what="an answer of v2")
-    return Drained(capacity, answers, v2)
+    return drain(cluster, trained)
 
 
 @pytest.fixture(scope="module")
@@ -177,18 +149,7 @@ def test_operator_runs_from_the_charts_deployment(cluster: Cluster,
 
 def test_examples_drain_the_budget_through_the_sidecar(cluster: Cluster,
                                                        drained: Drained) -> None:
-    answered = [a for a in drained.answers if a.answered]
-    assert not drained.answers[-1].answered, "the budget never ran out"
-    assert drained.answers[-1].reason in REFUSED, drained.answers[-1]
-    assert 1 <= len(answered) <= drained.capacity
-    assert all(a.version == "v1" for a in answered)
-    budget = status_of(cluster.find(cluster.group(NS, "privacybudgets", BUDGET)))
-    assert Decimal(budget["epsilonSpent"]) <= Decimal(str(EPSILON))
-    assert any(c["type"] == "Exhausted" and c["status"] == "True"
-               for c in budget["conditions"])
-    granted = sum(e["count"] for e in budget["ledger"] if e["kind"] == "query")
-    assert len(answered) <= granted <= drained.capacity
-    assert drained.v2.version == "v2"
+    assert_drained(cluster, drained)
 
 
 def test_upgrade_restarts_the_operator_and_keeps_the_spend(upgraded: Upgraded) -> None:

@@ -174,3 +174,28 @@ def test_fs_group_reowns_a_volume_once(tmp_path: Path) -> None:
     os.chown(volume / "sub" / "g", -1, 0)
     share_with_group(volume, 65532)
     assert (volume / "sub" / "g").stat().st_gid == 0
+
+
+def test_host_aliases_and_the_api_token_reach_the_container(tmp_path: Path) -> None:
+    pod = make_pod(tmp_path)
+    pod.host_aliases = [("127.0.9.3", ["dpserve-ledger.dpserve-system.svc", "ledger"])]
+    token = Volume(tmp_path / "unused", {"token": "t", "kubeconfig": "apiVersion: v1\n"},
+                   per_container=True)
+    container = {"name": "operator", "image": IMAGE, "command": ["dpserve", "run"],
+                 "env": [{"name": "DPSERVE_BIND_ADDRESS", "value": "0.0.0.0"}],
+                 "volumeMounts": [{"name": "kube-api-access-x", "readOnly": True,
+                                   "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}
+    argv = PodmanRuntime().prepare(pod, container, {"kube-api-access-x": token}).argv
+    assert flag_values(argv, "--add-host") == ["dpserve-ledger.dpserve-system.svc:127.0.9.3",
+                                               "ledger:127.0.9.3"]
+    env = dict(e.split("=", 1) for e in flag_values(argv, "--env"))
+    assert env["KUBECONFIG"] == "/var/run/secrets/kubernetes.io/serviceaccount/kubeconfig"
+    # A wildcard named in the manifest is the pod's own address (its containers share it).
+    assert env["DPSERVE_BIND_ADDRESS"] == "127.0.4.7"
+    # A container that names its own KUBECONFIG keeps it; without a token there is none.
+    own = {**container, "env": [{"name": "KUBECONFIG", "value": "/etc/kc"}]}
+    argv = PodmanRuntime().prepare(pod, own, {"kube-api-access-x": token}).argv
+    assert dict(e.split("=", 1) for e in flag_values(argv, "--env"))["KUBECONFIG"] == "/etc/kc"
+    bare = {k: v for k, v in container.items() if k != "volumeMounts"}
+    argv = PodmanRuntime().prepare(pod, bare, {}).argv
+    assert "KUBECONFIG" not in dict(e.split("=", 1) for e in flag_values(argv, "--env"))

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from dpserve_testkit.localkube.kubelet.apiaccess import KUBECONFIG_FILE, MOUNT_PATH
 from dpserve_testkit.localkube.kubelet.mapping import (
@@ -127,6 +127,9 @@ def probe_clock(container: Obj) -> ProbeClock | None:
 class ContainerRuntime(Protocol):
     """How the kubelet turns a container of a manifest into a process it can watch."""
 
+    # Whether containers get the pod's hostAliases (LocalPod.host_aliases) in /etc/hosts.
+    follows_host_aliases: ClassVar[bool]
+
     def prepare(self, pod: LocalPod, container: Obj, volumes: Mapping[str, Volume]
                 ) -> ContainerRun:
         """argv and env of the process that runs ``container`` (raises ContainerError)."""
@@ -145,6 +148,9 @@ class ProcessRuntime:
     (:mod:`.apiaccess` says why).
     """
 
+    # Service names resolve through .podnet instead (its hosts file).
+    follows_host_aliases: ClassVar[bool] = False
+
     executable_dir: Path
     host_ports: frozenset[int] = frozenset()
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -156,9 +162,11 @@ class ProcessRuntime:
                             host_ports=self.host_ports, extra_env=self.extra_env)
         if self.hosts_file is not None:
             run.env |= pod_network_env(pod, self.hosts_file, run.env.get("PYTHONPATH"))
-            kubeconfig = api_kubeconfig(container, volumes, pod)
-            if kubeconfig is not None and "KUBECONFIG" not in _declared(container):
-                run.env["KUBECONFIG"] = str(kubeconfig)
+            mount = api_kubeconfig_mount(container, volumes)
+            if mount is not None and "KUBECONFIG" not in declared_env(container):
+                run.env["KUBECONFIG"] = str(
+                    pod.directory / "containers" / str(container["name"]) / "volumes" / mount
+                    / KUBECONFIG_FILE)
         return run
 
     async def release(self, run: ContainerRun) -> None:
@@ -173,19 +181,18 @@ def pod_network_env(pod: LocalPod, hosts_file: Path, pythonpath: str | None
             "PYTHONPATH": os.pathsep.join(p for p in (str(HOOK_DIR), pythonpath) if p)}
 
 
-def api_kubeconfig(container: Obj, volumes: Mapping[str, Volume], pod: LocalPod
-                   ) -> Path | None:
-    """Where the kubeconfig of the container's mounted API token lands (None: no token)."""
+def api_kubeconfig_mount(container: Obj, volumes: Mapping[str, Volume]) -> str | None:
+    """The volume mounted as the container's API token with a kubeconfig beside the token
+    (None: no API access mounted)."""
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount.get("name", ""))
         if (mount.get("mountPath") == MOUNT_PATH and volume is not None
                 and KUBECONFIG_FILE in volume.files):
-            return (pod.directory / "containers" / str(container["name"]) / "volumes"
-                    / str(mount["name"]) / KUBECONFIG_FILE)
+            return str(mount["name"])
     return None
 
 
-def _declared(container: Obj) -> set[str]:
+def declared_env(container: Obj) -> set[str]:
     return {str(item.get("name")) for item in container.get("env") or []}
 
 

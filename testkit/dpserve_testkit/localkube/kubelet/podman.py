@@ -17,7 +17,16 @@ container as ``podman run`` of the manifest's image instead of a process of this
 - networking is the host's (``--network=host``; podman here has no CNI): the pod's
   containers share one loopback address of their own, exactly as in the process runtime
   (:class:`dpserve_testkit.localkube.kubelet.mapping.Rewriter` maps localhost to it), so several
-  pods with the same ports run side by side, during a rolling update too.
+  pods with the same ports run side by side, during a rolling update too. A wildcard bind
+  in a container binds the host's wildcard, as a ``hostNetwork`` pod does (the process
+  runtime's hook cannot reach into an image): where a manifest names the wildcard
+  (``0.0.0.0``) it is mapped to the pod's address like localhost;
+- ``hostAliases`` become ``--add-host`` entries; a Service ClusterIP among them is replaced by
+  the kubelet's userspace proxy for it (:mod:`.serviceproxy`: nothing routes ClusterIPs
+  here), so the operator's pinned ledger address works; connections through it reach the
+  endpoint from the host's side, not from the pod's address;
+- a mounted ServiceAccount token comes with ``KUBECONFIG`` pointing at the kubeconfig beside
+  it (:mod:`.apiaccess` says why: LocalKube serves plain HTTP on loopback).
 
 ``podman run`` stays in the foreground: its exit status is the container's, and SIGTERM to
 it reaches the container (podman proxies signals); after SIGKILL the kubelet calls
@@ -33,12 +42,15 @@ import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from dpserve.resources.diff import parse_quantity
+from dpserve_testkit.localkube.kubelet.apiaccess import KUBECONFIG_FILE, MOUNT_PATH
 from dpserve_testkit.localkube.kubelet.containers import (
     ContainerError,
     Mount,
+    api_kubeconfig_mount,
+    declared_env,
     manifest_env,
     named_ports,
     probe_clock,
@@ -130,6 +142,8 @@ class PodmanRuntime:
     ``extra_env``: added to every container's environment.
     """
 
+    follows_host_aliases: ClassVar[bool] = True
+
     def __init__(
         self, *, host_ports: Iterable[int] = (), containers_conf: Path | None = None,
         extra_env: Mapping[str, str] | None = None, podman: str = "podman",
@@ -169,6 +183,9 @@ class PodmanRuntime:
             os.chown(termination, int(user), -1)
         env = manifest_env(pod, container, rewrite,
                            {"HOSTNAME": pod.name, **thread_env(container), **self.extra_env})
+        if (api_kubeconfig_mount(container, volumes) is not None
+                and "KUBECONFIG" not in declared_env(container)):
+            env["KUBECONFIG"] = f"{MOUNT_PATH}/{KUBECONFIG_FILE}"
         command = [rewrite(expand_references(a, env)) for a in container.get("command") or []]
         args = [rewrite(expand_references(a, env)) for a in container.get("args") or []]
         argv = [
@@ -176,7 +193,7 @@ class PodmanRuntime:
             "--label", f"{LABEL}={self.instance}", "--pull=never", "--network=host",
             "--hostname", pod.name[:63],
             *security_flags(context, fs_group, name), *resource_flags(container),
-            *mount_flags(mounts),
+            *mount_flags(mounts), *host_flags(pod.host_aliases),
             "-v", f"{termination}:"
                   f"{container.get('terminationMessagePath') or DEFAULT_TERMINATION_MESSAGE_PATH}",
         ]  # fmt: skip
@@ -204,6 +221,12 @@ class PodmanRuntime:
             self.podman, *args, env=self.env, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL)
         await proc.wait()
+
+
+def host_flags(aliases: Iterable[tuple[str, list[str]]]) -> list[str]:
+    """``--add-host`` for each hostname of the pod's (mapped) hostAliases."""
+    return [flag for address, names in aliases for name in names
+            for flag in ("--add-host", f"{name}:{address}")]
 
 
 def mount_flags(mounts: list[Mount]) -> list[str]:

@@ -68,6 +68,9 @@ class LocalPod:
     spec: dict[str, Any]
     uid: str = ""
     containers: list[ContainerRun] = field(default_factory=list)
+    # spec.hostAliases as (address, hostnames), a ClusterIP replaced by where the kubelet
+    # proxies it (.serviceproxy); filled only for runtimes that follow hostAliases.
+    host_aliases: list[tuple[str, list[str]]] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     created_at: str = field(default_factory=now)
     deleted: bool = False

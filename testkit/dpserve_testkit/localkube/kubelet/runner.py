@@ -38,6 +38,7 @@ from dpserve_testkit.localkube.kubelet.pods import (
     terminated_state,
 )
 from dpserve_testkit.localkube.kubelet.serviceaccount import TokenSink
+from dpserve_testkit.localkube.kubelet.serviceproxy import ServiceProxy
 from dpserve_testkit.localkube.kubelet.services import hosts_file
 from dpserve_testkit.localkube.kubelet.volumes import (
     Volume,
@@ -113,6 +114,7 @@ class LocalKubelet:
         # Every pod whose processes may still run, also while it is being removed.
         self._live: set[LocalPod] = set()
         self._addresses = AddressPool()
+        self._proxy = ServiceProxy(self._addresses.take)
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -149,6 +151,7 @@ class LocalKubelet:
         await asyncio.gather(*(self._kill(pod) for pod in live))
         for pod in live:
             self._revoke_tokens(pod)
+        await self._proxy.close()
         self._addresses.close()
         if self._session is not None:
             await self._session.close()
@@ -241,8 +244,11 @@ class LocalKubelet:
         await self._sync_service_names()
 
     async def _sync_service_names(self) -> None:
-        """The hosts file of Service names (kube-proxy and cluster DNS, see .services)."""
-        hosts = hosts_file(await self._list("/api/v1", "services"), self.pods())
+        """The hosts file of Service names (kube-proxy and cluster DNS, see .services), and
+        the ClusterIPs proxied for containers (.serviceproxy)."""
+        services = await self._list("/api/v1", "services")
+        await self._proxy.sync(services, self.pods())
+        hosts = hosts_file(services, self.pods())
         for problem in set(hosts.problems) - self._hosts_problems:
             log.warning("%s", problem)
         self._hosts_problems = set(hosts.problems)
@@ -336,6 +342,10 @@ class LocalKubelet:
                         STOP_GRACE_MAX_S),
             spec=pod_spec,
         )
+        if self.runtime.follows_host_aliases:
+            pod.host_aliases = [(self._proxy.address(str(alias.get("ip"))),
+                                 [str(n) for n in alias.get("hostnames") or []])
+                                for alias in pod_spec.get("hostAliases") or []]
         self._pods[(ns, name)] = pod
         self._live.add(pod)
         await self._create_pod_object(pod, owner_kind)

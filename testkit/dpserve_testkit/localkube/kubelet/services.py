@@ -23,7 +23,7 @@ class HostsFile:
     problems: tuple[str, ...]  # Services whose ports cannot be followed
 
 
-def _target_port(port: dict[str, object], pod: LocalPod) -> int | None:
+def target_port(port: dict[str, object], pod: LocalPod) -> int | None:
     target = port.get("targetPort", port.get("port"))
     if isinstance(target, int):
         return target
@@ -36,7 +36,7 @@ def _target_port(port: dict[str, object], pod: LocalPod) -> int | None:
     return None
 
 
-def _selects(selector: dict[str, str], pod: LocalPod) -> bool:
+def selects(selector: dict[str, str], pod: LocalPod) -> bool:
     return bool(selector) and all(pod.labels.get(k) == v for k, v in selector.items())
 
 
@@ -56,10 +56,10 @@ def hosts_file(services: Iterable[dict[str, object]], pods: Sequence[LocalPod]) 
         ports = [p for p in spec.get("ports") or [] if isinstance(p, dict)]
         names = " ".join((f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}.svc",
                           f"{name}.{namespace}"))
-        endpoints = [p for p in pods if p.namespace == namespace and _selects(selector, p)
+        endpoints = [p for p in pods if p.namespace == namespace and selects(selector, p)
                      and (publish_all or p.ready)]
         mismatched = [f"{p.get('port')}->{p.get('targetPort')}" for p in ports for pod in
-                      endpoints if _target_port(p, pod) != p.get("port")]
+                      endpoints if target_port(p, pod) != p.get("port")]
         if mismatched:
             problems.append(f"Service {namespace}/{name}: port {mismatched[0]} differs from "
                             "its target port (the process runtime does not translate ports)")
