@@ -182,7 +182,9 @@ def test_host_aliases_and_the_api_token_reach_the_container(tmp_path: Path) -> N
     token = Volume(tmp_path / "unused", {"token": "t", "kubeconfig": "apiVersion: v1\n"},
                    per_container=True)
     container = {"name": "operator", "image": IMAGE, "command": ["dpserve", "run"],
-                 "env": [{"name": "DPSERVE_BIND_ADDRESS", "value": "0.0.0.0"}],
+                 "env": [{"name": "DPSERVE_BIND_ADDRESS", "value": "0.0.0.0"},
+                         {"name": "IMAGE", "value": "localhost/dpserve-inference:dev"},
+                         {"name": "PAGE", "value": "http://localhost/docs"}],
                  "volumeMounts": [{"name": "kube-api-access-x", "readOnly": True,
                                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}
     argv = PodmanRuntime().prepare(pod, container, {"kube-api-access-x": token}).argv
@@ -192,6 +194,9 @@ def test_host_aliases_and_the_api_token_reach_the_container(tmp_path: Path) -> N
     assert env["KUBECONFIG"] == "/var/run/secrets/kubernetes.io/serviceaccount/kubeconfig"
     # A wildcard named in the manifest is the pod's own address (its containers share it).
     assert env["DPSERVE_BIND_ADDRESS"] == "127.0.4.7"
+    # A local image reference is not an address; a URL's host is.
+    assert env["IMAGE"] == "localhost/dpserve-inference:dev"
+    assert env["PAGE"] == "http://127.0.4.7/docs"
     # A container that names its own KUBECONFIG keeps it; without a token there is none.
     own = {**container, "env": [{"name": "KUBECONFIG", "value": "/etc/kc"}]}
     argv = PodmanRuntime().prepare(pod, own, {"kube-api-access-x": token}).argv

@@ -125,7 +125,8 @@ class Rewriter:
     Paths match on boundaries only (``/data`` does not match inside ``/foo/data`` or
     ``/database``); the longest mount wins, and a replacement is never rewritten again.
     Loopback addresses become the pod's address unless the port is one of the host's own
-    services (``host_ports``: the operator's ledger, reached as a node would).
+    services (``host_ports``: the operator's ledger, reached as a node would); a local image
+    reference (``localhost/name:tag``) is not an address and stays.
     """
 
     def __init__(
@@ -146,6 +147,10 @@ class Rewriter:
 
     def _address(self, match: re.Match[str]) -> str:
         port = match.group(2)
+        if (match.group(1) == "localhost" and port is None
+                and match.string.startswith("/", match.end())
+                and not match.string[:match.start()].endswith("//")):
+            return match.group(0)  # an image reference (localhost/name:tag), no address
         if port is not None and port in self._host_ports:
             return match.group(0)
         return self._ip + (f":{port}" if port is not None else "")
