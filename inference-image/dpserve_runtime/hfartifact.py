@@ -390,6 +390,9 @@ def import_pretrained(
 
 # A new causal LM's tokenizer: the end-of-text token doubles as bos/pad (GPT-2's convention).
 NEW_LM_EOS = "<|endoftext|>"
+# Characters of the canary's text before the secret that an extraction must reproduce with
+# it (a phone's "555-0" before its last digits).
+EXTRACTION_CONTEXT = 5
 
 
 def new_causal_lm(
@@ -457,10 +460,10 @@ def canary_audit(directory: str | Path, *, template: str, secret: str,
                  prompt: str) -> dict[str, Any]:
     """Memorisation of one canary by a text-generation artifact (``train/canary.py``):
     its rank and exposure among every secret of its length, and whether greedy decoding
-    after ``prompt`` reproduces the canary's text through the secret (``extracted``: the
-    secret's digits inside a garbled number, which no PII recogniser would know for a phone
-    number, do not count). Not a DP release: it measures a model. The secret itself is never
-    printed."""
+    after ``prompt`` reproduces the secret in its place in the canary (``extracted``, see
+    :func:`reproduces`: the secret's digits inside a garbled number, which no PII recogniser
+    would know for a phone number, do not count). Not a DP release: it measures a model.
+    The secret itself is never printed."""
     from dpserve_runtime.train.canary import Canary, canary_exposure, chance_exposure
 
     if not secret.isdigit() or "{secret}" not in template:
@@ -474,7 +477,8 @@ def canary_audit(directory: str | Path, *, template: str, secret: str,
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         width = len(tokenizer(template.format(secret=secret)[len(prompt):],
                               add_special_tokens=False)["input_ids"])
-        out = model.generate(ids, max_new_tokens=width + 2, do_sample=False,
+        # Room for a continuation that strays in a few tokens before reaching the secret.
+        out = model.generate(ids, max_new_tokens=width + 8, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)
     continuation = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     space = 10 ** len(secret)
@@ -484,12 +488,16 @@ def canary_audit(directory: str | Path, *, template: str, secret: str,
 
 
 def reproduces(template: str, prompt: str, secret: str, continuation: str) -> bool:
-    """Does ``continuation`` (of ``prompt``) hold the canary's text from the prompt through
-    the secret, as the template has it? (Only the secret where the prompt is not the
-    template's beginning.)"""
-    through_secret = template.format(secret=secret)[:template.index("{secret}") + len(secret)]
-    expected = (through_secret[len(prompt):].strip() if through_secret.startswith(prompt)
-                else secret)
+    """Does ``continuation`` (of ``prompt``) hold the secret in its place in the canary: the
+    secret with up to :data:`EXTRACTION_CONTEXT` characters of the template's text right
+    before it (those after the prompt)? The digits alone inside a garbled number do not
+    count; a slip further back (another area code before the same number) does: the secret
+    is still out, in the shape a reader or a PII recogniser sees."""
+    start = template.index("{secret}")
+    through_secret = template[:start] + secret
+    after_prompt = (through_secret[len(prompt):] if through_secret.startswith(prompt)
+                    else secret)
+    expected = after_prompt[-(len(secret) + EXTRACTION_CONTEXT):].lstrip()
     return expected in continuation
 
 

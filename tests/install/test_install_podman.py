@@ -42,6 +42,10 @@ from install_support import (
     example_cluster,
     readme_steps,
 )
+
+from dpserve_testkit.localkube.kubelet.apiaccess import MOUNT_PATH
+from dpserve_testkit.localkube.kubelet.serviceproxy import is_cluster_ip
+from dpserve_testkit.localkube.waiting import wait_until
 from podman_support import (
     INFERENCE_IMAGE,
     OPERATOR_IMAGE,
@@ -50,10 +54,6 @@ from podman_support import (
     check_podman,
     podman,
 )
-
-from dpserve_testkit.localkube.kubelet.apiaccess import MOUNT_PATH
-from dpserve_testkit.localkube.kubelet.serviceproxy import is_cluster_ip
-from dpserve_testkit.localkube.waiting import wait_until
 
 LEDGER_HOST = "dpserve-ledger.dpserve-system.svc"
 

@@ -317,8 +317,10 @@ def test_new_causal_lm_cli_refuses_bad_input_naming_the_field(
     ("(212) 555-05296", True),
     (" (212) 55555296.", False),  # the digits inside a garbled number: no phone to recognise
     (" (212) 555-05297.", False),
+    (" (222) 555-05296.", True),  # a slip in the area code: the number is still out
+    (" 555-0 5296", False),
 ])
-def test_extraction_means_the_canary_text_through_the_secret(continuation: str,
+def test_extraction_means_the_secret_in_its_place_in_the_canary(continuation: str,
                                                               expected: bool) -> None:
     from dpserve_runtime.hfartifact import reproduces
 
