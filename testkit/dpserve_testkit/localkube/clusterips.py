@@ -5,7 +5,8 @@ Service created here gets one: from 10.96.0.0/16 unless the body names one, none
 headless (``clusterIP: None``) or ``ExternalName`` Service; an update that leaves the fields
 out keeps them (they are immutable). Nothing routes to these addresses: the process kubelet
 resolves Service names to ready endpoints (``kubelet/podnet``) and does not follow
-``hostAliases``.
+``hostAliases``; the podman kubelet maps a ClusterIP in ``hostAliases`` to its userspace proxy
+for it (``kubelet/serviceproxy``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,6 @@ COPY_CHUNK = 64 * 1024
 class _Routes:
     """One proxied Service: its ports (Service port -> port spec) and current endpoints."""
 
-    service: Obj
     ports: dict[int, Obj] = field(default_factory=dict)
     endpoints: Sequence[LocalPod] = ()
 
@@ -84,8 +83,7 @@ class ServiceProxy:
             meta = service.get("metadata") or {}
             selector = spec.get("selector") or {}
             publish_all = bool(spec.get("publishNotReadyAddresses"))
-            routes = self._routes.setdefault(ip, _Routes(service))
-            routes.service = service
+            routes = self._routes.setdefault(ip, _Routes())
             routes.ports = {int(p["port"]): p for p in spec.get("ports") or []
                             if isinstance(p, dict) and p.get("port")}
             routes.endpoints = [p for p in pods if p.namespace == meta.get("namespace")
