@@ -201,3 +201,35 @@ def test_an_edited_spec_is_refused_with_a_condition() -> None:
     edited = es.decide_request(_facts(listed=LISTED, spec_ids_sha256=es.ids_sha256(["r9"]),
                                       erasure=ErasureStatus(listed=2)), ErasureRequestStatus())
     assert _cond(edited.status, es.ACCEPTED) == ("False", "SpecEditRefused")
+
+
+AUDIT = {"erasedRecords": 3, "nonMembers": 90, "aucBefore": "0.7900", "aucAfter": "0.4500",
+         "aucAfterStandardError": "0.0450", "keptAucAfter": "0.8500"}
+
+
+@pytest.mark.parametrize(("report", "expected"), [
+    ({"membershipAudit": AUDIT}, AUDIT),
+    ({}, None),  # no retrained teacher held an erased record: no audit ran
+    ({"membershipAudit": None}, None),
+    ({"membershipAudit": {**AUDIT, "aucAfter": "1.7"}}, None),  # garbled: not evidence
+    ({"membershipAudit": "0.45"}, None),
+])
+def test_the_membership_audit_comes_from_the_erasure_report(
+        report: dict[str, object], expected: dict[str, object] | None) -> None:
+    audit = es.membership_audit(report)
+    assert (audit.model_dump(by_alias=True) if audit is not None else None) == expected
+
+
+def test_a_completed_request_shows_the_audit_of_its_version() -> None:
+    audit = es.membership_audit({"membershipAudit": AUDIT})
+    erasure = ErasureStatus(listed=2, applied=[ErasureApplied(
+        version="v2", ids=2, retrained_teachers=2, membership_audit=audit)])
+    status = es.decide_request(_facts(listed=LISTED, teachers=5, erasure=erasure),
+                               ErasureRequestStatus()).status
+    assert status.phase == "Completed" and status.membership_audit == audit
+    message = next(c.message for c in status.conditions if c.type == es.COMPLETE)
+    assert "AUC of the 3 erased record(s) 0.7900 before, 0.4500 ± 0.0450 after" in message
+    # Kept on the model's record of the version (the request may be read much later).
+    recorded = es.record_applied(ErasureStatus(listed=3), "v3", 3, training_set_sha256=None,
+                                 retrained_teachers=1, membership_audit=audit)
+    assert recorded.applied[-1].membership_audit == audit

@@ -61,6 +61,13 @@ def test_erasure_request_against_a_pate_model_completes_with_v2(e2e: E2E) -> Non
     assert status["progress"]["teachersTotal"] == PATE_TEACHERS
     complete = next(c for c in status["conditions"] if c["type"] == "Complete")
     assert complete["status"] == "True" and complete["reason"] == "RecordsRemoved"
+    # The evidence: the membership-inference attack on the three records under the two
+    # retrained teachers (three records: a wide standard error; its calibration is tested
+    # in tests/runtime/test_train_erasure.py), also said in the condition.
+    audit = status["membershipAudit"]
+    assert audit["erasedRecords"] == 3 and audit["nonMembers"] > 0
+    assert all(0.0 <= float(audit[k]) <= 1.0 for k in ("aucBefore", "aucAfter", "keptAucAfter"))
+    assert f"{audit['aucBefore']} before, {audit['aucAfter']}" in complete["message"]
 
     model = e2e.pm(ns, "digits")["status"]
     assert model["modelVersion"] == "v2"

@@ -152,6 +152,10 @@ def test_pate_erasure_retrains_only_the_affected_teachers(
     assert report["erasedRecords"] == 3 and report["excludedIds"] == 3
     assert report["excludedIdsSha256"] == ids_digest(erased)
     assert report["epsilon"] == 0.0 and report["version"] == "v2"
+    # The evidence rides along: the attack on the three records, under teachers 1 and 3.
+    audit = report["membershipAudit"]
+    assert audit["erasedRecords"] == 3 and audit["nonMembers"] == len(document["heldOut"])
+    assert all(0.0 <= float(audit[k]) <= 1.0 for k in ("aucBefore", "aucAfter", "keptAucAfter"))
 
     m1, m2 = load_manifest(v1), load_manifest(v2)
     assert m1.teachers is not None and m2.teachers is not None and m2.version == "v2"
@@ -280,6 +284,10 @@ def test_erased_records_score_like_non_members_after_the_erasure(
     assert main([*args[:3], str(v2), *args[4:], "--unlearn-base", str(v1), "--exclude-ids",
                  str(_erased_file(tmp_path, erased)), "--version", "v2"]) == 0
     audit = audit_erasure(v1, v2, dataset, erased)
+    # The erasure Job's report carries the same audit (the request's status shows it).
+    reported = _report(termination)["membershipAudit"]
+    assert reported["aucAfter"] == f"{audit.after.auc:.4f}"
+    assert reported["aucBefore"] == f"{audit.before.auc:.4f}" and reported["erasedRecords"] == 50
     assert audit.teachers == [0, 1]
     assert audit.before.positives == 50 and audit.before.negatives == 2 * 90
     # Before: members (measured 0.79). After: within the attack's noise of 0.5 (measured

@@ -33,6 +33,7 @@ from dpserve_runtime.artifact import (
 )
 from dpserve_runtime.filter.verbatim import VerbatimGuard, write_fingerprint_file
 from dpserve_runtime.train.datasets import Dataset, DatasetError, load_dataset
+from dpserve_runtime.train.erasure_audit import audit_erasure
 from dpserve_runtime.train.pate import plurality_accuracy, train_teacher
 from dpserve_runtime.train.recordids import (
     TRAINING_SET_NAME,
@@ -160,6 +161,23 @@ def unlearn_pate(job: UnlearnJob, progress: Callable[[dict[str, Any]], None]) ->
         "erasedRecords": erased_found, "excludedIds": len(job.excluded),
         "excludedIdsSha256": ids_digest(job.excluded), "trainingSetSha256": training_set_sha,
         "accuracy": accuracy,
+        "membershipAudit": _membership_audit(job) if retrained and held else None,
+    }
+
+
+def _membership_audit(job: UnlearnJob) -> dict[str, Any] | None:
+    """The evidence of the erasure (``erasure_audit``), as the report carries it; None when
+    no retrained teacher held an erased record (only held-out records were erased)."""
+    try:
+        audit = audit_erasure(job.base, job.output, job.dataset, job.excluded)
+    except ValueError:
+        return None
+    return {
+        "erasedRecords": audit.after.positives,
+        "nonMembers": audit.after.negatives // max(len(audit.teachers), 1),
+        "aucBefore": f"{audit.before.auc:.4f}", "aucAfter": f"{audit.after.auc:.4f}",
+        "aucAfterStandardError": f"{audit.after.standard_error:.4f}",
+        "keptAucAfter": f"{audit.kept.auc:.4f}",
     }
 
 

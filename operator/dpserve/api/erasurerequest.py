@@ -85,6 +85,29 @@ class ErasureProgress(ApiModel):
     teachers_total: Annotated[int, Field(ge=0)] | None = None
 
 
+AucText = Annotated[str, StringConstraints(pattern=r"^(0(\.[0-9]+)?|1(\.0+)?)$",
+                                            max_length=16)]
+
+
+class MembershipAudit(ApiModel):
+    """The membership-inference audit of a PATE erasure (the training audit's loss-threshold
+    attack, Yeom et al. 2018): each erased record scored by the teacher whose partition held
+    it, before and after, against held-out records those teachers never saw. AUC 0.5: the
+    attack cannot tell the erased records from non-members."""
+
+    erased_records: Annotated[int, Field(ge=0)] = Field(
+        description="Erased records that a retrained teacher had held (the attack's members).")
+    non_members: Annotated[int, Field(ge=0)] = Field(
+        description="Held-out records scored as the non-members, per retrained teacher.")
+    auc_before: AucText = Field(description="Attack AUC on the erased records, old teachers.")
+    auc_after: AucText = Field(description="The same records under the retrained teachers.")
+    auc_after_standard_error: Annotated[str, StringConstraints(max_length=16)] = Field(
+        description="Hanley-McNeil standard error of aucAfter (few records: a wide one).")
+    kept_auc_after: AucText = Field(
+        description="Control: the retrained teachers' remaining members against the same "
+        "non-members (the attack must still find them, else it shows nothing).")
+
+
 class ErasureRequestStatus(ApiModel):
     observed_generation: int | None = None
     phase: ErasurePhase | None = None
@@ -99,6 +122,10 @@ class ErasureRequestStatus(ApiModel):
         default=None, description="SHA-256 of that version's training-set manifest "
         "(training-set.json in the artifact: the record ids each teacher or the model was "
         "trained on, and the erased ids excluded)."
+    )
+    membership_audit: MembershipAudit | None = Field(
+        default=None, description="PATE models: the membership-inference audit of every "
+        "record that removedInVersion removed (this request's and any erased with them)."
     )
     completion_time: Timestamp | None = None
     conditions: Annotated[list[Condition], Field(max_length=8)] = Field(default_factory=list)

@@ -8,6 +8,7 @@ from pydantic import Field, StringConstraints
 
 from dpserve.api.base import ApiModel, Condition, Decimal, Name, defaulted
 from dpserve.api.cel import CelRule
+from dpserve.api.erasurerequest import MembershipAudit
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.outputfilter import OutputFilter
 from dpserve.api.privacybudget import Sampling
@@ -472,6 +473,7 @@ class ErasureApplied(ApiModel):
     ids: Annotated[int, Field(ge=0)]
     training_set_sha256: Annotated[str, StringConstraints(max_length=64)] | None = None
     retrained_teachers: Annotated[int, Field(ge=0)] | None = None
+    membership_audit: MembershipAudit | None = None
 
 
 class ErasureStatus(ApiModel):

@@ -34,6 +34,7 @@ from dpserve.api.erasurerequest import (
     ErasurePhase,
     ErasureProgress,
     ErasureRequestStatus,
+    MembershipAudit,
 )
 from dpserve.api.privatemodel import ErasureApplied, ErasureStatus
 from dpserve.ledger.conditions import parse_rfc3339, rfc3339, set_condition
@@ -201,16 +202,39 @@ def given_ids(job: dict[str, Any]) -> int:
 
 def record_applied(
     status: ErasureStatus, version: str, ids: int, *, training_set_sha256: str | None,
-    retrained_teachers: int | None,
+    retrained_teachers: int | None, membership_audit: MembershipAudit | None = None,
 ) -> ErasureStatus:
     """The model's erasure status once ``version`` (trained without the first ``ids``) rolled."""
     if ids <= applied_count(status):
         return status
     entry = ErasureApplied(version=version, ids=ids, training_set_sha256=training_set_sha256,
-                           retrained_teachers=retrained_teachers)
+                           retrained_teachers=retrained_teachers,
+                           membership_audit=membership_audit)
     applied = [*status.applied, entry][-APPLIED_KEPT:]
     return status.model_copy(update={"applied": applied, "job": None, "attempts": None,
                                      "message": None, "gave_up": None})
+
+
+def membership_audit(report: dict[str, Any]) -> MembershipAudit | None:
+    """The PATE erasure Job's membership-inference audit (``membershipAudit`` of its report);
+    None where it ran none (no teacher held an erased record, no held-out records). An audit
+    the report garbled is None too: the erasure itself is exact, the audit is its evidence."""
+    raw = report.get("membershipAudit")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return MembershipAudit.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def audit_summary(audit: MembershipAudit | None) -> str:
+    """The audit for the Complete condition's message ("" without one)."""
+    if audit is None:
+        return ""
+    return (f"; membership-inference AUC of the {audit.erased_records} erased record(s) "
+            f"{audit.auc_before} before, {audit.auc_after} ± {audit.auc_after_standard_error} "
+            f"after (0.5: like records never trained on; remaining members {audit.kept_auc_after})")
 
 
 # ------------------------------------------------------------------ the request's status
@@ -265,7 +289,8 @@ def _phase(facts: RequestFacts, covering: ErasureApplied | None, deadline: datet
                     if covering.retrained_teachers is not None else "")
         return "Completed", _Verdict(
             "True", "RecordsRemoved", f"version {covering.version} was trained without the "
-            f"records{teachers}; they are excluded from every later training run of the model")
+            f"records{teachers}; they are excluded from every later training run of the model"
+            + audit_summary(covering.membership_audit))
     if facts.model_problem is not None:
         missing = facts.model_missing
         return ("Pending" if missing else "Failed"), _Verdict(
@@ -341,6 +366,7 @@ def decide_request(facts: RequestFacts, previous: ErasureRequestStatus) -> Reque
     if covering is not None:
         status.removed_in_version = covering.version
         status.training_set_sha256 = covering.training_set_sha256
+        status.membership_audit = covering.membership_audit
         status.completion_time = previous.completion_time or rfc3339(facts.now)
     cond(COMPLETE, complete)
     cond(ACCEPTED, _accepted(facts))

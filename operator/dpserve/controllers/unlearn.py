@@ -200,7 +200,8 @@ def _roll(
     status.erasure = es.record_applied(
         status.erasure or ErasureStatus(), version, given,
         training_set_sha256=sha if isinstance(sha, str) else None,
-        retrained_teachers=len(teachers) if isinstance(teachers, list) else None)
+        retrained_teachers=len(teachers) if isinstance(teachers, list) else None,
+        membership_audit=es.membership_audit(report))
 
 
 def roll_message(version: str, report: dict[str, Any], budget: str) -> str:
