@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -91,3 +92,13 @@ def test_erasure_request_against_a_pate_model_completes_with_v2(e2e: E2E) -> Non
     assert json.loads(erasure_cm["data"]["ids.json"]) == erased
     wait_until(lambda: "ErasureCompleted" in {e["reason"] for e in e2e.events(
         ns, "subject-4711")}, what="the ErasureCompleted Event")
+    # Counted by outcome (this stack's operator completed this request, maybe others).
+    assert unlearning_requests(e2e, "completed") >= 1
+
+
+def unlearning_requests(e2e: E2E, outcome: str) -> float:
+    with urllib.request.urlopen(e2e.stack.operator.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    prefix = f'ml_unlearning_requests_total{{outcome="{outcome}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines()
+                 if line.startswith(prefix)), 0.0)
