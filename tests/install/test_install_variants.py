@@ -6,11 +6,10 @@ sidecar, leasing from the ledger over the Service."""
 from __future__ import annotations
 
 import shlex
-import shutil
 from collections.abc import Iterator
 
 import pytest
-from install_support import Cluster, Trained, readme_steps, status_of
+from install_support import Cluster, Trained, example_cluster, readme_steps, status_of
 
 from dpserve_testkit.demo.traffic import QueryClient
 from dpserve_testkit.localkube.waiting import wait_until
@@ -27,11 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 @pytest.fixture(params=sorted(VARIANTS))
 def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
             trained: Trained) -> Iterator[tuple[str, Cluster]]:
-    live = Cluster(tmp_path_factory.mktemp(f"variant-{request.param}")).start()
+    live = example_cluster(tmp_path_factory.mktemp(f"variant-{request.param}"), trained)
     try:
-        live.api.create("/api/v1/nodes", {"metadata": {"name": "tdx-1", "labels": {
-            "cloud.google.com/gke-confidential-nodes-instance-type": "TDX"}}})
-        shutil.copytree(trained.pate, live.pvc_root / "models" / "triage" / "v1")
         yield request.param, live
     finally:
         live.stop()

@@ -4,6 +4,7 @@ the event loop, the probe routes and the pool's shutdown with the app."""
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from aiohttp.typedefs import Middleware
 from dpserve_runtime.httplimits import ConnectionGuard, ConnectionLimits
 
 
-class ServingProcess:
+class ServingProcess(ABC):
     """Base of a model server: subclasses load their artifact in ``load_blocking`` and say
     in ``readyz`` whether they are ready."""
 
@@ -25,8 +26,9 @@ class ServingProcess:
         self.guard = ConnectionGuard(limits or ConnectionLimits())
         self.body_timeout = body_timeout
 
+    @abstractmethod
     def load_blocking(self) -> None:
-        raise NotImplementedError
+        """Load the artifact (runs in the pool, off the event loop)."""
 
     async def load(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, self.load_blocking)
@@ -54,5 +56,6 @@ class ServingProcess:
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    @abstractmethod
     async def readyz(self, request: web.Request) -> web.Response:
-        raise NotImplementedError
+        """200 once the artifact is loaded and the server can answer, else 503."""

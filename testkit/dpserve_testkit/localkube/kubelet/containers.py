@@ -163,7 +163,7 @@ class ProcessRuntime:
         if self.hosts_file is not None:
             run.env |= pod_network_env(pod, self.hosts_file, run.env.get("PYTHONPATH"))
             mount = api_kubeconfig_mount(container, volumes)
-            if mount is not None and "KUBECONFIG" not in declared_env(container):
+            if mount is not None:
                 run.env["KUBECONFIG"] = str(
                     pod.directory / "containers" / str(container["name"]) / "volumes" / mount
                     / KUBECONFIG_FILE)
@@ -182,8 +182,11 @@ def pod_network_env(pod: LocalPod, hosts_file: Path, pythonpath: str | None
 
 
 def api_kubeconfig_mount(container: Obj, volumes: Mapping[str, Volume]) -> str | None:
-    """The volume mounted as the container's API token with a kubeconfig beside the token
-    (None: no API access mounted)."""
+    """The volume mounted as the container's API token with a kubeconfig beside the token,
+    whose kubeconfig the runtime hands over as ``KUBECONFIG`` (None: no API access mounted,
+    or the container sets its own ``KUBECONFIG``)."""
+    if "KUBECONFIG" in declared_env(container):
+        return None
     for mount in container.get("volumeMounts") or []:
         volume = volumes.get(mount.get("name", ""))
         if (mount.get("mountPath") == MOUNT_PATH and volume is not None

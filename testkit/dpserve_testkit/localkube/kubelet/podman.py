@@ -50,7 +50,6 @@ from dpserve_testkit.localkube.kubelet.containers import (
     ContainerError,
     Mount,
     api_kubeconfig_mount,
-    declared_env,
     manifest_env,
     named_ports,
     probe_clock,
@@ -183,8 +182,7 @@ class PodmanRuntime:
             os.chown(termination, int(user), -1)
         env = manifest_env(pod, container, rewrite,
                            {"HOSTNAME": pod.name, **thread_env(container), **self.extra_env})
-        if (api_kubeconfig_mount(container, volumes) is not None
-                and "KUBECONFIG" not in declared_env(container)):
+        if api_kubeconfig_mount(container, volumes) is not None:
             env["KUBECONFIG"] = f"{MOUNT_PATH}/{KUBECONFIG_FILE}"
         command = [rewrite(expand_references(a, env)) for a in container.get("command") or []]
         args = [rewrite(expand_references(a, env)) for a in container.get("args") or []]
