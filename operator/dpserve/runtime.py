@@ -116,7 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
                            delay_s=op_settings.requeue_delay_s)
     # A changed attestation verdict re-reconciles its model (the Attested condition).
     ledger.attestation.on_change = ctx.kick_model
-    ctx.budgets = WorkQueue(lambda key: budget_ctl.protection_handler(ctx, key),
+    ctx.budgets = WorkQueue(lambda key: budget_ctl.queue_handler(ctx, key),
                             delay_s=op_settings.requeue_delay_s, workers=2)
     ctx.models.start()
     ctx.budgets.start()

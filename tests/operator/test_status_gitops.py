@@ -144,6 +144,21 @@ def test_exhausted_budget_degrades_the_model_and_suspends_the_budget(cluster: Cl
     assert argocd_health("PrivateModel", serving)[0] == "Healthy"
 
 
+def test_a_model_bound_after_the_budget_reconciled_is_probed(cluster: Cluster) -> None:
+    # The budget reconciles with no model bound (nothing to probe: not Exhausted); a model
+    # created afterwards cannot pay one query, and the budget must say so without waiting
+    # for an edit of its own (the two watches are not ordered in a real cluster either).
+    api, ns = cluster.api, cluster.namespace()
+    api.create(cluster.pb(ns), budget_body("later", epsilon="0.001"))
+    wait_until(lambda: (b := api.get(cluster.pb(ns, "later"))) and (
+        condition(b, "Exhausted") or {}).get("status") == "False", what="budget not Exhausted")
+    api.create(cluster.pm(ns), model_body("m", "later"))
+    budget = wait_until(lambda: (b := api.get(cluster.pb(ns, "later"))) and (
+        condition(b, "Exhausted") or {}).get("status") == "True" and b,
+        what="budget Exhausted once the model is bound")
+    assert "not one more query" in (condition(budget, "Exhausted") or {}).get("message", "")
+
+
 def test_invalid_objects_are_degraded(cluster: Cluster) -> None:
     api, ns = cluster.api, cluster.namespace()
     api.create(cluster.pb(ns), budget_body("b"))

@@ -95,14 +95,28 @@ async def reconcile_budget(
             )
 
 
-async def protection_handler(ctx: OperatorContext, key: ModelKey) -> None:
-    """Work-queue entry point: a budget being deleted goes once no model uses it."""
+def bound_mechanisms(models: Iterable[Obj], budget: str) -> list[Any]:
+    """Mechanisms of the models that spend ``budget`` now (as the ``models_by_budget`` index)."""
+    out = []
+    for model in models:
+        spec = model.get("spec") or {}
+        status = model.get("status") or {}
+        if budget in {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}:
+            out.append((spec.get("serving") or {}).get("mechanism"))
+    return out
+
+
+async def queue_handler(ctx: OperatorContext, key: ModelKey) -> None:
+    """Work-queue entry point: the reconcile again, probing the models bound now.
+
+    Kopf's handler probes the models its index holds when the budget event arrives; a model
+    indexed after that (the two watches are not ordered) would leave Exhausted stale until
+    the budget changed, so a model that finds its budget cannot pay kicks this queue. A
+    budget being deleted goes here once no model uses it.
+    """
     namespace, name = key
-    async with ctx.lock(("PrivacyBudget", namespace, name)):
-        raw = await ctx.api.get(PRIVACYBUDGETS, namespace, name)
-        if raw is None or not raw["metadata"].get("deletionTimestamp"):
-            return
-        await _release_if_unused(ctx, raw)
+    models = await ctx.api.list(PRIVATEMODELS, namespace)
+    await reconcile_budget(ctx, namespace, name, bound_mechanisms(models, name))
 
 
 _warned: dict[ModelKey, tuple[str, ...]] = {}

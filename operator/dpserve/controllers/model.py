@@ -464,9 +464,17 @@ def _budget_available(p: _Pass) -> None:
         sb.set(ms.BUDGET_AVAILABLE, "False", "BudgetExhausted",
                f"PrivacyBudget {budget.name} cannot pay one more {_mechanism_name(p.model)} "
                f"query (ε spent {spent or '0'} of {limit})")
+        if not _says_exhausted(budget.raw):
+            # The budget may have probed before this model was bound: let it probe again.
+            p.ctx.kick_budget(p.namespace, budget.name)
     else:
         sb.set(ms.BUDGET_AVAILABLE, "True", "BudgetAvailable",
                f"PrivacyBudget {budget.name}: ε spent {spent or '0'} of {limit}")
+
+
+def _says_exhausted(raw: Obj | None) -> bool:
+    conditions = ((raw or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Exhausted" and c.get("status") == "True" for c in conditions)
 
 
 async def _serve(p: _Pass, replicas: int, phase: Phase) -> int:
