@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dpserve.api.privatemodel import PrivateModel
+from dpserve.controllers.echoes import Echoes
 from dpserve.controllers.kubeapi import BY_KIND, ApiError, Conflict, KubeApi
 from dpserve.metrics import OperatorMetrics
 from dpserve.resources import BuildContext, merge_for_update, needs_update
@@ -40,8 +41,15 @@ def _foreign_controller(live: Obj, owner_uid: str) -> str | None:
     return None
 
 
+def _resource_version(obj: Obj | None) -> str | None:
+    version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return str(version) if version is not None else None
+
+
 async def apply(api: KubeApi, kind: str, desired: Obj, owner_uid: str,
-                metrics: OperatorMetrics | None = None) -> Applied:
+                metrics: OperatorMetrics | None = None, echoes: Echoes | None = None) -> Applied:
+    """Create, skip or replace one child; ``echoes`` (given by the model reconcile, which
+    uses the answer) records the version written, so its watch event wakes no one."""
     res = BY_KIND[kind]
     meta = desired["metadata"]
     namespace, name = meta.get("namespace"), meta["name"]
@@ -53,6 +61,8 @@ async def apply(api: KubeApi, kind: str, desired: Obj, owner_uid: str,
             return Applied(kind, name, "unchanged", await api.get(res, namespace, name))
         if metrics:
             metrics.api_writes.labels(kind, "create").inc()
+        if echoes is not None:
+            echoes.wrote(kind, namespace, name, _resource_version(created))
         return Applied(kind, name, "created", created)
     foreign = _foreign_controller(live, owner_uid)
     if foreign is not None:
@@ -64,6 +74,8 @@ async def apply(api: KubeApi, kind: str, desired: Obj, owner_uid: str,
     updated = await api.replace(res, namespace, name, merge_for_update(desired, live))
     if metrics:
         metrics.api_writes.labels(kind, "replace").inc()
+    if echoes is not None:
+        echoes.wrote(kind, namespace, name, _resource_version(updated))
     return Applied(kind, name, "updated", updated)
 
 
@@ -88,7 +100,8 @@ async def remove(api: KubeApi, kind: str, namespace: str, name: str, owner_uid: 
 
 
 async def apply_serving(api: KubeApi, model: PrivateModel, ctx: BuildContext, owner_uid: str,
-                        metrics: OperatorMetrics | None = None) -> dict[str, Applied]:
+                        metrics: OperatorMetrics | None = None,
+                        echoes: Echoes | None = None) -> dict[str, Applied]:
     """Every serving child; returns them by kind."""
     namespace = str(model.metadata["namespace"])
     out: dict[str, Applied] = {}
@@ -101,5 +114,5 @@ async def apply_serving(api: KubeApi, model: PrivateModel, ctx: BuildContext, ow
                 name = owned.removed_name(str(model.metadata["name"]))
                 out[kind] = await remove(api, kind, namespace, name, owner_uid, metrics)
             continue
-        out[kind] = await apply(api, kind, desired, owner_uid, metrics)
+        out[kind] = await apply(api, kind, desired, owner_uid, metrics, echoes)
     return out

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dpserve.controllers.echoes import Echoes
 from dpserve.controllers.kubeapi import KubeApi
 from dpserve.controllers.placement import ClusterView
 from dpserve.controllers.workqueue import WorkQueue
@@ -41,6 +42,8 @@ class OperatorContext:
     budget_seen: dict[ModelKey, tuple[Any, ...]] = field(default_factory=dict)
     # PrivateModel status fields the API server pruned (its CRD is older than this operator).
     pruned_status_paths: set[tuple[str | int, ...]] = field(default_factory=set)
+    # Versions of children and budgets a model reconcile already saw (no wake-up for them).
+    echoes: Echoes = field(default_factory=Echoes)
 
     def lock(self, key: Hashable) -> asyncio.Lock:
         """One reconcile at a time per object, whichever path (kopf handler or queue) runs it."""

@@ -160,8 +160,11 @@ def _stamp() -> str:
     return rfc3339(now())
 
 
-async def _budget(ctx: OperatorContext, namespace: str, name: str) -> BudgetView:
+async def _budget(ctx: OperatorContext, namespace: str, name: str, model: str) -> BudgetView:
+    """The budget as ``model``'s reconcile reads it (that version then wakes it no more)."""
     raw = await ctx.api.get(PRIVACYBUDGETS, namespace, name)
+    ctx.echoes.read_budget(namespace, model, name,
+                           (raw or {}).get("metadata", {}).get("resourceVersion"))
     view = BudgetView(name, raw)
     if raw is None:
         view.problem = ("BudgetNotFound", f"PrivacyBudget {name} does not exist")
@@ -235,7 +238,8 @@ async def _accepted_before_upgrade(
     spec = model.spec
     if status.versions:  # retrained: spent; the first declared values are the spec's
         return specedits.declared(spec, spent=True)
-    budget = await _budget(ctx, str(model.metadata["namespace"]), status.budget or "")
+    budget = await _budget(ctx, str(model.metadata["namespace"]), status.budget or "",
+                           str(model.metadata["name"]))
     key = model_key(str(model.metadata["namespace"]), str(model.metadata["name"]))
     spent = budget.status is not None and any(e.consumer == key for e in budget.status.ledger)
     return AcceptedSpec(
@@ -376,7 +380,8 @@ async def _follow_spec(ctx: OperatorContext, raw: Obj, model: PrivateModel,
         status.accepted = edit.accepted
 
     version = status.model_version or spec.model.version
-    budget = await _budget(ctx, namespace, status.budget or spec.budget_ref.name)
+    budget = await _budget(ctx, namespace, status.budget or spec.budget_ref.name,
+                           str(model.metadata["name"]))
     if edit.action == specedits.ROLL and budget.problem is None:
         rolled = await _roll_declared_version(ctx, model, sb, budget, edit)
         if isinstance(rolled, str):
@@ -435,7 +440,8 @@ async def _retrain_or_unlearn(p: _Pass) -> None:
         p.requeue_after = step.requeue_after_s
         if step.rolled:  # now on the new version's budget
             p.version = status.model_version or p.version
-            p.budget = await _budget(ctx, p.namespace, status.budget or spec.budget_ref.name)
+            p.budget = await _budget(ctx, p.namespace, status.budget or spec.budget_ref.name,
+                                     p.name)
             p.fits = p.budget.problem is None and _fits(ctx, model, p.budget)
     elif pate_erasure and p.decision.ok:
         # A PATE ensemble: only the teachers that saw an erased record retrain; the new
@@ -498,7 +504,7 @@ async def _serve(p: _Pass, replicas: int, phase: Phase) -> int:
             applied = await apply_serving(
                 ctx.api, model, _build_ctx(ctx, model, budget, replicas, p.decision,
                                            ledger_ips=ledger.ips),
-                str(p.raw["metadata"].get("uid", "")), ctx.metrics)
+                str(p.raw["metadata"].get("uid", "")), ctx.metrics, ctx.echoes)
     except NotOwned as exc:
         sb.set(ms.READY, "False", "ResourceConflict", str(exc))
         status.phase = "Failed"

@@ -27,8 +27,15 @@ async def _kick(labels: Any, namespace: str | None, memo: Any) -> None:
         ctx.kick_model(namespace, model)
 
 
-def _register(res: Res) -> None:
-    async def changed(labels: Any, namespace: str | None, memo: Any, **_: Any) -> None:
+def _register(kind: str, res: Res) -> None:
+    async def changed(labels: Any, namespace: str | None, name: str, event: Any, body: Any,
+                      memo: Any, **_: Any) -> None:
+        # The answer to the model reconcile's own write: it already used that version.
+        ctx: OperatorContext = memo.ctx
+        deleted = event.get("type") == "DELETED"
+        version = None if deleted else body.get("metadata", {}).get("resourceVersion")
+        if namespace and ctx.echoes.is_own_write(kind, namespace, name, version):
+            return
         await _kick(labels, namespace, memo)
 
     changed.__name__ = f"owned_{res.plural}"
@@ -37,7 +44,7 @@ def _register(res: Res) -> None:
 
 
 for _owned in OWNED_KINDS:
-    _register(_owned.res)
+    _register(_owned.kind, _owned.res)
 
 
 @kopf.on.event(PODS.group, PODS.version, PODS.plural, labels={MODEL: kopf.PRESENT})

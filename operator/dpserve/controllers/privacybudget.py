@@ -79,5 +79,7 @@ async def budget_changed(event: Any, body: Any, namespace: str | None, name: str
         delay = MIRROR_DELAY_S
     else:
         return
+    version = body.get("metadata", {}).get("resourceVersion")
     for model in bound:
-        ctx.kick_model(namespace, model["name"], delay)
+        if not ctx.echoes.has_read_budget(namespace, model["name"], name, version):
+            ctx.kick_model(namespace, model["name"], delay)

@@ -67,5 +67,6 @@ async def deleted(namespace: str | None, name: str, spec: Any, status: Any, memo
     for budget in budgets:
         if budget:
             ctx.kick_budget(namespace, budget, 1.0)
+    ctx.echoes.forget_model(namespace, name)
     with contextlib.suppress(KeyError):
         ctx.metrics.model_replicas.remove(namespace, name)
