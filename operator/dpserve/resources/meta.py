@@ -38,7 +38,11 @@ def object_meta(
 
 
 def finalize(obj: Manifest) -> Manifest:
-    """Canonical key order, plus the desired-hash annotation over everything else."""
+    """Canonical key order, plus the desired-hash annotation over everything else.
+
+    One deep canonical pass: the hash is taken over sorted-key JSON (key order does not
+    matter to it), and only the metadata, where the annotation goes, is sorted again.
+    """
     body = canonical(obj)
     metadata = body.setdefault("metadata", {})
     annotations = dict(metadata.get("annotations") or {})
@@ -47,7 +51,7 @@ def finalize(obj: Manifest) -> Manifest:
         metadata["annotations"] = annotations
     else:
         metadata.pop("annotations", None)
-    digest = content_hash(canonical(body))
+    digest = content_hash(body)
     metadata["annotations"] = {**annotations, DESIRED_HASH: digest}
-    result: Manifest = canonical(body)
-    return result
+    body["metadata"] = canonical(metadata)
+    return {key: body[key] for key in sorted(body)}
