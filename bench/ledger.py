@@ -22,10 +22,13 @@ PLD grant decisions (``--pld-only`` runs just these; they also run after the sce
 the accountant work of one grant as ``ledger/grant.py`` does it (the fit, ε of the ledger,
 the lease size under the at-risk ceiling, ε of the debited ledger) on a ledger holding one
 14,063-step DP-SGD run (z=1.1, q=256/60000) and 10,000 gaussian queries (z=100), budget
-ε=8 δ=1e-6, accountant ``pld``; each grant debits what it granted. Warm: grants in one
+ε=8 δ=1e-6, accountant ``pld``; each grant debits what it granted, and the pod's previous
+lease is outstanding when it asks for the next (the sidecar protocol). Warm: grants in one
 process; cold: the first grant in a fresh process (an operator restart). Today's solver
 (``tests/accounting/reference_solver.py``, the oracle of the property test) runs the same
-grants side by side. The last line is ``pld_grant_p99_ms=<x> pld_cold_s=<y>``.
+grants side by side, its lease size the exact search under the at-risk ceiling; "search" is
+our accountant with that exact search, "ours" the ledger's ``leases.size_within_risk``.
+The last line is ``pld_grant_p99_ms=<x> pld_cold_s=<y>``.
 
 Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only]
        [--pld-cpu-time]  (PLD decisions in process CPU seconds: steadier on a shared machine)
@@ -44,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,20 +348,37 @@ def bench(args: argparse.Namespace) -> int:
 PLD_RUN = (1.1, 256 / 60000, 14063)
 PLD_QUERY_Z = 100.0
 PLD_BUDGET, PLD_DELTA, PLD_REQUEST = 8.0, 1e-6, 500
+PLD_AT_RISK = 0.01  # LeasePolicy's default at_risk_fraction
 
 
-def _pld_solvers(which: str) -> tuple[Any, Any]:
-    """(epsilon(spends), max_additional(spends, event, eps, limit)) of ours or today's."""
-    if which == "ours":
+Solver = tuple[Callable[[Any], float], Callable[[Any, Any, float, int], int],
+               Callable[[Any, Any, Any, int], int]]
+
+
+def _pld_solvers(which: str) -> Solver:
+    """(epsilon(spends), max_additional(spends, event, eps, limit), lease size(spends,
+    remaining, event, fit)) of ours or today's. Today's lease size is the exact search under
+    the at-risk ceiling; ours is the ledger's own ``leases.size_within_risk``."""
+    if which in ("ours", "search"):
         from dpserve.ledger.accountant import LedgerAccounting
+        from dpserve.ledger.leases import size_within_risk
 
         accounting = LedgerAccounting()
-        return (
-            lambda spends: accounting.epsilon(spends, PLD_DELTA, "pld"),
-            lambda spends, event, eps, limit: accounting.max_additional(
-                spends, event, eps, PLD_DELTA, "pld", limit
-            ),
-        )
+
+        def ours_epsilon(spends: Any) -> float:
+            return accounting.epsilon(spends, PLD_DELTA, "pld")
+
+        def ours_max_additional(spends: Any, event: Any, eps: float, limit: int) -> int:
+            return accounting.max_additional(spends, event, eps, PLD_DELTA, "pld", limit)
+
+        def ours_size(spends: Any, remaining: Any, event: Any, fit: int) -> int:
+            if which == "search":  # this solver with the lease sizing before the secant
+                ceiling = min(PLD_BUDGET, ours_epsilon(remaining) + PLD_AT_RISK * PLD_BUDGET)
+                return min(fit, max(1, ours_max_additional(spends, event, ceiling, fit)))
+            return size_within_risk(spends, remaining, event, fit, PLD_BUDGET, PLD_DELTA,
+                                    "pld", PLD_AT_RISK, accounting)
+
+        return ours_epsilon, ours_max_additional, ours_size
     # By path: bench/accounting.py would shadow the tests' accounting directory.
     path = Path(__file__).resolve().parents[1] / "tests" / "accounting" / "reference_solver.py"
     spec = importlib.util.spec_from_file_location("reference_solver", path)
@@ -377,39 +398,52 @@ def _pld_solvers(which: str) -> tuple[Any, Any]:
             cache[key] = reference_epsilon(spends, PLD_DELTA, "pld")
         return cache[key]
 
-    return epsilon, lambda spends, event, eps, limit: reference_max_additional(
-        spends, event, eps, PLD_DELTA, "pld", limit
-    )
+    def max_additional(spends: Any, event: Any, eps: float, limit: int) -> int:
+        return int(reference_max_additional(spends, event, eps, PLD_DELTA, "pld", limit))
+
+    def size(spends: Any, remaining: Any, event: Any, fit: int) -> int:
+        ceiling = min(PLD_BUDGET, epsilon(remaining) + PLD_AT_RISK * PLD_BUDGET)
+        return min(fit, max(1, max_additional(spends, event, ceiling, fit)))
+
+    return epsilon, max_additional, size
 
 
-def pld_grants(which: str, grants: int, cpu: bool = False) -> list[float]:
-    """Seconds of each of ``grants`` successive grant decisions (see the docstring); with
-    ``cpu`` the process's CPU seconds (less moved by other load on a shared machine)."""
+def _ordered(spends: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
+    """Spends in the ledger's order (``ledger.events.spends``: sorted by the event's repr)."""
+    return sorted(((e, n) for e, n in spends if n > 0), key=lambda item: repr(item[0]))
+
+
+def pld_grants(which: str, grants: int, cpu: bool = False) -> list[tuple[float, int]]:
+    """(seconds, granted) of each of ``grants`` successive grant decisions of one pod (see
+    the docstring); with ``cpu`` the process's CPU seconds (less moved by other load on a
+    shared machine). As the sidecar protocol has it, the pod asks for its next lease once
+    the current one is in use, so the previous lease is outstanding at each request."""
     clock = time.process_time if cpu else time.perf_counter
     from dpserve.accounting import GaussianQuery, SubsampledGaussian
 
-    epsilon, max_additional = _pld_solvers(which)
+    epsilon, max_additional, size = _pld_solvers(which)
     run, query = SubsampledGaussian(*PLD_RUN), GaussianQuery(PLD_QUERY_Z)
-    count, seconds = 10_000, []
+    count, outstanding, out = 10_000, 0, []
     for _ in range(grants):
-        spends = [(run, 1), (query, count)]
+        spends = _ordered([(run, 1), (query, count)])
+        remaining = _ordered([(run, 1), (query, count - outstanding)])
         started = clock()
         fit = max_additional(spends, query, PLD_BUDGET, PLD_REQUEST)
         if fit < 1:
             break
-        ceiling = min(PLD_BUDGET, epsilon(spends) + 0.01 * PLD_BUDGET)
-        granted = min(fit, max(1, max_additional(spends, query, ceiling, fit)))
+        granted = size(spends, remaining, query, fit)
         count += granted
-        epsilon([(run, 1), (query, count)])
-        seconds.append(clock() - started)
-    return seconds
+        epsilon(_ordered([(run, 1), (query, count)]))  # the debited ledger's status
+        out.append((clock() - started, granted))
+        outstanding = granted
+    return out
 
 
 def pld_cold(which: str, cpu: bool = False) -> float:
     """The first grant decision in a fresh interpreter (no cache), in seconds."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
-        "print(ledger.pld_grants(sys.argv[2], 1, sys.argv[3] == 'cpu')[0])"
+        "print(ledger.pld_grants(sys.argv[2], 1, sys.argv[3] == 'cpu')[0][0])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).resolve().parent), which,
@@ -431,13 +465,16 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
         flush=True,
     )
     results = {}
-    for which, count in (("today", today_grants), ("ours", grants)):
+    for which, count in (("today", today_grants), ("search", grants), ("ours", grants)):
         cold = pld_cold(which, cpu)
-        warm = pld_grants(which, count + 1, cpu)[1:]  # the first one is the cold start
+        timed = pld_grants(which, count + 1, cpu)[1:]  # the first one is the cold start
+        warm = [seconds for seconds, _ in timed]
+        granted = [n for _, n in timed]
         results[which] = (p99(warm), cold)
         print(
             f"{which:>6}: cold {cold:6.2f} s; warm over {len(warm)} grants: median "
-            f"{1000 * statistics.median(warm):8.1f} ms p99 {1000 * p99(warm):8.1f} ms",
+            f"{1000 * statistics.median(warm):8.1f} ms p99 {1000 * p99(warm):8.1f} ms; "
+            f"queries granted {sum(granted)} (mean lease {statistics.mean(granted):.0f})",
             flush=True,
         )
     (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]
