@@ -1,37 +1,8 @@
-"""Echoes: only the exact version a model reconcile wrote or read is skipped."""
+"""Echoes: only the exact budget version a model's reconcile read is skipped."""
 
 from __future__ import annotations
 
 from dpserve.controllers.echoes import Echoes
-
-
-def test_own_write_is_skipped_once() -> None:
-    echoes = Echoes()
-    echoes.wrote("Deployment", "ns", "m", "10")
-    assert echoes.is_own_write("Deployment", "ns", "m", "10")
-    # One write has one echo: the same version again (a re-list) wakes the model.
-    assert not echoes.is_own_write("Deployment", "ns", "m", "10")
-
-
-def test_other_version_or_object_wakes_and_ends_the_record() -> None:
-    echoes = Echoes()
-    echoes.wrote("Deployment", "ns", "m", "10")
-    assert not echoes.is_own_write("Service", "ns", "m", "10")
-    assert not echoes.is_own_write("Deployment", "ns", "m", "11")  # another writer
-    assert not echoes.is_own_write("Deployment", "ns", "m", "10")  # superseded
-
-
-def test_deletion_wakes() -> None:
-    echoes = Echoes()
-    echoes.wrote("ConfigMap", "ns", "m", "3")
-    assert not echoes.is_own_write("ConfigMap", "ns", "m", None)
-    assert not echoes.is_own_write("ConfigMap", "ns", "m", "3")
-
-
-def test_write_without_version_is_not_recorded() -> None:
-    echoes = Echoes()
-    echoes.wrote("ConfigMap", "ns", "m", None)
-    assert not echoes.is_own_write("ConfigMap", "ns", "m", None)
 
 
 def test_budget_read_by_version_and_model() -> None:

@@ -8,12 +8,13 @@ keeps a steady state at zero API writes.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dpserve.api.privatemodel import PrivateModel
-from dpserve.controllers.echoes import Echoes
 from dpserve.controllers.kubeapi import BY_KIND, ApiError, Conflict, KubeApi
+from dpserve.controllers.livecache import LiveCache
 from dpserve.metrics import OperatorMetrics
 from dpserve.resources import BuildContext, merge_for_update, needs_update
 from dpserve.resources.access import SERVING_KINDS
@@ -41,28 +42,48 @@ def _foreign_controller(live: Obj, owner_uid: str) -> str | None:
     return None
 
 
-def _resource_version(obj: Obj | None) -> str | None:
-    version = ((obj or {}).get("metadata") or {}).get("resourceVersion")
-    return str(version) if version is not None else None
+async def _written(cache: LiveCache | None, kind: str, namespace: str, name: str,
+                   call: Awaitable[Obj]) -> Obj:
+    """Send a create or replace; the cache holds the answer (or forgets the object)."""
+    if cache is None:
+        return await call
+    cache.writing(kind, namespace, name)
+    try:
+        answer = await call
+    except BaseException:
+        cache.wrote(kind, namespace, name, None)
+        raise
+    cache.wrote(kind, namespace, name, answer)
+    return answer
+
+
+async def _live(api: KubeApi, cache: LiveCache | None, kind: str, namespace: str,
+                name: str) -> Obj | None:
+    """The child as the watch or the last write showed it, else read from the server."""
+    known = cache.get(kind, namespace, name) if cache is not None else None
+    if known is not None:
+        return known
+    return await api.get(BY_KIND[kind], namespace, name)
 
 
 async def apply(api: KubeApi, kind: str, desired: Obj, owner_uid: str,
-                metrics: OperatorMetrics | None = None, echoes: Echoes | None = None) -> Applied:
-    """Create, skip or replace one child; ``echoes`` (given by the model reconcile, which
-    uses the answer) records the version written, so its watch event wakes no one."""
+                metrics: OperatorMetrics | None = None,
+                cache: LiveCache | None = None) -> Applied:
+    """Create, skip or replace one child. ``cache`` (the model reconcile's): the child is
+    compared with what the watch last showed, and the answer to a write is kept, so the
+    write's own watch event wakes no one."""
     res = BY_KIND[kind]
     meta = desired["metadata"]
     namespace, name = meta.get("namespace"), meta["name"]
-    live = await api.get(res, namespace, name)
+    live = await _live(api, cache, kind, namespace, name)
     if live is None:
         try:
-            created = await api.create(res, namespace, desired)
+            created = await _written(cache, kind, namespace, name,
+                                     api.create(res, namespace, desired))
         except Conflict:  # created meanwhile (a concurrent reconcile): compare next time
             return Applied(kind, name, "unchanged", await api.get(res, namespace, name))
         if metrics:
             metrics.api_writes.labels(kind, "create").inc()
-        if echoes is not None:
-            echoes.wrote(kind, namespace, name, _resource_version(created))
         return Applied(kind, name, "created", created)
     foreign = _foreign_controller(live, owner_uid)
     if foreign is not None:
@@ -71,16 +92,18 @@ async def apply(api: KubeApi, kind: str, desired: Obj, owner_uid: str,
         return Applied(kind, name, "unchanged", live)  # recreated once it is gone
     if not needs_update(desired, live):
         return Applied(kind, name, "unchanged", live)
-    updated = await api.replace(res, namespace, name, merge_for_update(desired, live))
+    # A stale cached child makes the server refuse this (409, resourceVersion): the
+    # cache then forgets it and the retried reconcile reads it.
+    updated = await _written(cache, kind, namespace, name,
+                             api.replace(res, namespace, name, merge_for_update(desired, live)))
     if metrics:
         metrics.api_writes.labels(kind, "replace").inc()
-    if echoes is not None:
-        echoes.wrote(kind, namespace, name, _resource_version(updated))
     return Applied(kind, name, "updated", updated)
 
 
 async def remove(api: KubeApi, kind: str, namespace: str, name: str, owner_uid: str,
-                 metrics: OperatorMetrics | None = None) -> Applied:
+                 metrics: OperatorMetrics | None = None,
+                 cache: LiveCache | None = None) -> Applied:
     """Delete an owned child the model no longer needs (only if we own it)."""
     res = BY_KIND[kind]
     live = await api.get(res, namespace, name)
@@ -89,6 +112,8 @@ async def remove(api: KubeApi, kind: str, namespace: str, name: str, owner_uid: 
     refs = (live.get("metadata") or {}).get("ownerReferences") or []
     if not any(r.get("uid") == owner_uid for r in refs):
         return Applied(kind, name, "absent", live)
+    if cache is not None:
+        cache.forget(kind, namespace, name)
     try:
         await api.delete(res, namespace, name)
     except ApiError as exc:
@@ -101,7 +126,7 @@ async def remove(api: KubeApi, kind: str, namespace: str, name: str, owner_uid: 
 
 async def apply_serving(api: KubeApi, model: PrivateModel, ctx: BuildContext, owner_uid: str,
                         metrics: OperatorMetrics | None = None,
-                        echoes: Echoes | None = None) -> dict[str, Applied]:
+                        cache: LiveCache | None = None) -> dict[str, Applied]:
     """Every serving child; returns them by kind."""
     namespace = str(model.metadata["namespace"])
     out: dict[str, Applied] = {}
@@ -112,7 +137,8 @@ async def apply_serving(api: KubeApi, model: PrivateModel, ctx: BuildContext, ow
         if desired is None:
             if owned.removed_name is not None:
                 name = owned.removed_name(str(model.metadata["name"]))
-                out[kind] = await remove(api, kind, namespace, name, owner_uid, metrics)
+                out[kind] = await remove(api, kind, namespace, name, owner_uid, metrics,
+                                         cache)
             continue
-        out[kind] = await apply(api, kind, desired, owner_uid, metrics, echoes)
+        out[kind] = await apply(api, kind, desired, owner_uid, metrics, cache)
     return out

@@ -10,6 +10,7 @@ from typing import Any
 
 from dpserve.controllers.echoes import Echoes
 from dpserve.controllers.kubeapi import KubeApi
+from dpserve.controllers.livecache import LiveCache
 from dpserve.controllers.placement import ClusterView
 from dpserve.controllers.workqueue import WorkQueue
 from dpserve.ledger.accountant import Accounting
@@ -42,8 +43,10 @@ class OperatorContext:
     budget_seen: dict[ModelKey, tuple[Any, ...]] = field(default_factory=dict)
     # PrivateModel status fields the API server pruned (its CRD is older than this operator).
     pruned_status_paths: set[tuple[str | int, ...]] = field(default_factory=set)
-    # Versions of children and budgets a model reconcile already saw (no wake-up for them).
+    # Budget versions a model's reconcile already read (no wake-up for them).
     echoes: Echoes = field(default_factory=Echoes)
+    # Serving children as the watches and the reconciles' own writes last showed them.
+    live: LiveCache = field(default_factory=LiveCache)
 
     def lock(self, key: Hashable) -> asyncio.Lock:
         """One reconcile at a time per object, whichever path (kopf handler or queue) runs it."""

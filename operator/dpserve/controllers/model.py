@@ -504,7 +504,7 @@ async def _serve(p: _Pass, replicas: int, phase: Phase) -> int:
             applied = await apply_serving(
                 ctx.api, model, _build_ctx(ctx, model, budget, replicas, p.decision,
                                            ledger_ips=ledger.ips),
-                str(p.raw["metadata"].get("uid", "")), ctx.metrics, ctx.echoes)
+                str(p.raw["metadata"].get("uid", "")), ctx.metrics, ctx.live)
     except NotOwned as exc:
         sb.set(ms.READY, "False", "ResourceConflict", str(exc))
         status.phase = "Failed"

@@ -28,13 +28,13 @@ async def _kick(labels: Any, namespace: str | None, memo: Any) -> None:
 
 
 def _register(kind: str, res: Res) -> None:
-    async def changed(labels: Any, namespace: str | None, name: str, event: Any, body: Any,
-                      memo: Any, **_: Any) -> None:
-        # The answer to the model reconcile's own write: it already used that version.
+    async def changed(labels: Any, namespace: str | None, name: str, event: Any, memo: Any,
+                      **_: Any) -> None:
+        # Kept for the reconciles; the answer to a reconcile's own write, which it already
+        # used, wakes no one.
         ctx: OperatorContext = memo.ctx
-        deleted = event.get("type") == "DELETED"
-        version = None if deleted else body.get("metadata", {}).get("resourceVersion")
-        if namespace and ctx.echoes.is_own_write(kind, namespace, name, version):
+        obj = None if event.get("type") == "DELETED" else event.get("object")
+        if namespace and ctx.live.seen(kind, namespace, name, obj):
             return
         await _kick(labels, namespace, memo)
 
