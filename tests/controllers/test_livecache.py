@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from dpserve.controllers import livecache
 from dpserve.controllers.livecache import LiveCache
 
 K = ("Deployment", "ns", "m")
@@ -82,3 +85,26 @@ def test_deletion_clears_a_pending_write() -> None:
     assert cache.get(*K) is None
     assert not cache.seen(*K, obj("5"))  # a new object: not an echo of anything
     assert cache.get(*K) == obj("5")
+
+
+def test_forget_clears_a_pending_write() -> None:
+    cache = LiveCache()
+    write(cache, obj("5"))
+    cache.forget(*K)  # e.g. the managed-by label was removed: no more events for it
+    assert cache.get(*K) is None
+    assert not cache.seen(*K, obj("5"))
+
+
+def test_written_answer_not_trusted_once_its_echo_is_overdue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(livecache.time, "monotonic", lambda: clock[0])
+    cache = LiveCache()
+    write(cache, obj("5"))
+    clock[0] += livecache.PENDING_TTL_S - 1
+    assert cache.get(*K) == obj("5")
+    clock[0] += 2  # the watch may be down: read it from the server again
+    assert cache.get(*K) is None
+    assert not cache.seen(*K, obj("6"))
+    assert cache.get(*K) == obj("6")

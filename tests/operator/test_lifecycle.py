@@ -121,6 +121,25 @@ def test_drift_is_reverted_and_deleted_children_recreated(cluster: Cluster) -> N
     wait_until(lambda: api.get(cm)["data"] == original, what="ConfigMap reverted")
 
 
+def test_child_stripped_of_its_managed_by_label_is_restored(cluster: Cluster) -> None:
+    """The drift watches filter on the label: once it is gone no event of the object comes,
+    so the next reconcile (here: woken by a ConfigMap edit) must read it from the server,
+    not from what the watch last showed."""
+    api, ns = cluster.api, cluster.namespace()
+    _ready_model(cluster, ns)
+    path = cluster.path(ns, "deployments", "m")
+    api.merge(path, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}},
+                     "spec": {"replicas": 7}})
+    cm = cluster.path(ns, "configmaps", "m-filter")
+    original = api.get(cm)["data"]
+    api.merge(cm, {"data": {next(iter(original)): "{}"}})
+    wait_until(lambda: api.get(cm)["data"] == original, what="ConfigMap reverted")
+    restored = wait_until(
+        lambda: (d := api.get(path))["metadata"]["labels"].get("app.kubernetes.io/managed-by")
+        and d, what="managed-by label restored")
+    assert restored["spec"]["replicas"] == 1
+
+
 def test_deleting_the_model_collects_its_objects(cluster: Cluster) -> None:
     api, ns = cluster.api, cluster.namespace()
     _ready_model(cluster, ns)

@@ -21,10 +21,14 @@ Entries are the server's own dicts and are shared with the caller: read-only.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name)
+# A written answer whose watch event has not come back by then is no longer trusted (the
+# watch may be down or restarted past it): the next read is a GET again.
+PENDING_TTL_S = 30.0
 
 
 def resource_version(obj: Obj | None) -> str | None:
@@ -35,16 +39,25 @@ def resource_version(obj: Obj | None) -> str | None:
 class LiveCache:
     def __init__(self) -> None:
         self._live: dict[Key, Obj] = {}
-        self._pending: dict[Key, str] = {}  # version written, its watch event not seen yet
+        # Version written and when: its watch event not seen yet.
+        self._pending: dict[Key, tuple[str, float]] = {}
         self._in_flight: dict[Key, bool] = {}  # writes under way: did an event arrive?
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         """The child if known (read-only); None means unknown, not absent."""
-        return self._live.get((kind, namespace, name))
+        key = (kind, namespace, name)
+        pending = self._pending.get(key)
+        if pending is not None and time.monotonic() - pending[1] > PENDING_TTL_S:
+            del self._pending[key]
+            self._live.pop(key, None)
+        return self._live.get(key)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        """Drop what is known (a replace was refused as stale): the next read is a GET."""
-        self._live.pop((kind, namespace, name), None)
+        """Drop what is known (a replace was refused as stale, or the object no longer
+        carries the label its watch filters on): the next read is a GET."""
+        key = (kind, namespace, name)
+        self._live.pop(key, None)
+        self._pending.pop(key, None)
 
     def writing(self, kind: str, namespace: str, name: str) -> None:
         """A create or replace of the object is about to be sent."""
@@ -62,7 +75,7 @@ class LiveCache:
             self._live.pop(key, None)
             return
         self._live[key] = answer
-        self._pending[key] = version
+        self._pending[key] = (version, time.monotonic())
 
     def seen(self, kind: str, namespace: str, name: str, obj: Obj | None) -> bool:
         """A watch event (``obj`` None: deleted); True when it brings back the version the
@@ -78,7 +91,7 @@ class LiveCache:
         if pending is None:
             self._live[key] = obj
             return False
-        if resource_version(obj) == pending:
+        if resource_version(obj) == pending[0]:
             del self._pending[key]
             self._live[key] = obj
             return True

@@ -38,9 +38,23 @@ def _register(kind: str, res: Res) -> None:
             return
         await _kick(labels, namespace, memo)
 
+    async def unmanaged(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+        # Outside the label filter above (e.g. the label was removed): no more events reach
+        # the cache for it, so it must not answer for the object any longer.
+        if namespace:
+            ctx: OperatorContext = memo.ctx
+            ctx.live.forget(kind, namespace, name)
+
     changed.__name__ = f"owned_{res.plural}"
+    unmanaged.__name__ = f"unmanaged_{res.plural}"
     kopf.on.event(res.group, res.version, res.plural, labels=MANAGED,
                   id=f"owned-{res.plural}")(changed)
+    kopf.on.event(res.group, res.version, res.plural, when=_unmanaged,
+                  id=f"unmanaged-{res.plural}")(unmanaged)
+
+
+def _unmanaged(labels: Any, **_: Any) -> bool:
+    return bool(labels.get(MANAGED_BY) != MANAGED_BY_VALUE)
 
 
 for _owned in OWNED_KINDS:
