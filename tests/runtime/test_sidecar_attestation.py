@@ -7,6 +7,7 @@ a test issuer, and a fake model. The ledger verifies what the sidecar sends; no 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -164,8 +165,14 @@ async def test_the_sidecar_sends_its_token_and_a_proof_and_is_granted(
     assert len(stack.agent.requests) == 1
     proofs = [h[PROOF_HEADER] for h in stack.seen_headers]
     assert len(set(proofs)) == len(proofs)  # one proof per lease request (its lease id)
-    grants = stack.ledger.registry.get_sample_value("dpserve_lease_grants_total",
-                                                    {"model_id": KEY})
+    # A prefetch the last request started may still be waiting for its grant (the answer
+    # does not wait for it): give it a moment, then every request with a token is granted.
+    for _ in range(100):
+        grants = stack.ledger.registry.get_sample_value("dpserve_lease_grants_total",
+                                                        {"model_id": KEY})
+        if grants == len(stack.seen_headers):
+            break
+        await asyncio.sleep(0.02)
     assert grants == len(stack.seen_headers)  # every request with a token was granted
     seen = stack.ledger.attestation.seen(KEY)
     assert seen.last is not None and seen.last.verdict.ok and seen.last.pod == POD
