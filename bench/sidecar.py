@@ -23,6 +23,11 @@ where latency and throughput move with everything else that runs. It falls as th
 rate rises (an event loop handles more requests per wake-up), so the sidecar costs more per
 request in front of the slower real model than in front of the echo.
 
+``--baseline DIR``: each target also gets a sidecar run from another checkout (``DIR``'s
+``inference-image`` and ``operator`` first on ``PYTHONPATH``, e.g. ``git worktree add
+/tmp/sidecar-before <commit>``), measured in the same rounds as ``before``; the lines
+``before/after`` compare the two sidecars (CPU per request, throughput, p50).
+
 Last line: ``overhead_p50_ms=<x> overhead_p99_ms=<y> throughput_ratio=<sidecar/bare>`` for
 the real model server (the ``model`` target). The echo worst case (the larger overheads and
 the smaller ratio of the two echo workloads) is printed on the line before it.
@@ -154,6 +159,8 @@ class Target:
     filter_port: int
     model_pid: int = 0
     filter_pid: int = 0
+    baseline_port: int = 0
+    baseline_pid: int = 0
 
 
 def _build_model_artifact(workdir: Path) -> tuple[Path, bytes]:
@@ -223,7 +230,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _start(processes: Processes, workdir: Path, targets: dict[str, Target],
-           ledger_port: int) -> None:
+           ledger_port: int, baseline: Path | None = None) -> None:
     fakes = ("-m", "dpserve_testkit.fakes")
     processes.start(*fakes, "ledger", "--port", str(ledger_port))
     artifact, model_body = _build_model_artifact(workdir)
@@ -245,15 +252,28 @@ def _start(processes: Processes, workdir: Path, targets: dict[str, Target],
         target.filter_pid = processes.start(
             "-m", "dpserve_runtime.filter", "--config", str(config),
             env={"POD_NAME": f"bench-{target.name}"})
+        if baseline is not None:
+            target.baseline_port = _free_port()
+            config = _sidecar_config(
+                workdir, f"{target.name}-before", target.model_port, ledger_port,
+                target.baseline_port, MODEL_MECHANISM if real else ECHO_MECHANISM,
+                artifact / "fingerprints.json" if real else None)
+            path = os.pathsep.join(str(baseline / d) for d in ("inference-image", "operator"))
+            target.baseline_pid = processes.start(
+                "-m", "dpserve_runtime.filter", "--config", str(config),
+                env={"POD_NAME": f"bench-{target.name}-before", "PYTHONPATH": path})
     for target in targets.values():
         _wait_ready(f"http://127.0.0.1:{target.model_port}/readyz")
         _wait_ready(f"http://127.0.0.1:{target.filter_port}/readyz")
+        if target.baseline_pid:
+            _wait_ready(f"http://127.0.0.1:{target.baseline_port}/readyz")
 
 
-def _measure(target: Target, proxied: bool, concurrency: int, seconds: float,
+def _measure(target: Target, kind: str, concurrency: int, seconds: float,
              warmup: float) -> dict[str, Any]:
-    pid = target.filter_pid if proxied else target.model_pid
-    port = target.filter_port if proxied else target.model_port
+    pid, port = {"bare": (target.model_pid, target.model_port),
+                 "sidecar": (target.filter_pid, target.filter_port),
+                 "before": (target.baseline_pid, target.baseline_port)}[kind]
     cpu = _cpu_seconds(pid)
     run = _run_load(f"http://127.0.0.1:{port}/v1/predict", target.body, concurrency, seconds,
                     warmup)
@@ -272,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.5, help="per round and target")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout whose sidecar is measured too, as 'before'")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     parser.add_argument("--body", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -285,23 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes()
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     serial: dict[tuple[str, str], dict[str, Any]] = {}
+    kinds = ("bare", "before", "sidecar") if args.baseline else ("bare", "sidecar")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         targets = {name: Target(name, workdir / f"{name}.body", _free_port(), _free_port())
                    for name in TARGETS}
         try:
-            _start(processes, workdir, targets, _free_port())
+            _start(processes, workdir, targets, _free_port(), args.baseline)
             for _ in range(args.rounds):
                 for target in targets.values():
-                    for kind in ("bare", "sidecar"):
+                    for kind in kinds:
                         results.setdefault((target.name, kind), []).append(_measure(
-                            target, kind == "sidecar", args.concurrency, args.seconds,
-                            args.warmup))
+                            target, kind, args.concurrency, args.seconds, args.warmup))
             # Unloaded latency: one request at a time, no queueing on the shared CPUs.
             for target in targets.values():
-                for kind in ("bare", "sidecar"):
+                for kind in kinds:
                     serial[(target.name, kind)] = _measure(
-                        target, kind == "sidecar", 1, args.seconds, args.warmup)
+                        target, kind, 1, args.seconds, args.warmup)
         finally:
             processes.stop()
 
@@ -326,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
               f"ms, throughput ratio {overheads[name][2]:.2f}; sidecar CPU "
               f"{proxied['cpu_ms'] / bare['cpu_ms']:.2f}x the upstream's; one at a time "
               f"+{serial_added:.2f} ms")
+    if args.baseline:
+        for name in TARGETS:
+            bare, old, new = (summaries[(name, k)] for k in ("bare", "before", "sidecar"))
+            print(f"before/after {name}: sidecar CPU {old['cpu_ms']:.3f} -> {new['cpu_ms']:.3f} "
+                  f"ms/req ({new['cpu_ms'] / old['cpu_ms']:.2f}x), throughput vs bare "
+                  f"{old['rps'] / bare['rps']:.2f} -> {new['rps'] / bare['rps']:.2f}, p50 "
+                  f"overhead {old['p50_ms'] - bare['p50_ms']:+.2f} -> "
+                  f"{new['p50_ms'] - bare['p50_ms']:+.2f} ms")
     echo = [overheads["echo-clean"], overheads["echo-pii"]]
     print(f"echo worst case (no model work): overhead_p50_ms={max(o[0] for o in echo):.2f} "
           f"overhead_p99_ms={max(o[1] for o in echo):.2f} "
