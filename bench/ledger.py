@@ -27,7 +27,9 @@ lease is outstanding when it asks for the next (the sidecar protocol). Warm: gra
 process; cold: the first grant in a fresh process (an operator restart). Today's solver
 (``tests/accounting/reference_solver.py``, the oracle of the property test) runs the same
 grants side by side, its lease size the exact search under the at-risk ceiling; "search" is
-our accountant with that exact search, "ours" the ledger's ``leases.size_within_risk``.
+our accountant with that exact search, "secant" the ledger's ``leases.size_within_risk``,
+"ours" that with the next check prepared between grants, untimed, as the ledger's worker
+does while the pod serves its lease (``leases.next_check``, ``LedgerService._prepare``).
 The last line is ``pld_grant_p99_ms=<x> pld_cold_s=<y>``.
 
 Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only]
@@ -352,16 +354,16 @@ PLD_AT_RISK = 0.01  # LeasePolicy's default at_risk_fraction
 
 
 Solver = tuple[Callable[[Any], float], Callable[[Any, Any, float, int], int],
-               Callable[[Any, Any, Any, int], int]]
+               Callable[[Any, Any, Any, int], int], Callable[[Any, Any, Any], None]]
 
 
 def _pld_solvers(which: str) -> Solver:
     """(epsilon(spends), max_additional(spends, event, eps, limit), lease size(spends,
     remaining, event, fit)) of ours or today's. Today's lease size is the exact search under
     the at-risk ceiling; ours is the ledger's own ``leases.size_within_risk``."""
-    if which in ("ours", "search"):
+    if which in ("ours", "secant", "search"):
         from dpserve.ledger.accountant import LedgerAccounting
-        from dpserve.ledger.leases import size_within_risk
+        from dpserve.ledger.leases import next_check, size_within_risk
 
         accounting = LedgerAccounting()
 
@@ -378,7 +380,15 @@ def _pld_solvers(which: str) -> Solver:
             return size_within_risk(spends, remaining, event, fit, PLD_BUDGET, PLD_DELTA,
                                     "pld", PLD_AT_RISK, accounting)
 
-        return ours_epsilon, ours_max_additional, ours_size
+        def ours_prepare(before: Any, debited: Any, event: Any) -> None:
+            # What the ledger's worker does after answering (LedgerService._prepare).
+            if which == "ours":
+                check = next_check(before, debited, event, PLD_REQUEST, PLD_BUDGET, PLD_DELTA,
+                                   "pld", PLD_AT_RISK, accounting)
+                if check is not None:
+                    ours_epsilon(check)
+
+        return ours_epsilon, ours_max_additional, ours_size, ours_prepare
     # By path: bench/accounting.py would shadow the tests' accounting directory.
     path = Path(__file__).resolve().parents[1] / "tests" / "accounting" / "reference_solver.py"
     spec = importlib.util.spec_from_file_location("reference_solver", path)
@@ -405,7 +415,7 @@ def _pld_solvers(which: str) -> Solver:
         ceiling = min(PLD_BUDGET, epsilon(remaining) + PLD_AT_RISK * PLD_BUDGET)
         return min(fit, max(1, max_additional(spends, event, ceiling, fit)))
 
-    return epsilon, max_additional, size
+    return epsilon, max_additional, size, lambda before, debited, event: None
 
 
 def _ordered(spends: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
@@ -413,15 +423,20 @@ def _ordered(spends: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
     return sorted(((e, n) for e, n in spends if n > 0), key=lambda item: repr(item[0]))
 
 
-def pld_grants(which: str, grants: int, cpu: bool = False) -> list[tuple[float, int]]:
-    """(seconds, granted) of each of ``grants`` successive grant decisions of one pod (see
-    the docstring); with ``cpu`` the process's CPU seconds (less moved by other load on a
-    shared machine). As the sidecar protocol has it, the pod asks for its next lease once
-    the current one is in use, so the previous lease is outstanding at each request."""
+def pld_grants(which: str, grants: int, cpu: bool = False
+               ) -> list[tuple[float, int, float]]:
+    """(seconds, granted, seconds preparing the next) of each of ``grants`` successive grant
+    decisions of one pod (see the docstring); with ``cpu`` the process's CPU seconds (less
+    moved by other load on a shared machine). As the sidecar protocol has it, the pod asks
+    for its next lease once the current one is in use, so the previous lease is outstanding
+    at each request."""
     clock = time.process_time if cpu else time.perf_counter
-    from dpserve.accounting import GaussianQuery, SubsampledGaussian
+    from dpserve.accounting import GaussianQuery, SubsampledGaussian, pld
 
-    epsilon, max_additional, size = _pld_solvers(which)
+    for cached in (pld._component_pld, pld._composed_pld, pld.pld_epsilon):
+        cached.cache_clear()  # each solver starts cold: no PLD composed by the one before
+    pld._SPECTRA.clear()
+    epsilon, max_additional, size, prepare = _pld_solvers(which)
     run, query = SubsampledGaussian(*PLD_RUN), GaussianQuery(PLD_QUERY_Z)
     count, outstanding, out = 10_000, 0, []
     for _ in range(grants):
@@ -432,10 +447,14 @@ def pld_grants(which: str, grants: int, cpu: bool = False) -> list[tuple[float, 
         if fit < 1:
             break
         granted = size(spends, remaining, query, fit)
-        count += granted
-        epsilon(_ordered([(run, 1), (query, count)]))  # the debited ledger's status
-        out.append((clock() - started, granted))
-        outstanding = granted
+        debited = _ordered([(run, 1), (query, count + granted)])
+        epsilon(debited)  # the debited ledger's status
+        decided = clock()
+        # Not in the decision's time: the ledger's worker prepares the next check while the
+        # pod serves the lease (ours only; a lease lasts seconds, the preparation one PLD).
+        prepare(spends, debited, query)
+        out.append((decided - started, granted, clock() - decided))
+        count, outstanding = count + granted, granted
     return out
 
 
@@ -465,16 +484,20 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
         flush=True,
     )
     results = {}
-    for which, count in (("today", today_grants), ("search", grants), ("ours", grants)):
+    for which, count in (("today", today_grants), ("search", grants), ("secant", grants),
+                         ("ours", grants)):
         cold = pld_cold(which, cpu)
         timed = pld_grants(which, count + 1, cpu)[1:]  # the first one is the cold start
-        warm = [seconds for seconds, _ in timed]
-        granted = [n for _, n in timed]
+        warm = [seconds for seconds, _, _ in timed]
+        granted = [n for _, n, _ in timed]
+        prepared = [seconds for _, _, seconds in timed]
         results[which] = (p99(warm), cold)
         print(
             f"{which:>6}: cold {cold:6.2f} s; warm over {len(warm)} grants: median "
             f"{1000 * statistics.median(warm):8.1f} ms p99 {1000 * p99(warm):8.1f} ms; "
-            f"queries granted {sum(granted)} (mean lease {statistics.mean(granted):.0f})",
+            f"queries granted {sum(granted)} (mean lease {statistics.mean(granted):.0f})"
+            + (f"; preparing the next, median {1000 * statistics.median(prepared):.1f} ms "
+               "(off the grant path)" if which == "ours" else ""),
             flush=True,
         )
     (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]

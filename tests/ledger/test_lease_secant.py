@@ -6,15 +6,32 @@ spends the status will have) stays within ``ε(ledger - outstanding) + 1% * limi
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ledger_helpers import (
+    GAUSS,
+    NS,
+    Clock,
+    FakeReviewer,
+    budget_spec,
+    lease_body,
+    make_service,
+    model_spec,
+)
 
+from dpserve.accounting import pld as pld_lib
 from dpserve.accounting.events import Event, GaussianQuery, LaplaceQuery, Spend, SubsampledGaussian
+from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
+from dpserve.ledger import events as ev
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.leases import size_within_risk
+from dpserve.ledger.outcomes import Prefetch
+from dpserve_testkit.memory_store import MemoryStore
 
 DELTA, LIMIT, FRACTION = 1e-6, 8.0, 0.01
 RUN = SubsampledGaussian(1.1, 256 / 60000, 2000)
@@ -66,12 +83,16 @@ def test_one_exact_check_instead_of_a_search_and_the_rule_holds() -> None:
 
 def test_outstanding_leases_of_another_event_leave_it_to_the_search() -> None:
     accounting = Counting()
-    laplace = LaplaceQuery(50.0)
+    laplace = LaplaceQuery(500.0)
     spends = ordered({RUN: 1, QUERY: 10_000, laplace: 40})
-    remaining = ordered({RUN: 1, QUERY: 9_700, laplace: 30})
+    remaining = ordered({RUN: 1, QUERY: 9_950, laplace: 39})
     size = size_within_risk(spends, remaining, QUERY, 500, LIMIT, DELTA, "pld", FRACTION,
                             accounting)
-    assert accounting.searches == 1
+    base = accounting.epsilon(remaining, DELTA, "pld")
+    if accounting.epsilon(spends, DELTA, "pld") >= min(LIMIT, base + FRACTION * LIMIT):
+        assert size == 1  # the outstanding leases hold the whole 1%: the minimum lease
+    else:
+        assert accounting.searches == 1
     assert size == exact(accounting.inner, spends, remaining, QUERY, 500)
 
 
@@ -114,3 +135,50 @@ def test_the_rule_holds_on_mixed_ledgers(scale: float, count: int, outstanding: 
     if size > 1:
         debited = ordered({laplace: count + size, gaussian: queries})
         assert accounting.epsilon(debited, DELTA, "pld") <= min(LIMIT, base + FRACTION * LIMIT)
+
+
+async def test_the_next_lease_of_a_pod_finds_its_check_composed(
+    store: MemoryStore, reviewer: FakeReviewer, clock: Clock
+) -> None:
+    # A pld budget holding a DP-SGD run (a Poisson PLD), a gaussian model, one pod.
+    store.put_budget(NS, "patients", budget_spec(accountant="pld"))
+    store.put_model(NS, "triage", model_spec(GAUSS))
+    service = make_service(store, reviewer, clock=clock)
+    run = TrainingSpend(noise_multiplier="1.1", sample_rate="0.01", steps=1000)
+    await service.record_training(NS, "patients", consumer=f"{NS}/triage", model_version="v1",
+                                  spend=run)
+    loop = asyncio.get_running_loop()
+
+    async def lease(number: int) -> int:
+        body = lease_body(f"lease-{number}", mech=GAUSS, requested=2000)
+        grant = await service.lease(json.dumps(body).encode(), "Bearer tok-triage")
+        # The ledger's worker runs in order: once this no-op ran, so did the prefetch.
+        await loop.run_in_executor(service._executor, lambda: None)
+        return grant.granted
+
+    prepared: list[Prefetch] = []
+    prepare = service._prepare
+    measuring = False
+
+    def capture(prefetch: Prefetch) -> None:
+        if not measuring:  # nothing prepared after the measured grant
+            prepared.append(prefetch)
+            prepare(prefetch)
+
+    service._prepare = capture  # type: ignore[method-assign]
+    try:
+        # The pod's leases alternate (its previous lease holds most of the 1% at risk):
+        # a big one by the exact search (nothing outstanding yet), then 1, then a big one by
+        # the secant over that 1 -- whose check was prepared after the second grant.
+        first, second = await lease(1), await lease(2)
+        assert prepared, "the second grant prepared the third's check"
+        composed = pld_lib._composed_pld.cache_info().misses
+        measuring = True
+        third = await lease(3)
+        assert pld_lib._composed_pld.cache_info().misses == composed  # nothing composed
+        status = PrivacyBudgetStatus.model_validate(store.budget(NS, "patients")["status"])
+        assert tuple(ev.spends(status.ledger)) == prepared[-1].spends  # the prediction hit
+        assert first > 1 and second == 1 and third > 1
+        assert sum(e.count for e in status.ledger if e.kind == "query") == first + second + third
+    finally:
+        await service.stop()

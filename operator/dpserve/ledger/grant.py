@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from dpserve.accounting.events import Event
+from dpserve.accounting.events import Event, Spend
 from dpserve.api.privacybudget import (
     LeaseRecord,
     LedgerEntry,
@@ -33,9 +33,9 @@ from dpserve.ledger.evaluation import (
     ledger_epsilon,
 )
 from dpserve.ledger.lease_ids import parse, pool_tag
-from dpserve.ledger.leases import high_water, lease_size, prune_leases
+from dpserve.ledger.leases import high_water, lease_size, next_check, prune_leases
 from dpserve.ledger.limits import LeasePolicy, Limits
-from dpserve.ledger.outcomes import Grant, GrantRequest, Refusal
+from dpserve.ledger.outcomes import Grant, GrantRequest, Prefetch, Refusal
 from dpserve.ledger.rounding import format_up, remaining
 from dpserve.ledger.status import compute_status
 from dpserve.ledger.training import charge_training
@@ -257,7 +257,21 @@ def _paid_grant(
         accounting=ctx.accounting,
     )
     spent, left = ledger_numbers(update.status, partition)
-    return Grant(update.status, granted, lease, spent, left, changed=True, events=update.events)
+    return Grant(update.status, granted, lease, spent, left, changed=True, events=update.events,
+                 prefetch=_prefetch(ctx, sub_spends, ev.spends(on_ledger(debited, partition)),
+                                    event, limit))
+
+
+def _prefetch(ctx: _Context, before: list[Spend], debited: list[Spend], event: Event,
+              limit: float) -> Prefetch | None:
+    """What the same pod's next lease will check (pld), for the ledger to compute early."""
+    limits = ctx.limits
+    try:
+        spends = next_check(before, debited, event, ctx.request.requested, limit, limits.delta,
+                            limits.kind, ctx.policy.at_risk_fraction, ctx.accounting)
+    except ACCOUNTING_ERRORS:
+        return None  # only a head start: the next grant decides (and reports) on its own
+    return None if spends is None else Prefetch(tuple(spends), limits.delta, limits.kind)
 
 
 def _exhausted(

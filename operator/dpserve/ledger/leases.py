@@ -184,6 +184,8 @@ def size_within_risk(
     base = finite_epsilon(accounting.epsilon(remaining, delta, kind), "ledger")
     ceiling = min(limit, base + at_risk_fraction * limit)
     if kind == "pld":
+        if accounting.epsilon(spends, delta, kind) >= ceiling:
+            return 1  # the outstanding leases hold the whole 1%: the minimum lease
         checked = _secant_size(spends, remaining, base, event, fit, ceiling, delta, kind,
                                accounting)
         if checked is not None:
@@ -220,6 +222,26 @@ def _secant_size(
     None (the exact search decides) when the outstanding leases are not all of this event,
     the secant is flat, or the check fails.
     """
+    current = finite_epsilon(accounting.epsilon(spends, delta, kind), "ledger")
+    predicted = _secant(spends, remaining, base, current, event, fit, ceiling)
+    if predicted is None:
+        return None
+    size, debited = predicted
+    if not accounting.epsilon(debited, delta, kind) <= ceiling:  # NaN and inf fail too
+        return None
+    return size
+
+
+def _secant(
+    spends: Sequence[Spend],
+    remaining: Sequence[Spend],
+    base: float,
+    current: float,
+    event: Event,
+    fit: int,
+    ceiling: float,
+) -> tuple[int, list[Spend]] | None:
+    """The secant's lease size and the spends of the ledger debited by it (unchecked)."""
     now = dict(spends)
     before = dict(remaining)
     if set(now) - {event} != set(before) - {event} or any(
@@ -227,15 +249,50 @@ def _secant_size(
     ):
         return None  # the outstanding leases spent other events too: no single slope
     grown = now.get(event, 0) - before.get(event, 0)
-    current = finite_epsilon(accounting.epsilon(spends, delta, kind), "ledger")
     if grown <= 0 or current <= base or current >= ceiling:
         return None
     slope = (current - base) / grown
     size = min(fit, math.floor(SECANT_MARGIN * (ceiling - current) / slope))
     if size < 1:
         return None
-    after = {**now, event: now.get(event, 0) + size}
-    debited = sorted(after.items(), key=lambda item: repr(item[0]))  # as ev.spends orders
-    if not accounting.epsilon(debited, delta, kind) <= ceiling:  # NaN and inf fail too
+    return size, _plus(spends, event, size)
+
+
+def _plus(spends: Sequence[Spend], event: Event, count: int) -> list[Spend]:
+    """``spends`` with ``count`` more of ``event``, merged and ordered as ``ev.spends`` does
+    for the debited ledger (so both are one cache key)."""
+    after = dict(spends)
+    after[event] = after.get(event, 0) + count
+    return sorted(after.items(), key=lambda item: repr(item[0]))
+
+
+def next_check(
+    before: Sequence[Spend],
+    debited: Sequence[Spend],
+    event: Event,
+    requested: int,
+    limit: float,
+    delta: float,
+    kind: str,
+    at_risk_fraction: float,
+    accounting: Accounting,
+) -> list[Spend] | None:
+    """The spends whose ε the same pod's next lease will check, if nothing else changes.
+
+    A pld grant costs one new PLD (the check in :func:`_secant_size`); the pod's next
+    request, with this lease outstanding, will check the ledger that request debits. Both
+    secant points of that request are known now (ε before and after this grant, computed by
+    this grant), so the ledger can compose that PLD while the pod serves this lease, off the
+    grant path; without a secant lease (this one holds about the whole 1%) the next is the
+    minimum lease of 1. None for rdp (nothing slow to prepare).
+    """
+    if kind != "pld":
         return None
-    return size
+    base = accounting.epsilon(before, delta, kind)
+    current = accounting.epsilon(debited, delta, kind)
+    if not (math.isfinite(base) and math.isfinite(current)):
+        return None
+    ceiling = min(limit, base + at_risk_fraction * limit)
+    predicted = _secant(debited, before, base, current, event, requested, ceiling)
+    # No secant lease: this one holds (nearly) the whole 1%, the next is the minimum of 1.
+    return _plus(debited, event, 1) if predicted is None else predicted[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dpserve.accounting.events import Spend
 from dpserve.api.lease import LeaseErrorReason
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.privacybudget import LeaseRecord, PrivacyBudgetStatus, TrainingSpend
@@ -40,6 +41,15 @@ class GrantRequest:
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """ε the ledger may compute after answering: what the pod's next lease will check."""
+
+    spends: tuple[Spend, ...]
+    delta: float
+    kind: str
+
+
+@dataclass(frozen=True)
 class Grant:
     status: PrivacyBudgetStatus
     granted: int
@@ -49,6 +59,7 @@ class Grant:
     changed: bool  # the status must be persisted before answering
     replay: bool = False  # the lease id was granted before: same answer, no debit
     events: tuple[BudgetEvent, ...] = ()
+    prefetch: Prefetch | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ pure decisions).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ from dpserve.ledger.evidence import SpendGuard
 from dpserve.ledger.handlers import build_app
 from dpserve.ledger.metrics import LedgerMetrics, metrics_for
 from dpserve.ledger.modelview import ModelReader, ModelView
+from dpserve.ledger.outcomes import Prefetch
 from dpserve.ledger.podcheck import ModelRef, Peer, PodVerifier
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.store import NotFound, Store, Unavailable
@@ -282,7 +284,24 @@ class LedgerService:
                 result.reason, result.message, result.epsilon_spent, result.epsilon_remaining,
                 high_water=result.high_water,
             )
+        if result.prefetch is not None:
+            self._prepare(result.prefetch)
         return result
+
+    def _prepare(self, prefetch: Prefetch) -> None:
+        """Compose the PLD the pod's next lease will check, after this grant was answered.
+
+        On the same worker as the decisions: a decision arriving meanwhile waits for it and
+        then finds it cached instead of composing it a second time in parallel.
+        """
+        def run() -> None:
+            try:
+                self.accounting.epsilon(prefetch.spends, prefetch.delta, prefetch.kind)
+            except Exception:  # a head start only: the next grant decides (and reports)
+                log.debug("prefetch of a lease check failed", exc_info=True)
+
+        with contextlib.suppress(RuntimeError):  # the executor is shut down: stopping
+            self._executor.submit(run)
 
     # ------------------------------------------------------------------ controller API
 
