@@ -90,6 +90,7 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float,
 
     latencies: list[float] = []
     errors = total = 0
+    cpu = time.process_time()
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
@@ -115,7 +116,8 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float,
                         errors += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"latencies": latencies, "errors": errors, "seconds": seconds, "total": total}
+    return {"latencies": latencies, "errors": errors, "seconds": seconds, "total": total,
+            "loadgen_cpu": time.process_time() - cpu}
 
 
 def _run_load(url: str, body_path: Path, concurrency: int, seconds: float,
@@ -219,13 +221,19 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     if not latencies:
         raise RuntimeError("no successful requests")
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    total = sum(run["total"] for run in runs)
     return {
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": p99 * 1000,
         "rps": len(latencies) / seconds,
         "errors": float(sum(run["errors"] for run in runs)),
         # CPU the server process (model or sidecar) spent per request it served.
-        "cpu_ms": 1000 * sum(run["cpu"] for run in runs) / sum(run["total"] for run in runs),
+        "cpu_ms": 1000 * sum(run["cpu"] for run in runs) / total,
+        # CPU of every process on the request's path (load generator, sidecar, upstream).
+        "chain_cpu_ms": 1000 * sum(run["cpu"] + run["upstream_cpu"] + run["loadgen_cpu"]
+                                   for run in runs) / total,
+        "loadgen_cpu_ms": 1000 * sum(run["loadgen_cpu"] for run in runs) / total,
+        "upstream_cpu_ms": 1000 * sum(run["upstream_cpu"] for run in runs) / total,
     }
 
 
@@ -274,16 +282,41 @@ def _measure(target: Target, kind: str, concurrency: int, seconds: float,
     pid, port = {"bare": (target.model_pid, target.model_port),
                  "sidecar": (target.filter_pid, target.filter_port),
                  "before": (target.baseline_pid, target.baseline_port)}[kind]
+    # The upstream serves the proxied runs too: its CPU is part of the chain's.
+    upstream = target.model_pid if kind != "bare" else None
     cpu = _cpu_seconds(pid)
+    upstream_cpu = _cpu_seconds(upstream) if upstream else 0.0
     run = _run_load(f"http://127.0.0.1:{port}/v1/predict", target.body, concurrency, seconds,
                     warmup)
     run["cpu"] = _cpu_seconds(pid) - cpu
+    run["upstream_cpu"] = (_cpu_seconds(upstream) - upstream_cpu) if upstream else 0.0
     return run
 
 
 def _overhead(bare: dict[str, float], proxied: dict[str, float]) -> tuple[float, float, float]:
     return (proxied["p50_ms"] - bare["p50_ms"], proxied["p99_ms"] - bare["p99_ms"],
             proxied["rps"] / bare["rps"])
+
+
+def _cpu_bound(name: str, bare: dict[str, float], proxied: dict[str, float]) -> str:
+    """Whether the throughput ratio is what the CPU the path costs allows on these cores.
+
+    With every core busy, throughput is cores / (CPU per request summed over the processes
+    on the path), so the ratio the CPUs allow is the bare sum over the proxied sum. With a
+    core per process, the busiest process bounds each path instead (an estimate: CPU per
+    request falls as the rate rises).
+    """
+    path_bare = (bare["loadgen_cpu_ms"], bare["cpu_ms"])
+    path_proxied = (proxied["loadgen_cpu_ms"], proxied["cpu_ms"], proxied["upstream_cpu_ms"])
+    return (f"{name}: CPU ms/req on the path: bare load {path_bare[0]:.3f} + upstream "
+            f"{path_bare[1]:.3f} = {bare['chain_cpu_ms']:.3f}; through the sidecar load "
+            f"{path_proxied[0]:.3f} + sidecar {path_proxied[1]:.3f} + upstream "
+            f"{path_proxied[2]:.3f} = {proxied['chain_cpu_ms']:.3f}; cores busy "
+            f"{bare['chain_cpu_ms'] * bare['rps'] / 1000:.2f} / "
+            f"{proxied['chain_cpu_ms'] * proxied['rps'] / 1000:.2f}; ratio the CPU allows "
+            f"{bare['chain_cpu_ms'] / proxied['chain_cpu_ms']:.2f} (measured "
+            f"{proxied['rps'] / bare['rps']:.2f}), with a core per process ~"
+            f"{max(path_bare) / max(path_proxied):.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
               f"ms, throughput ratio {overheads[name][2]:.2f}; sidecar CPU "
               f"{proxied['cpu_ms'] / bare['cpu_ms']:.2f}x the upstream's; one at a time "
               f"+{serial_added:.2f} ms")
+    for name in TARGETS:
+        print(_cpu_bound(name, summaries[(name, "bare")], summaries[(name, "sidecar")]))
     if args.baseline:
         for name in TARGETS:
             bare, old, new = (summaries[(name, k)] for k in ("bare", "before", "sidecar"))
