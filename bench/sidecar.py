@@ -215,6 +215,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _peak_rss_mib(pid: int) -> float:
+    """The peak resident memory of a process (VmHWM), from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     latencies = sorted(x for run in runs for x in run["latencies"])
     seconds = sum(run["seconds"] for run in runs)
@@ -357,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in kinds:
                     serial[(target.name, kind)] = _measure(
                         target, kind, 1, args.seconds, args.warmup)
+            rss = {(target.name, kind): _peak_rss_mib(pid) for target in targets.values()
+                   for kind, pid in (("sidecar", target.filter_pid),
+                                     ("before", target.baseline_pid)) if pid}
         finally:
             processes.stop()
 
@@ -381,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
               f"ms, throughput ratio {overheads[name][2]:.2f}; sidecar CPU "
               f"{proxied['cpu_ms'] / bare['cpu_ms']:.2f}x the upstream's; one at a time "
               f"+{serial_added:.2f} ms")
+    print("sidecar peak RSS MiB: " + ", ".join(
+        f"{name} {kind} {mib:.0f}" for (name, kind), mib in sorted(rss.items())))
     for name in TARGETS:
         print(_cpu_bound(name, summaries[(name, "bare")], summaries[(name, "sidecar")]))
     if args.baseline:

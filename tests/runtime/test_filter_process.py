@@ -104,6 +104,53 @@ def test_sidecar_process_end_to_end(processes: tuple[int, subprocess.Popen[bytes
     assert EMAIL not in out.decode()
 
 
+def _mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_sidecar_process_loads_neither_torch_nor_transformers(
+    processes: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    """The inference image has torch and transformers (the model server's); the sidecar
+    never uses them, and importable they cost it ~320 MiB of its 512 MiB limit."""
+    port, sidecar = processes
+    assert _post(f"http://127.0.0.1:{port}/v1/predict", b'{"inputs": [[1.0]]}')[0] == 200
+    maps = _mapped_libraries(sidecar.pid)
+    assert "presidio" in maps or "regex" in maps  # the analyzer's libraries are there
+    assert "libtorch" not in maps and "/transformers/" not in maps
+
+
+# A fresh interpreter that blocks the stacks as the sidecar's main() does, then analyses.
+_BLOCKED = (
+    "import json, sys\n"
+    "from dpserve_runtime.filter.__main__ import keep_unused_ml_stacks_out\n"
+    "keep_unused_ml_stacks_out()\n"
+    "from dpserve_runtime.filter.pii import PiiAnalyzer\n"
+    "analyzer = PiiAnalyzer(['EMAIL_ADDRESS', 'PERSON', 'LOCATION'], cache_size=0)\n"
+    "found = analyzer.analyze('Write to John Smith in Boston at john.smith@example.com.')\n"
+    "print(json.dumps({'entities': sorted({f.entity_type for f in found}),\n"
+    "                  'loaded': [m for m in ('torch', 'transformers')\n"
+    "                             if sys.modules.get(m) is not None]}))\n"
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing Presidio and the name data
+@pytest.mark.parametrize("spacy_model", ["", "/opt/pipelines/en_core_web_trf"])
+def test_blocking_the_unused_stacks_keeps_every_entity_detectable(spacy_model: str) -> None:
+    """PERSON, LOCATION and patterns still found with torch and transformers blocked; an
+    image that names its own spaCy pipeline (perhaps a transformer one) keeps both."""
+    env = {**os.environ, "DPSERVE_SPACY_MODEL": spacy_model}
+    done = subprocess.run([sys.executable, "-c", _BLOCKED], capture_output=True, text=True,
+                          timeout=300, env=env, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["entities"] == ["EMAIL_ADDRESS", "LOCATION", "PERSON"]
+    if spacy_model:
+        assert result["loaded"] == ["torch", "transformers"]  # Presidio imported both
+    else:
+        assert result["loaded"] == []
+
+
 def test_bad_config_exits_with_message(tmp_path: Path) -> None:
     config = tmp_path / "filter.json"
     config.write_text(json.dumps({"model": "Not A Key", "mechanism": {}, "ledgerUrl": "x"}))

@@ -101,6 +101,24 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+# Presidio's package imports its transformers NER engine, and spaCy's thinc imports torch,
+# whenever they are installed, and the inference image has both for the model server. The
+# sidecar uses neither: its NLP engine is Presidio's no-op one or a spaCy CNN pipeline
+# (en_core_web_{lg,md,sm}). Importable, they cost it ~3 s of start-up and ~320 MiB of
+# resident memory, most of its 512 MiB limit (bench/sidecar.py prints the RSS).
+UNUSED_ML_STACKS = ("torch", "transformers")
+
+
+def keep_unused_ml_stacks_out() -> None:
+    """Make ``import torch`` / ``import transformers`` fail in this process (both libraries
+    treat that as "not installed"), unless one is already loaded or the image names its own
+    spaCy pipeline, which may be a transformer one (spacy-transformers needs both)."""
+    if os.environ.get("DPSERVE_SPACY_MODEL", "").strip():
+        return
+    for name in UNUSED_ML_STACKS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -133,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpserve-filter: {exc}", file=sys.stderr)
         return 2
     pod_name = os.environ.get("POD_NAME") or config.pod_name or socket.gethostname()
-    # Imported after the config is valid: Presidio and spaCy take seconds to import.
+    # Imported after the config is valid: Presidio and spaCy take a second to import.
+    keep_unused_ml_stacks_out()
     from dpserve_runtime.filter.app import create_app
     from dpserve_runtime.filter.auditlog import StreamAuditSink
     from dpserve_runtime.filter.pii import UndetectableEntityError
