@@ -108,3 +108,55 @@ def test_written_answer_not_trusted_once_its_echo_is_overdue(
     assert cache.get(*K) is None
     assert not cache.seen(*K, obj("6"))
     assert cache.get(*K) == obj("6")
+
+
+def test_no_entry_is_trusted_past_its_age(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also entries the watch brought: one it never reports deleted (a watch restart's gap)
+    is read from the server again once it is older than LIVE_TTL_S."""
+    clock = [100.0]
+    monkeypatch.setattr(livecache.time, "monotonic", lambda: clock[0])
+    cache = LiveCache()
+    assert not cache.seen(*K, obj("1"))
+    clock[0] += livecache.LIVE_TTL_S - 1
+    assert cache.get(*K) == obj("1")
+    clock[0] += 2
+    assert cache.get(*K) is None
+    assert not cache.seen(*K, obj("2"))  # shown again: trusted again
+    assert cache.get(*K) == obj("2")
+
+
+class _Server:
+    """A namespace of ConfigMaps as an API server holds them (get, create, replace)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.version = 0
+
+    async def get(self, res: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(name)
+
+    async def create(self, res: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        stored = {**body, "metadata": {**body["metadata"],
+                                       "resourceVersion": str(self.version)}}
+        self.objects[body["metadata"]["name"]] = stored
+        return stored
+
+
+async def test_a_child_deleted_unseen_is_recreated_once_the_entry_is_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dpserve.controllers.children import apply
+
+    clock = [100.0]
+    monkeypatch.setattr(livecache.time, "monotonic", lambda: clock[0])
+    server, cache = _Server(), LiveCache()
+    desired = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "v"},
+               "metadata": {"name": "m-filter", "namespace": "ns"}}
+    assert (await apply(server, "ConfigMap", desired, "uid-1", cache=cache)).action == "created"
+    live = server.objects["m-filter"]
+    assert cache.seen("ConfigMap", "ns", "m-filter", live)  # the write's own echo
+    del server.objects["m-filter"]  # deleted while the watch was down: no event
+    clock[0] += livecache.LIVE_TTL_S + 1
+    assert (await apply(server, "ConfigMap", desired, "uid-1", cache=cache)).action == "created"
+    assert "m-filter" in server.objects

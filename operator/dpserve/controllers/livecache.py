@@ -16,6 +16,12 @@ resourceVersion it read, and the server refuses it (409, then the entry is dropp
 reconcile retried); a change not seen yet is on its way as an event, which queues the
 reconcile again.
 
+Every entry is also trusted for at most :data:`LIVE_TTL_S` after the server last showed it
+(an event or a write's answer): after a watch restart Kopf lists the objects again but reports
+no deletion for one removed during the gap, and such a child (the model's NetworkPolicy, say)
+must not stay "unchanged" in the cache; past the age a reconcile reads it again and recreates
+it if it is gone.
+
 Entries are the server's own dicts and are shared with the caller: read-only.
 """
 
@@ -29,6 +35,9 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 # A written answer whose watch event has not come back by then is no longer trusted (the
 # watch may be down or restarted past it): the next read is a GET again.
 PENDING_TTL_S = 30.0
+# Any entry: how long what the server last showed is used without asking it again. Long
+# enough to spare a read per child while models roll out (1,000 models take ~50 s).
+LIVE_TTL_S = 120.0
 
 
 def resource_version(obj: Obj | None) -> str | None:
@@ -38,7 +47,7 @@ def resource_version(obj: Obj | None) -> str | None:
 
 class LiveCache:
     def __init__(self) -> None:
-        self._live: dict[Key, Obj] = {}
+        self._live: dict[Key, tuple[Obj, float]] = {}  # the object, when it was shown
         # Version written and when: its watch event not seen yet.
         self._pending: dict[Key, tuple[str, float]] = {}
         self._in_flight: dict[Key, bool] = {}  # writes under way: did an event arrive?
@@ -46,11 +55,18 @@ class LiveCache:
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         """The child if known (read-only); None means unknown, not absent."""
         key = (kind, namespace, name)
+        now = time.monotonic()
         pending = self._pending.get(key)
-        if pending is not None and time.monotonic() - pending[1] > PENDING_TTL_S:
+        if pending is not None and now - pending[1] > PENDING_TTL_S:
             del self._pending[key]
             self._live.pop(key, None)
-        return self._live.get(key)
+        entry = self._live.get(key)
+        if entry is None:
+            return None
+        if now - entry[1] > LIVE_TTL_S:
+            del self._live[key]
+            return None
+        return entry[0]
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop what is known (a replace was refused as stale, or the object no longer
@@ -74,8 +90,9 @@ class LiveCache:
         if answer is None or version is None or disturbed:
             self._live.pop(key, None)
             return
-        self._live[key] = answer
-        self._pending[key] = (version, time.monotonic())
+        now = time.monotonic()
+        self._live[key] = (answer, now)
+        self._pending[key] = (version, now)
 
     def seen(self, kind: str, namespace: str, name: str, obj: Obj | None) -> bool:
         """A watch event (``obj`` None: deleted); True when it brings back the version the
@@ -89,11 +106,11 @@ class LiveCache:
             return False
         pending = self._pending.get(key)
         if pending is None:
-            self._live[key] = obj
+            self._live[key] = (obj, time.monotonic())
             return False
         if resource_version(obj) == pending[0]:
             del self._pending[key]
-            self._live[key] = obj
+            self._live[key] = (obj, time.monotonic())
             return True
         # Events before the write's own comes back are older than the answer held.
         self._live.pop(key, None)
