@@ -29,8 +29,9 @@ from dpserve.accounting.events import Event, GaussianQuery, LaplaceQuery, Spend,
 from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
 from dpserve.ledger import events as ev
 from dpserve.ledger.accountant import LedgerAccounting
-from dpserve.ledger.leases import size_within_risk
+from dpserve.ledger.leases import next_check, size_within_risk
 from dpserve.ledger.outcomes import Prefetch
+from dpserve.ledger.service import LedgerService
 from dpserve_testkit.memory_store import MemoryStore
 
 DELTA, LIMIT, FRACTION = 1e-6, 8.0, 0.01
@@ -177,8 +178,55 @@ async def test_the_next_lease_of_a_pod_finds_its_check_composed(
         third = await lease(3)
         assert pld_lib._composed_pld.cache_info().misses == composed  # nothing composed
         status = PrivacyBudgetStatus.model_validate(store.budget(NS, "patients")["status"])
-        assert tuple(ev.spends(status.ledger)) == prepared[-1].spends  # the prediction hit
+        assert ev.spends(status.ledger) == _predicted(service, prepared[-1])  # it hit
         assert first > 1 and second == 1 and third > 1
         assert sum(e.count for e in status.ledger if e.kind == "query") == first + second + third
+    finally:
+        await service.stop()
+
+
+def _predicted(service: LedgerService, p: Prefetch) -> list[Spend] | None:
+    return next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta, "pld",
+                      p.at_risk_fraction, service.accounting)
+
+
+async def test_another_pods_outstanding_lease_does_not_spoil_the_prepared_check(
+    store: MemoryStore, reviewer: FakeReviewer, clock: Clock
+) -> None:
+    """The next lease's rule starts from the ledger minus every other pod's outstanding
+    lease; the preparation must start there too, or with two pods it is always wasted."""
+    store.put_budget(NS, "patients", budget_spec(accountant="pld"))
+    store.put_model(NS, "triage", model_spec(GAUSS))
+    reviewer.add("tok-other", "triage", pod="triage-other")
+    service = make_service(store, reviewer, clock=clock)
+    run = TrainingSpend(noise_multiplier="1.1", sample_rate="0.01", steps=1000)
+    await service.record_training(NS, "patients", consumer=f"{NS}/triage", model_version="v1",
+                                  spend=run)
+    loop = asyncio.get_running_loop()
+
+    async def lease(number: int, pod: str | None = None, token: str = "tok-triage") -> int:
+        extra = {"pod": pod} if pod else {}
+        body = lease_body(f"lease-{number}", mech=GAUSS, requested=2000, **extra)
+        grant = await service.lease(json.dumps(body).encode(), f"Bearer {token}")
+        await loop.run_in_executor(service._executor, lambda: None)  # preparation done
+        return grant.granted
+
+    prepare = service._prepare
+    measuring = False
+
+    def capture(prefetch: Prefetch) -> None:
+        if not measuring:  # nothing prepared after the measured grant
+            prepare(prefetch)
+
+    service._prepare = capture  # type: ignore[method-assign]
+    try:
+        await lease(1)
+        await lease(1, pod="triage-other", token="tok-other")  # outstanding from now on
+        await lease(2)
+        await lease(3)
+        composed = pld_lib._composed_pld.cache_info().misses
+        measuring = True
+        await lease(4)
+        assert pld_lib._composed_pld.cache_info().misses == composed  # nothing composed
     finally:
         await service.stop()

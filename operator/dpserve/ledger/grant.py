@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from dpserve.accounting.events import Event, Spend
+from dpserve.accounting.events import Event
 from dpserve.api.privacybudget import (
     LeaseRecord,
     LedgerEntry,
@@ -33,7 +33,7 @@ from dpserve.ledger.evaluation import (
     ledger_epsilon,
 )
 from dpserve.ledger.lease_ids import parse, pool_tag
-from dpserve.ledger.leases import high_water, lease_size, next_check, prune_leases
+from dpserve.ledger.leases import high_water, lease_size, prune_leases, subtract_outstanding
 from dpserve.ledger.limits import LeasePolicy, Limits
 from dpserve.ledger.outcomes import Grant, GrantRequest, Prefetch, Refusal
 from dpserve.ledger.rounding import format_up, remaining
@@ -257,21 +257,17 @@ def _paid_grant(
         accounting=ctx.accounting,
     )
     spent, left = ledger_numbers(update.status, partition)
+    prefetch = None
+    if limits.kind == "pld":
+        # The pod's next lease will have this one outstanding (its older ones gone) and
+        # every other pod's as now: its rule starts from this ledger minus those others.
+        others = [r for r in outstanding if (r.consumer, r.pod) != (lease.consumer, lease.pod)]
+        prefetch = Prefetch(
+            tuple(ev.spends(subtract_outstanding(sub, others, key))),
+            tuple(ev.spends(on_ledger(debited, partition))), event, request.requested, limit,
+            limits.delta, ctx.policy.at_risk_fraction)
     return Grant(update.status, granted, lease, spent, left, changed=True, events=update.events,
-                 prefetch=_prefetch(ctx, sub_spends, ev.spends(on_ledger(debited, partition)),
-                                    event, limit))
-
-
-def _prefetch(ctx: _Context, before: list[Spend], debited: list[Spend], event: Event,
-              limit: float) -> Prefetch | None:
-    """What the same pod's next lease will check (pld), for the ledger to compute early."""
-    limits = ctx.limits
-    try:
-        spends = next_check(before, debited, event, ctx.request.requested, limit, limits.delta,
-                            limits.kind, ctx.policy.at_risk_fraction, ctx.accounting)
-    except ACCOUNTING_ERRORS:
-        return None  # only a head start: the next grant decides (and reports) on its own
-    return None if spends is None else Prefetch(tuple(spends), limits.delta, limits.kind)
+                 prefetch=prefetch)
 
 
 def _exhausted(

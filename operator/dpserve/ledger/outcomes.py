@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dpserve.accounting.events import Spend
+from dpserve.accounting.events import Event, Spend
 from dpserve.api.lease import LeaseErrorReason
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.privacybudget import LeaseRecord, PrivacyBudgetStatus, TrainingSpend
@@ -42,11 +42,16 @@ class GrantRequest:
 
 @dataclass(frozen=True)
 class Prefetch:
-    """ε the ledger may compute after answering: what the pod's next lease will check."""
+    """What the ledger may work out after answering a pld grant: the check of the same pod's
+    next lease (``leases.next_check`` on these inputs, then its ε), off the grant path."""
 
-    spends: tuple[Spend, ...]
+    before: tuple[Spend, ...]  # the ledger the next lease's rule starts from
+    debited: tuple[Spend, ...]  # the ledger after this grant
+    event: Event
+    requested: int
+    limit: float
     delta: float
-    kind: str
+    at_risk_fraction: float
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from dpserve.ledger.commit import GroupCommit, Outcome
 from dpserve.ledger.connections import PeerLimiter
 from dpserve.ledger.evidence import SpendGuard
 from dpserve.ledger.handlers import build_app
+from dpserve.ledger.leases import next_check
 from dpserve.ledger.metrics import LedgerMetrics, metrics_for
 from dpserve.ledger.modelview import ModelReader, ModelView
 from dpserve.ledger.outcomes import Prefetch
@@ -295,8 +296,12 @@ class LedgerService:
         then finds it cached instead of composing it a second time in parallel.
         """
         def run() -> None:
+            p = prefetch
             try:
-                self.accounting.epsilon(prefetch.spends, prefetch.delta, prefetch.kind)
+                check = next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta,
+                                   "pld", p.at_risk_fraction, self.accounting)
+                if check is not None:
+                    self.accounting.epsilon(check, p.delta, "pld")
             except Exception:  # a head start only: the next grant decides (and reports)
                 log.debug("prefetch of a lease check failed", exc_info=True)
 
