@@ -45,6 +45,8 @@ class OperatorContext:
     pruned_status_paths: set[tuple[str | int, ...]] = field(default_factory=set)
     # Budget versions a model's reconcile already read (no wake-up for them).
     echoes: Echoes = field(default_factory=Echoes)
+    # The budget version each model last asked to be probed at (ctx.probe_budget).
+    budget_probed: dict[tuple[ModelKey, ModelKey], str] = field(default_factory=dict)
     # Serving children as the watches and the reconciles' own writes last showed them.
     live: LiveCache = field(default_factory=LiveCache)
 
@@ -62,3 +64,14 @@ class OperatorContext:
     def kick_budget(self, namespace: str, name: str, delay_s: float | None = None) -> None:
         if self.budgets is not None:
             self.budgets.kick((namespace, name), delay_s)
+
+    def probe_budget(self, budget: ModelKey, version: str | None, model: ModelKey) -> None:
+        """Ask the budget to probe again for ``model``, once per budget version: a budget
+        that probed and stayed as it was (another model's mechanism still fits, so it is not
+        Exhausted) is not asked again on every reconcile of this model."""
+        key = (budget, model)
+        if version is not None and self.budget_probed.get(key) == version:
+            return
+        if version is not None:
+            self.budget_probed[key] = version
+        self.kick_budget(*budget)

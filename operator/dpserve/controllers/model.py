@@ -472,7 +472,9 @@ def _budget_available(p: _Pass) -> None:
                f"query (ε spent {spent or '0'} of {limit})")
         if not _says_exhausted(budget.raw):
             # The budget may have probed before this model was bound: let it probe again.
-            p.ctx.kick_budget(p.namespace, budget.name)
+            version = ((budget.raw or {}).get("metadata") or {}).get("resourceVersion")
+            p.ctx.probe_budget((p.namespace, budget.name),
+                               None if version is None else str(version), (p.namespace, p.name))
     else:
         sb.set(ms.BUDGET_AVAILABLE, "True", "BudgetAvailable",
                f"PrivacyBudget {budget.name}: ε spent {spent or '0'} of {limit}")

@@ -68,5 +68,7 @@ async def deleted(namespace: str | None, name: str, spec: Any, status: Any, memo
         if budget:
             ctx.kick_budget(namespace, budget, 1.0)
     ctx.echoes.forget_model(namespace, name)
+    for key in [k for k in ctx.budget_probed if k[1] == (namespace, name)]:
+        del ctx.budget_probed[key]
     with contextlib.suppress(KeyError):
         ctx.metrics.model_replicas.remove(namespace, name)
