@@ -59,7 +59,13 @@ from dpserve_runtime.filter.metrics import DEFAULT_GROUP, FilterMetrics
 from dpserve_runtime.filter.pii import PiiAnalyzer
 from dpserve_runtime.filter.scan import OutputScanner, ScanResult
 from dpserve_runtime.filter.stream import StreamFilter
-from dpserve_runtime.filter.upstream import UpstreamError, UpstreamPool, UpstreamTooLarge, supports
+from dpserve_runtime.filter.upstream import (
+    REQUEST_ID,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTooLarge,
+    supports,
+)
 from dpserve_runtime.filter.verbatim import VerbatimGuard
 from dpserve_runtime.httplimits import ConnectionGuard, ConnectionLimits
 from dpserve_runtime.jsondepth import nesting_message
@@ -71,7 +77,6 @@ MAX_UPSTREAM_BYTES = 32 * 1024 * 1024
 # Answers with more text than this are scanned off the event loop.
 INLINE_SCAN_CHARS = 16 * 1024
 _PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _SAFE_REASON = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 CONFIG_KEY = web.AppKey("config", FilterConfig)
@@ -146,7 +151,7 @@ class Audit:
     def of(cls, request: web.Request) -> Audit:
         """The audit record of a request, started now, with its id (see request_id)."""
         given = request.headers.get("X-Request-Id")
-        if given is not None and _REQUEST_ID_RE.match(given):
+        if given is not None and REQUEST_ID.fullmatch(given):
             return cls(given, time.perf_counter(), client_request_id=True)
         return cls(_new_request_id(), time.perf_counter())
 
@@ -264,7 +269,7 @@ def request_id(request: web.Request) -> str:
     """The client's X-Request-Id when well-formed (echoed back and forwarded, never logged
     as is), else a new one."""
     given = request.headers.get("X-Request-Id")
-    if given is not None and _REQUEST_ID_RE.match(given):
+    if given is not None and REQUEST_ID.fullmatch(given):
         return given
     return _new_request_id()
 

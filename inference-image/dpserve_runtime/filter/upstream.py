@@ -31,6 +31,7 @@ and reading the answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from collections import deque
@@ -42,7 +43,8 @@ MAX_HEADER_BYTES = 64 * 1024
 _MAX_CHUNK_LINE = 1024
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A request id safe in a request head (and in the audit log): the sidecar accepts only these.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 # Write the request head and body as one buffer up to this size (one send); larger bodies
 # are handed over as two buffers, not copied.
@@ -332,8 +334,8 @@ class UpstreamPool:
         Raises :class:`TimeoutError` after ``timeout`` seconds in all, :class:`OSError` when
         no connection can be made, :class:`UpstreamError` (and its subclasses) otherwise.
         """
-        if not _PATH.fullmatch(path) or not _REQUEST_ID.fullmatch(request_id):
-            raise ValueError("path or request id not safe in a request head")
+        if not _PATH.fullmatch(path) or not REQUEST_ID.fullmatch(request_id):
+            raise UpstreamError("path or request id not safe in a request head")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         connection = self._idle_connection(loop.time())
@@ -419,7 +421,8 @@ class UpstreamPool:
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # One write per request: never held back waiting for the previous one's ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # only latency: never worth a failed request
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
     def _release(self, connection: _Connection, done: bool, now: float) -> None:

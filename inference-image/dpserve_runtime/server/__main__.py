@@ -133,7 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ServerConfig, int]:
         type=_count,
         default=_env("DPSERVE_SERVER_MAX_CONNECTIONS_PER_CLIENT", "512"),
         help="open connections one client address may hold (0: unlimited); the sidecar "
-        "keeps up to 256",
+        "holds up to 512 (256 for whole answers, 256 for streams)",
     )
     args = parser.parse_args(argv)
     if args.task is not None and args.task not in TEXT_TASKS:  # from DPSERVE_TASK

@@ -80,7 +80,8 @@ class ServerConfig:
     max_choices: int | None = None
     device: str = "auto"  # auto | cpu | cuda[:N]
     # Slow clients: seconds for request headers / body, open connections per client address
-    # (0: unlimited; the sidecar's pool to this server holds up to 256).
+    # (0: unlimited; the sidecar holds up to 512 to this server: 256 in its pool for whole
+    # answers, 256 for streams and probes).
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections_per_client: int = 512

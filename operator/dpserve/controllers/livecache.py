@@ -68,6 +68,11 @@ class LiveCache:
             return None
         return entry[0]
 
+    def holds(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether anything is kept for the object (current or not)."""
+        key = (kind, namespace, name)
+        return key in self._live or key in self._pending
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop what is known (a replace was refused as stale, or the object no longer
         carries the label its watch filters on): the next read is a GET."""

@@ -45,16 +45,19 @@ def _register(kind: str, res: Res) -> None:
             ctx: OperatorContext = memo.ctx
             ctx.live.forget(kind, namespace, name)
 
+    def cached_but_unmanaged(labels: Any, namespace: str | None, name: str, memo: Any,
+                             **_: Any) -> bool:
+        # Every other object of the kind in the watched namespaces passes this filter only:
+        # no handler runs for them.
+        return bool(namespace and labels.get(MANAGED_BY) != MANAGED_BY_VALUE
+                    and memo.ctx.live.holds(kind, namespace, name))
+
     changed.__name__ = f"owned_{res.plural}"
     unmanaged.__name__ = f"unmanaged_{res.plural}"
     kopf.on.event(res.group, res.version, res.plural, labels=MANAGED,
                   id=f"owned-{res.plural}")(changed)
-    kopf.on.event(res.group, res.version, res.plural, when=_unmanaged,
+    kopf.on.event(res.group, res.version, res.plural, when=cached_but_unmanaged,
                   id=f"unmanaged-{res.plural}")(unmanaged)
-
-
-def _unmanaged(labels: Any, **_: Any) -> bool:
-    return bool(labels.get(MANAGED_BY) != MANAGED_BY_VALUE)
 
 
 for _owned in OWNED_KINDS:

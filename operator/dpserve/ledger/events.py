@@ -139,4 +139,10 @@ def spends(entries: Iterable[LedgerEntry]) -> list[Spend]:
         if event is None or entry.count == 0:
             continue
         merged[event] = merged.get(event, 0) + entry.count
+    return ordered(merged)
+
+
+def ordered(merged: dict[Event, int]) -> list[Spend]:
+    """Merged spends in the one order every ledger's spends have (the accountant's cache
+    keys: the same ledger must give the same list however it was built)."""
     return sorted(merged.items(), key=lambda item: repr(item[0]))

@@ -259,11 +259,11 @@ def _secant(
 
 
 def _plus(spends: Sequence[Spend], event: Event, count: int) -> list[Spend]:
-    """``spends`` with ``count`` more of ``event``, merged and ordered as ``ev.spends`` does
-    for the debited ledger (so both are one cache key)."""
+    """``spends`` with ``count`` more of ``event``, ordered as ``ev.spends`` orders the
+    debited ledger's (so both are one cache key)."""
     after = dict(spends)
     after[event] = after.get(event, 0) + count
-    return sorted(after.items(), key=lambda item: repr(item[0]))
+    return ev.ordered(after)
 
 
 def next_check(
