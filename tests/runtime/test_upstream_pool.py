@@ -210,6 +210,22 @@ async def test_limit_queues_requests(serve: Callable[..., object]) -> None:
     assert server.connections <= 2
 
 
+async def test_a_freed_slot_goes_to_the_oldest_waiter(serve: Callable[..., object]) -> None:
+    """Handed over, not freed: a request arriving as a slot frees queues behind the waiters
+    (else, past the limit, a waiter could lose every race until its timeout)."""
+    server, pool = await serve(lambda request: answer(b"{}"), limit=1)  # type: ignore[misc]
+    pool._in_use = 1  # one request in flight
+    waiting = asyncio.create_task(pool.post("/p", b"{}", "waiting"))
+    await asyncio.sleep(0)  # one step: the new task runs until it waits for a slot
+    assert len(pool._slot_waiters) == 1
+    pool._release_slot()  # the request in flight ends ...
+    assert pool._in_use == 1  # ... and its slot is the waiter's now
+    later = asyncio.create_task(pool.post("/p", b"{}", "later"))
+    assert await asyncio.gather(waiting, later) == [(200, b"{}")] * 2
+    order = [r.split(b"X-Request-Id: ")[1].split(b"\r\n")[0] for r in server.requests]
+    assert order == [b"waiting", b"later"] and pool._in_use == 0
+
+
 async def test_refused_connection_is_an_os_error() -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

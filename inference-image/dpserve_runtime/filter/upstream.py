@@ -338,11 +338,16 @@ class UpstreamPool:
             raise UpstreamError("path or request id not safe in a request head")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        connection = self._idle_connection(loop.time())
-        if connection is None:
-            connection = await self._new_connection(loop, deadline)
-        else:
+        if self._in_use < self.limit and not self._slot_waiters:
             self._in_use += 1
+        else:
+            await self._wait_for_slot(loop, deadline)
+        try:
+            connection = self._idle_connection(loop.time()) or await self._connect(
+                loop, deadline)
+        except BaseException:
+            self._release_slot()
+            raise
         done = False
         try:
             transport = connection.transport
@@ -375,8 +380,6 @@ class UpstreamPool:
     # -- the pool ----------------------------------------------------------------------------
 
     def _idle_connection(self, now: float) -> _Connection | None:
-        if self._in_use >= self.limit:
-            return None
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -391,32 +394,36 @@ class UpstreamPool:
             return connection
         return None
 
-    async def _new_connection(self, loop: asyncio.AbstractEventLoop,
-                              deadline: float) -> _Connection:
-        """A slot (waiting for one while ``limit`` are in use), then an idle or new
-        connection, by ``deadline``."""
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wait, in arrival order, until a finished request hands over its slot."""
+        slot: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(slot)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await slot
+        except BaseException:
+            if slot.done() and not slot.cancelled():
+                self._release_slot()  # handed over just as this request gave up: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(slot)
+            raise
+
+    def _release_slot(self) -> None:
+        """Hand the slot to the oldest waiter (new requests queue behind waiters, so none
+        is starved), else free it."""
+        while self._slot_waiters:
+            slot = self._slot_waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self._in_use -= 1
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+        """A new connection by ``deadline`` (the caller holds a slot)."""
         async with asyncio.timeout_at(deadline):
-            while self._in_use >= self.limit:
-                slot: asyncio.Future[None] = loop.create_future()
-                self._slot_waiters.append(slot)
-                try:
-                    await slot
-                except BaseException:
-                    if slot.done() and not slot.cancelled():
-                        self._wake_one()  # pass on the slot this request will not use
-                    raise
-            connection = self._idle_connection(loop.time())
-            if connection is not None:
-                self._in_use += 1
-                return connection
-            self._in_use += 1
-            try:
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(self.max_body), self.host, self.port)
-            except BaseException:
-                self._in_use -= 1
-                self._wake_one()
-                raise
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self.max_body), self.host, self.port)
         transport = connection.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -426,7 +433,6 @@ class UpstreamPool:
         return connection
 
     def _release(self, connection: _Connection, done: bool, now: float) -> None:
-        self._in_use -= 1
         transport = connection.transport
         if (done and connection.reusable and not connection.closed and not self._closed
                 and transport is not None and not transport.is_closing()
@@ -440,14 +446,7 @@ class UpstreamPool:
                 idle.popleft().close()
         else:
             connection.close()
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._slot_waiters:
-            slot = self._slot_waiters.popleft()
-            if not slot.done():
-                slot.set_result(None)
-                return
+        self._release_slot()
 
 
 def _expire(waiter: asyncio.Future[tuple[int, bytes]]) -> None:
