@@ -44,18 +44,24 @@ def probes(mechanisms: Iterable[Any]) -> list[Event]:
     return out
 
 
+def spent_budgets(spec: Obj, status: Obj) -> set[str]:
+    """The budgets a model spends now: its spec's, and the one its current version is on
+    (the ``models_by_budget`` index and the probes of Exhausted)."""
+    named = {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}
+    return {b for b in named if b}
+
+
 def uses(model: Obj, budget: str) -> bool:
     """The model spends ``budget``, or did: a retired version's budget stays protected.
 
     The model's lifetime ε is read from the budgets of its retired versions
     (``status.versions[].budget``): deleting one would lose spend that still counts.
     """
-    spec = model.get("spec") or {}
     status = model.get("status") or {}
-    named = {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}
+    named = spent_budgets(model.get("spec") or {}, status)
     versions = status.get("versions")
     if isinstance(versions, list):
-        named |= {v.get("budget") for v in versions if isinstance(v, dict)}
+        named |= {str(v["budget"]) for v in versions if isinstance(v, dict) and v.get("budget")}
     return budget in named
 
 
@@ -100,8 +106,7 @@ def bound_mechanisms(models: Iterable[Obj], budget: str) -> list[Any]:
     out = []
     for model in models:
         spec = model.get("spec") or {}
-        status = model.get("status") or {}
-        if budget in {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}:
+        if budget in spent_budgets(spec, model.get("status") or {}):
             out.append((spec.get("serving") or {}).get("mechanism"))
     return out
 

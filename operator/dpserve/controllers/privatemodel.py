@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from dpserve import API_GROUP, API_VERSION
+from dpserve.controllers.budget import spent_budgets
 from dpserve.controllers.context import OperatorContext
 from dpserve.controllers.kubeapi import ApiError, Conflict
 from dpserve.controllers.model import reconcile_model
@@ -36,8 +37,7 @@ def models_by_budget(
         "mechanism": dict((spec.get("serving") or {}).get("mechanism") or {}),
         "phase": status.get("phase"),
     }
-    budgets = {(spec.get("budgetRef") or {}).get("name"), status.get("budget")}
-    return {(namespace, b): entry for b in budgets if b}
+    return {(namespace, b): entry for b in spent_budgets(spec, status)}
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
