@@ -66,6 +66,14 @@ class Stack:
     seen_headers: list[dict[str, str]]
     ledger_url: str
     token_path: Path
+    # Lease requests the ledger has answered; notified after each answer.
+    answered: list[int]
+    answers: asyncio.Condition
+
+    async def all_lease_requests_answered(self) -> None:
+        async with self.answers:
+            await asyncio.wait_for(self.answers.wait_for(
+                lambda: self.answered[0] == len(self.seen_headers)), timeout=60)
 
     async def predict(self) -> tuple[int, Any]:
         async with self.session.post(f"{self.url}/v1/predict",
@@ -107,12 +115,19 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[Factory]:
         ledger = LedgerService(store, Reviewer(), settings=LedgerSettings(),
                                accounting=LedgerAccounting(), registry=CollectorRegistry())
         seen: list[dict[str, str]] = []
+        answered, answers = [0], asyncio.Condition()
 
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-            if request.path == "/v1/leases":
-                seen.append(dict(request.headers))
-            return await handler(request)  # type: ignore[no-any-return]
+            if request.path != "/v1/leases":
+                return await handler(request)  # type: ignore[no-any-return]
+            seen.append(dict(request.headers))
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            finally:
+                async with answers:
+                    answered[0] += 1
+                    answers.notify_all()
 
         ledger.app.middlewares.append(record)
         ledger_server = TestServer(ledger.app, host="127.0.0.1", max_field_size=66 * 1024)
@@ -141,7 +156,7 @@ async def make_stack(tmp_path: Path) -> AsyncIterator[Factory]:
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Stack(str(sidecar.make_url("")).rstrip("/"), session, ledger, store, agent,
-                     seen, config["ledgerUrl"], token)
+                     seen, config["ledgerUrl"], token, answered, answers)
 
     yield factory
     for session in sessions:
@@ -166,13 +181,11 @@ async def test_the_sidecar_sends_its_token_and_a_proof_and_is_granted(
     proofs = [h[PROOF_HEADER] for h in stack.seen_headers]
     assert len(set(proofs)) == len(proofs)  # one proof per lease request (its lease id)
     # A prefetch the last request started may still be waiting for its grant (the answer
-    # does not wait for it): give it a moment, then every request with a token is granted.
-    for _ in range(100):
-        grants = stack.ledger.registry.get_sample_value("dpserve_lease_grants_total",
-                                                        {"model_id": KEY})
-        if grants == len(stack.seen_headers):
-            break
-        await asyncio.sleep(0.02)
+    # does not wait for it): once the ledger answered it, every request with a token is
+    # granted.
+    await stack.all_lease_requests_answered()
+    grants = stack.ledger.registry.get_sample_value("dpserve_lease_grants_total",
+                                                    {"model_id": KEY})
     assert grants == len(stack.seen_headers)  # every request with a token was granted
     seen = stack.ledger.attestation.seen(KEY)
     assert seen.last is not None and seen.last.verdict.ok and seen.last.pod == POD

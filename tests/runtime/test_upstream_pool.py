@@ -49,7 +49,7 @@ class RawServer:
                 for piece in pieces:
                     writer.write(piece)
                     await writer.drain()
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # a yield, not a wait: pieces go out one by one
                 if self.close_after:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -190,11 +190,15 @@ async def test_timeout_closes_the_connection(serve: Callable[..., object]) -> No
 
 async def test_cancelled_request_closes_and_frees_its_slot(
         serve: Callable[..., object]) -> None:
-    hold = asyncio.Event()
-    server, pool = await serve(lambda request: [] if not hold.is_set() else answer(b"{}"),  # type: ignore[misc]
-                               limit=1)
+    hold, arrived = asyncio.Event(), asyncio.Event()
+
+    def reply(request: bytes) -> list[bytes]:
+        arrived.set()
+        return answer(b"{}") if hold.is_set() else []
+
+    server, pool = await serve(reply, limit=1)  # type: ignore[misc]
     task = asyncio.create_task(pool.post("/p", b"{}", "a"))
-    await asyncio.sleep(0.05)
+    await arrived.wait()  # the request is in flight on the pool's one connection
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
