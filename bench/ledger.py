@@ -384,7 +384,7 @@ def _pld_solvers(which: str) -> Solver:
             # What the ledger's worker does after answering (LedgerService._prepare).
             if which == "ours":
                 check = next_check(before, debited, event, PLD_REQUEST, PLD_BUDGET, PLD_DELTA,
-                                   "pld", PLD_AT_RISK, accounting)
+                                   PLD_AT_RISK, accounting)
                 if check is not None:
                     ours_epsilon(check)
 

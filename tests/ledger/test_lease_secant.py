@@ -186,7 +186,7 @@ async def test_the_next_lease_of_a_pod_finds_its_check_composed(
 
 
 def _predicted(service: LedgerService, p: Prefetch) -> list[Spend] | None:
-    return next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta, "pld",
+    return next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta,
                       p.at_risk_fraction, service.accounting)
 
 

@@ -184,9 +184,10 @@ def size_within_risk(
     base = finite_epsilon(accounting.epsilon(remaining, delta, kind), "ledger")
     ceiling = min(limit, base + at_risk_fraction * limit)
     if kind == "pld":
-        if accounting.epsilon(spends, delta, kind) >= ceiling:
+        current = finite_epsilon(accounting.epsilon(spends, delta, kind), "ledger")
+        if current >= ceiling:
             return 1  # the outstanding leases hold the whole 1%: the minimum lease
-        checked = _secant_size(spends, remaining, base, event, fit, ceiling, delta, kind,
+        checked = _secant_size(spends, remaining, base, current, event, fit, ceiling, delta,
                                accounting)
         if checked is not None:
             return checked
@@ -202,11 +203,11 @@ def _secant_size(
     spends: Sequence[Spend],
     remaining: Sequence[Spend],
     base: float,
+    current: float,
     event: Event,
     fit: int,
     ceiling: float,
     delta: float,
-    kind: str,
     accounting: Accounting,
 ) -> int | None:
     """A lease size under the 1% rule from one exact PLD instead of a search, or None.
@@ -222,12 +223,11 @@ def _secant_size(
     None (the exact search decides) when the outstanding leases are not all of this event,
     the secant is flat, or the check fails.
     """
-    current = finite_epsilon(accounting.epsilon(spends, delta, kind), "ledger")
     predicted = _secant(spends, remaining, base, current, event, fit, ceiling)
     if predicted is None:
         return None
     size, debited = predicted
-    if not accounting.epsilon(debited, delta, kind) <= ceiling:  # NaN and inf fail too
+    if not accounting.epsilon(debited, delta, "pld") <= ceiling:  # NaN and inf fail too
         return None
     return size
 
@@ -273,23 +273,20 @@ def next_check(
     requested: int,
     limit: float,
     delta: float,
-    kind: str,
     at_risk_fraction: float,
     accounting: Accounting,
 ) -> list[Spend] | None:
-    """The spends whose ε the same pod's next lease will check, if nothing else changes.
+    """The spends whose ε the same pod's next pld lease will check, if nothing else changes.
 
     A pld grant costs one new PLD (the check in :func:`_secant_size`); the pod's next
-    request, with this lease outstanding, will check the ledger that request debits. Both
-    secant points of that request are known now (ε before and after this grant, computed by
-    this grant), so the ledger can compose that PLD while the pod serves this lease, off the
-    grant path; without a secant lease (this one holds about the whole 1%) the next is the
-    minimum lease of 1. None for rdp (nothing slow to prepare).
+    request, with this lease outstanding, will check the ledger that request debits. Its
+    secant runs from ``before`` (the ledger minus the leases outstanding then) to
+    ``debited``, so the ledger's worker can compose both while the pod serves this lease,
+    off the grant path; without a secant lease (this one holds about the whole 1%) the next
+    is the minimum lease of 1. None when an ε is not finite (the grant itself reports it).
     """
-    if kind != "pld":
-        return None
-    base = accounting.epsilon(before, delta, kind)
-    current = accounting.epsilon(debited, delta, kind)
+    base = accounting.epsilon(before, delta, "pld")
+    current = accounting.epsilon(debited, delta, "pld")
     if not (math.isfinite(base) and math.isfinite(current)):
         return None
     ceiling = min(limit, base + at_risk_fraction * limit)

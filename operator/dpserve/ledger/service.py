@@ -299,7 +299,7 @@ class LedgerService:
             p = prefetch
             try:
                 check = next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta,
-                                   "pld", p.at_risk_fraction, self.accounting)
+                                   p.at_risk_fraction, self.accounting)
                 if check is not None:
                     self.accounting.epsilon(check, p.delta, "pld")
             except Exception:  # a head start only: the next grant decides (and reports)
