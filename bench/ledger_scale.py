@@ -7,8 +7,9 @@
 API call takes ``--latency-ms`` (an API server round trip), calling the service's lease logic
 directly (TokenReview cached, no HTTP: the figure is the ledger's own ceiling), with sequenced
 lease ids (``lease_ids``, what the sidecar sends and the only form the ledger accepts). Then
-the JSON size of a status at the documented limits (1,024
-outstanding leases, 1,024 ledger entries, plus 1,024 remembered sequenced records).
+the size of a status (JSON as the API server stores it, ``dpserve_testkit.status_size``) at the
+ledger's default limits beside the former ones (1,024 ledger entries, 1,024 outstanding leases
+and 1,024 remembered sequenced records).
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
-from dpserve.api.mechanism import Mechanism
-from dpserve.api.privacybudget import LeaseRecord, LedgerEntry, PrivacyBudgetStatus
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.auth import Identity, service_account_user
-from dpserve.ledger.lease_ids import sequenced_id
+from dpserve.ledger.lease_ids import MAX_REMEMBERED, sequenced_id
+from dpserve.ledger.limits import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.resources.labels import selector_labels
 from dpserve.resources.names import deployment_name
 from dpserve_testkit.memory_store import MemoryStore
+from dpserve_testkit.status_size import status_at, stored_bytes
 
 NS = "bench"
 BUDGETS = 50
@@ -118,7 +118,7 @@ async def _scenario(seconds: float, latency_s: float) -> dict[str, float]:
     ))
     elapsed = time.perf_counter() - started
     await service.stop()
-    sizes = [len(json.dumps(store.budget(NS, f"b{i}").get("status") or {}))
+    sizes = [len(json.dumps(store.budget(NS, f"b{i}").get("status") or {}, separators=(",", ":")))
              for i in range(BUDGETS)]
     return {
         "grants/s": tally.grants / elapsed,
@@ -129,25 +129,13 @@ async def _scenario(seconds: float, latency_s: float) -> dict[str, float]:
     }
 
 
-def _status_at_limits() -> dict[str, float]:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    mech = Mechanism.model_validate(GAUSS)
-    entries = [LedgerEntry(consumer=f"{NS}/model-{i:04d}", model_version="v12", kind="query",
-                           mechanism=mech, count=123456) for i in range(1024)]
-
-    def record(i: int, lease_id: str, expires: datetime) -> LeaseRecord:
-        return LeaseRecord(lease_id=lease_id, consumer=f"{NS}/model-{i % 512:04d}",
-                           model_version="v12", pod=f"model-{i % 512:04d}-7c9d5b8f4-x2k{i:04d}",
-                           granted=100, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
-
-    outstanding = [record(i, sequenced_id(f"o{i}", None, i + 1), now + timedelta(minutes=5))
-                   for i in range(1024)]
-    remembered = [record(i, sequenced_id(f"p{i}", None, i + 1), now - timedelta(hours=1))
-                  for i in range(1024)]
-    plain = PrivacyBudgetStatus(ledger=entries, leases=outstanding)
-    full = PrivacyBudgetStatus(ledger=entries, leases=[*outstanding, *remembered])
-    return {"1024 leases + 1024 entries KiB": len(json.dumps(plain.wire())) / 1024,
-            "+1024 remembered KiB": len(json.dumps(full.wire())) / 1024}
+def _status_sizes() -> dict[str, float]:
+    """KiB as the API server stores it, at the former limits and at today's defaults."""
+    before = status_at(1024, 1024, 1024)
+    now = status_at(DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES, MAX_REMEMBERED)
+    return {"before (1024 entries, 1024 leases, 1024 remembered) KiB": stored_bytes(before) / 1024,
+            f"now ({DEFAULT_MAX_ENTRIES} entries, {DEFAULT_MAX_LEASES} leases, "
+            f"{MAX_REMEMBERED} remembered) KiB": stored_bytes(now) / 1024}
 
 
 def main() -> None:
@@ -164,8 +152,10 @@ def main() -> None:
     asyncio.run(_scenario(args.warmup_s, args.latency_ms / 1000))
     figures = asyncio.run(_scenario(args.seconds, args.latency_ms / 1000))
     print("sequenced ids", "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
-    limits = _status_at_limits()
-    print("status at the limits:", "  ".join(f"{k} {v:,.1f}" for k, v in limits.items()))
+    sizes = _status_sizes()
+    print("status at the limits:", "  ".join(f"{k} {v:,.1f}" for k, v in sizes.items()))
+    before, now = sizes.values()
+    print(f"status_kib_at_limits={now:.1f} before={before:.1f} ratio={before / now:.1f}")
 
 
 if __name__ == "__main__":

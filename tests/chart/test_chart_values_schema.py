@@ -28,6 +28,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     "bad digest": ({"image": {"repository": "x", "pullPolicy": "Always", "digest": "latest"}},
                    "digest"),
     "bad ledger url": ({"ledgerUrl": "ledger:8443"}, "ledgerUrl"),
+    "entries beyond the status schema": ({"ledgerMaxEntries": 1025}, "ledgerMaxEntries"),
+    "no leases at all": ({"ledgerMaxLeases": 0}, "ledgerMaxLeases"),
 }
 
 

@@ -25,6 +25,7 @@ from ledger_helpers import (
 from dpserve.api.lease import MAX_LEASE_BODY_BYTES, LeaseError, LeaseGrant
 from dpserve.api.privacybudget import TrainingSpend
 from dpserve.ledger import state
+from dpserve.ledger.limits import DEFAULT_MAX_ENTRIES
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.ledger.store import NotFound
@@ -445,3 +446,12 @@ def test_settings_from_environment() -> None:
     assert not hasattr(settings, "crash_after_persist")  # the crash hook is the testkit's
     with pytest.raises(ValueError, match="DPSERVE_LEDGER_LEASE_TTL_S"):
         LedgerSettings.from_env({"DPSERVE_LEDGER_LEASE_TTL_S": "soon"})
+    assert LedgerSettings.from_env({}).policy.max_entries == DEFAULT_MAX_ENTRIES
+    raised = LedgerSettings.from_env(
+        {"DPSERVE_LEDGER_MAX_ENTRIES": "1024", "DPSERVE_LEDGER_MAX_LEASES": "2048"}
+    ).policy
+    assert (raised.max_entries, raised.max_leases) == (1024, 2048)
+    for name, text in [("DPSERVE_LEDGER_MAX_ENTRIES", "1025"), ("DPSERVE_LEDGER_MAX_LEASES", "0"),
+                       ("DPSERVE_LEDGER_MAX_LEASES", "12.5")]:
+        with pytest.raises(ValueError, match=name):
+            LedgerSettings.from_env({name: text})

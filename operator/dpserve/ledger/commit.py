@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from dpserve.api.privacybudget import PrivacyBudgetStatus
@@ -29,6 +29,9 @@ from dpserve.ledger.store import Conflict, NotFound, Store, Unavailable
 log = logging.getLogger("dpserve.ledger")
 
 MAX_BATCH = 64  # decisions carried by one status write (group commit)
+# Events of decisions that write nothing (a limit reached) repeat with every refused request;
+# each budget emits one per reason at most this often.
+UNWRITTEN_EVENT_INTERVAL = timedelta(seconds=60)
 
 T = TypeVar("T")
 
@@ -77,6 +80,7 @@ class GroupCommit:
         self._queues: dict[BudgetKey, list[_Job]] = {}
         self._workers: dict[BudgetKey, asyncio.Task[None]] = {}
         self._budgets: dict[BudgetKey, Budget] = {}  # the copy this process wrote last
+        self._last_unwritten: dict[tuple[BudgetKey, str], datetime] = {}  # event reason -> when
         self._stopped = False
 
     async def mutate(
@@ -141,6 +145,7 @@ class GroupCommit:
                     continue
                 await self._persisted(key, jobs, outcomes, replace(budget, raw=written,
                                                                    status=write))
+            await self._emit_unwritten(key, budget, outcomes)
             _answer(jobs, outcomes)
             if write is not None:  # after the answers: the watermark never delays a grant
                 await self.guard.raise_watermark(key, write)
@@ -192,8 +197,23 @@ class GroupCommit:
                 job.on_persist()
         assert budget.status is not None
         self._observe(key, budget)
-        events = [e for o in outcomes if isinstance(o, Outcome) for e in o.events]
+        events = [e for o in outcomes if isinstance(o, Outcome) and o.write is not None
+                  for e in o.events]
         await emit(self.store, key[0], budget.raw, events)
+
+    async def _emit_unwritten(
+        self, key: BudgetKey, budget: Budget, outcomes: Sequence[Outcome[Any] | Exception]
+    ) -> None:
+        """The Events of decisions that wrote nothing, each reason at most once an interval."""
+        now = self.clock()
+        due = []
+        unwritten = (o for o in outcomes if isinstance(o, Outcome) and o.write is None)
+        for event in (e for o in unwritten for e in o.events):
+            last = self._last_unwritten.get((key, event.reason))
+            if last is None or now - last >= UNWRITTEN_EVENT_INTERVAL:
+                self._last_unwritten[(key, event.reason)] = now
+                due.append(event)
+        await emit(self.store, key[0], budget.raw, due)
 
     async def _read_or_forget(self, key: BudgetKey) -> Budget:
         try:

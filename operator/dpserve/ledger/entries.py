@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.privacybudget import LedgerEntry, PrivacyBudgetStatus
 from dpserve.ledger import events as ev
-from dpserve.ledger.outcomes import GrantRequest, Refusal
+from dpserve.ledger.outcomes import BudgetEvent, GrantRequest, Refusal
 
 QueryKey = tuple[object, ...]
 
@@ -68,9 +68,11 @@ def debit(
             out[index] = entry.model_copy(update={"count": entry.count + count})
             return out
     if len(out) >= max_entries:
-        return Refusal(
-            "Unavailable", f"the budget's ledger is full ({len(out)} entries); nothing granted"
-        )
+        message = (f"the budget's ledger is full ({len(out)} entries, limit {max_entries}, "
+                   f"DPSERVE_LEDGER_MAX_ENTRIES): {request.consumer} {request.model_version} "
+                   "cannot add an entry; nothing granted")
+        return Refusal("Unavailable", message,
+                       event=BudgetEvent("Warning", "LedgerFull", message))
     out.append(
         LedgerEntry(
             consumer=request.consumer,

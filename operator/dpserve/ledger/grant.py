@@ -35,7 +35,7 @@ from dpserve.ledger.evaluation import (
 from dpserve.ledger.lease_ids import parse, pool_tag
 from dpserve.ledger.leases import high_water, lease_size, prune_leases, subtract_outstanding
 from dpserve.ledger.limits import LeasePolicy, Limits
-from dpserve.ledger.outcomes import Grant, GrantRequest, Prefetch, Refusal
+from dpserve.ledger.outcomes import BudgetEvent, Grant, GrantRequest, Prefetch, Refusal
 from dpserve.ledger.rounding import format_up, remaining
 from dpserve.ledger.status import compute_status
 from dpserve.ledger.training import charge_training
@@ -231,11 +231,10 @@ def _paid_grant(
     lease = _new_lease(ctx, partition, request.requested)
     kept = prune_leases([*leases, lease], ctx.now)
     if len(kept) > ctx.policy.max_leases:
-        return Refusal(
-            "Unavailable",
-            f"{len(kept) - 1} unexpired leases on this budget (limit {ctx.policy.max_leases}); "
-            "retry when some expire",
-        )
+        message = (f"{len(kept) - 1} unexpired leases on this budget (limit "
+                   f"{ctx.policy.max_leases}, DPSERVE_LEDGER_MAX_LEASES); retry when some expire")
+        return Refusal("Unavailable", message,
+                       event=BudgetEvent("Warning", "LeaseLimitReached", message))
     # At risk after this grant: the leases that may still hold unused queries (each pod's
     # latest two, the new one included); the new one is added as the n being solved for.
     outstanding = [r for r in kept if r is not lease and r.partition == partition]

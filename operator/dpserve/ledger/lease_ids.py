@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 ID_MEMORY = timedelta(hours=24)  # how long a pool's latest record outlives its expiry
-MAX_REMEMBERED = 1024  # expired records kept at most (the most recent), beyond the outstanding
+# Expired records kept at most (the most recent), beyond the outstanding: bounded for the
+# status's size (limits.py). A pool whose record was dropped loses only its replay memory: a
+# replayed id of it is charged again (more spent, never less), and a pod's bound token dies
+# with the pod, so the records that matter are those of live pools idle past a lease TTL.
+MAX_REMEMBERED = 64
 
 _SEQUENCED = re.compile(r"^s([0-9a-f]{16})-([0-9a-f]{16})$")
 

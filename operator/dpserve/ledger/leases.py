@@ -27,10 +27,9 @@ from dpserve.ledger.conditions import parse_rfc3339
 from dpserve.ledger.entries import QueryKey, query_key
 from dpserve.ledger.evaluation import finite_epsilon
 from dpserve.ledger.lease_ids import ID_MEMORY, MAX_REMEMBERED, parse
-from dpserve.ledger.limits import LeasePolicy, Limits
+from dpserve.ledger.limits import MAX_LEASE_RECORDS, LeasePolicy, Limits
 
 LEASES_KEPT_PER_POD = 2
-MAX_LEASE_RECORDS = 2048  # the schema's bound on status.leases
 
 
 def prune_leases(

@@ -11,11 +11,20 @@ from datetime import timedelta
 from dpserve.api.privacybudget import PrivacyBudgetSpec
 from dpserve.ledger import events as ev
 
-# Schema limits of the status (api/privacybudget.py); the lease limit here is a soft one below
-# the schema's 2048, because every grant rewrites the whole status object.
+# Schema limits of the status (api/privacybudget.py). Statuses written by earlier releases,
+# under the old defaults, stay valid against them.
 MAX_LEDGER_ENTRIES = 1024
+MAX_LEASE_RECORDS = 2048
 MAX_PARTITION_STATUSES = 256
-DEFAULT_MAX_LEASES = 1024
+# The defaults the ledger holds a budget to, below the schema's: every grant rewrites the whole
+# status object, the API server sends all of it to every watcher of PrivacyBudgets (the
+# operator, GitOps controllers, `kubectl get -w`) and etcd keeps each revision until it
+# compacts. At these defaults the status stays under 100 KiB with realistic names (~0.19 KiB
+# per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"); at 1,024 of each it
+# was 410 KiB. Both are settings (DPSERVE_LEDGER_MAX_ENTRIES, DPSERVE_LEDGER_MAX_LEASES) for a
+# cluster that accepts the larger object.
+DEFAULT_MAX_ENTRIES = 256  # consumer x version x mechanism x tenant combinations
+DEFAULT_MAX_LEASES = 128  # outstanding lease records: 64 pod pools, each current + prefetched
 # How long a lease may be served from, and so how long its id stays retryable. One value for
 # LeasePolicy, the settings' default and docs/ledger.md.
 DEFAULT_LEASE_TTL_S = 300.0
@@ -28,15 +37,17 @@ class LeasePolicy:
     ttl: timedelta = timedelta(seconds=DEFAULT_LEASE_TTL_S)
     at_risk_fraction: float = 0.01
     max_leases: int = DEFAULT_MAX_LEASES
-    max_entries: int = MAX_LEDGER_ENTRIES
+    max_entries: int = DEFAULT_MAX_ENTRIES
 
     def __post_init__(self) -> None:
         if self.ttl <= timedelta(0):
             raise ValueError("LeasePolicy.ttl must be positive")
         if not 0.0 < self.at_risk_fraction <= 1.0:
             raise ValueError("LeasePolicy.at_risk_fraction must be in (0, 1]")
-        if not 1 <= self.max_leases <= 2048:
-            raise ValueError("LeasePolicy.max_leases must be in [1, 2048] (the schema's limit)")
+        if not 1 <= self.max_leases <= MAX_LEASE_RECORDS:
+            raise ValueError(
+                f"LeasePolicy.max_leases must be in [1, {MAX_LEASE_RECORDS}] (the schema's limit)"
+            )
         if not 1 <= self.max_entries <= MAX_LEDGER_ENTRIES:
             raise ValueError(f"LeasePolicy.max_entries must be in [1, {MAX_LEDGER_ENTRIES}]")
 

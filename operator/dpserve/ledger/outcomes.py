@@ -74,6 +74,9 @@ class Refusal:
     epsilon_spent: float | None = None
     epsilon_remaining: float | None = None
     high_water: int | None = None  # LeaseIdUsed: the pool's last granted sequence
+    # A refusal an operator must act on (a limit reached): emitted on the budget, at most once
+    # a minute per reason (commit.GroupCommit), though nothing is written.
+    event: BudgetEvent | None = None
 
 
 @dataclass(frozen=True)

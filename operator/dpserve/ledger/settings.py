@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from dpserve.ledger.limits import DEFAULT_LEASE_TTL_S, DEFAULT_MAX_LEASES, LeasePolicy
+from dpserve.ledger.limits import (
+    DEFAULT_LEASE_TTL_S,
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_LEASES,
+    MAX_LEASE_RECORDS,
+    MAX_LEDGER_ENTRIES,
+    LeasePolicy,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,13 @@ class LedgerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name}: not a number: {text!r}") from exc
 
+        def count(name: str, default: int, most: int) -> int:
+            value = float(number(name, default))
+            if not value.is_integer() or not 1 <= value <= most:
+                raise ValueError(f"{name}: must be an integer in [1, {most}] (the status "
+                                 f"schema's bound), got {env.get(name)!r}")
+            return int(value)
+
         source = (env.get("DPSERVE_LEDGER_CHECK_SOURCE_ADDRESS") or "true").lower()
         if source not in ("true", "false"):
             raise ValueError("DPSERVE_LEDGER_CHECK_SOURCE_ADDRESS: must be 'true' or 'false', "
@@ -55,7 +69,10 @@ class LedgerSettings:
         policy = LeasePolicy(
             ttl=timedelta(seconds=number("DPSERVE_LEDGER_LEASE_TTL_S", DEFAULT_LEASE_TTL_S)),
             at_risk_fraction=number("DPSERVE_LEDGER_AT_RISK_FRACTION", 0.01),
-            max_leases=int(number("DPSERVE_LEDGER_MAX_LEASES", DEFAULT_MAX_LEASES)),
+            max_leases=count("DPSERVE_LEDGER_MAX_LEASES", DEFAULT_MAX_LEASES, MAX_LEASE_RECORDS),
+            max_entries=count(
+                "DPSERVE_LEDGER_MAX_ENTRIES", DEFAULT_MAX_ENTRIES, MAX_LEDGER_ENTRIES
+            ),
         )
         return cls(
             policy=policy,

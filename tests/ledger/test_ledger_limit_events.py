@@ -1,0 +1,72 @@
+"""A budget that reaches one of the ledger's limits says so on the budget: a Warning Event,
+once a minute per limit, though a refusal writes nothing (docs/ledger.md, "Status size")."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ledger_helpers import NS, PATE, Clock, FakeReviewer, lease_body, make_service, model_spec
+
+from dpserve.ledger.limits import LeasePolicy
+from dpserve.ledger.service import LedgerService
+from dpserve.ledger.wire import LeaseFailure
+from dpserve_testkit.memory_store import MemoryStore
+
+LIMIT_REASONS = {"LeaseLimitReached", "LedgerFull"}
+
+
+def limit_events(store: MemoryStore) -> list[tuple[str, str, str]]:
+    return [(event.type, event.reason, involved["metadata"]["name"])
+            for _, involved, event in store.events if event.reason in LIMIT_REASONS]
+
+
+@pytest.fixture(autouse=True)
+def second_model(store: MemoryStore, reviewer: FakeReviewer) -> None:
+    """A second model spending the same budget, with one serving pod."""
+    store.put_model(NS, "second", model_spec(PATE))
+    reviewer.add("tok-second", "second", pod="second-0")
+
+
+async def refused_second(service: LedgerService) -> str:
+    """The second model's pod asks for a lease and is refused; the refusal's message."""
+    body = lease_body(model=f"{NS}/second", pod="second-0")
+    with pytest.raises(LeaseFailure) as refused:
+        await service.lease(json.dumps(body).encode(), "Bearer tok-second")
+    assert refused.value.error.reason == "Unavailable", refused.value.error.message
+    return refused.value.error.message
+
+
+async def granted_triage(service: LedgerService) -> None:
+    await service.lease(json.dumps(lease_body()).encode(), "Bearer tok-triage")
+
+
+async def test_a_reached_lease_limit_is_a_warning_once_a_minute(
+    store: MemoryStore, reviewer: FakeReviewer, clock: Clock
+) -> None:
+    service = make_service(store, reviewer, clock=clock, policy=LeasePolicy(max_leases=1))
+    try:
+        await granted_triage(service)
+        for _ in range(3):
+            assert "DPSERVE_LEDGER_MAX_LEASES" in await refused_second(service)
+        assert limit_events(store) == [("Warning", "LeaseLimitReached", "patients")]
+        clock.advance(61)  # the triage lease is still outstanding (TTL 300 s)
+        await refused_second(service)
+        assert len(limit_events(store)) == 2
+    finally:
+        await service.stop()
+
+
+async def test_a_full_ledger_is_a_warning(
+    store: MemoryStore, reviewer: FakeReviewer, clock: Clock
+) -> None:
+    service = make_service(store, reviewer, clock=clock, policy=LeasePolicy(max_entries=1))
+    try:
+        await granted_triage(service)
+        message = await refused_second(service)
+        assert "ledger is full" in message and f"{NS}/second" in message
+        await refused_second(service)
+        assert limit_events(store) == [("Warning", "LedgerFull", "patients")]
+        await granted_triage(service)  # the entry it has keeps counting
+    finally:
+        await service.stop()
