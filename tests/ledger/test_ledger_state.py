@@ -744,3 +744,26 @@ def test_policy_validation() -> None:
         state.LeasePolicy(at_risk_fraction=0)
     with pytest.raises(ValueError, match="max_leases"):
         state.LeasePolicy(max_leases=5000)
+
+
+@pytest.mark.parametrize("mech", [GAUSS, PATE])
+def test_a_grant_status_equals_the_status_recomputed_from_its_ledger(
+    accounting: LedgerAccounting, mech: dict[str, Any]
+) -> None:
+    """A grant skips solving again for its own mechanism while room is left (still_fits);
+    the conditions it writes are the ones a full recomputation gives, up to exhaustion."""
+    status: PrivacyBudgetStatus | None = None
+    for i in range(3000):
+        result = state.grant(spec("1"), 1, status, request(f"lease-{i:04d}", pod=f"p{i % 3}",
+                                                           mech=mech, requested=1000),
+                             T0, accounting=accounting)
+        if isinstance(result, state.Refusal):
+            assert result.reason == "BudgetExhausted"
+            break
+        status = result.status
+        again = state.compute_status(spec("1"), 1, status, T0, accounting=accounting).status
+        assert conditions(again) == conditions(status)
+        assert again.epsilon_spent == status.epsilon_spent
+    else:
+        pytest.fail("the budget was never exhausted")
+    assert status is not None and conditions(status)["Exhausted"][0] == "True"

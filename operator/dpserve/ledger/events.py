@@ -73,9 +73,27 @@ def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | N
     return event_class.from_mechanism(parameter)
 
 
-def canonical_mechanism(mechanism: Mechanism) -> tuple[tuple[str, str], ...]:
+MechanismKey = tuple[tuple[str, str], ...]
+# canonical_mechanism runs about ten times per grant (every entry and lease is matched by it),
+# on a few distinct mechanisms: memoised on the fields as written (a repr per value, so "40"
+# and "40.0" are two keys of one answer). Bounded; cleared whole when full.
+_CANONICAL: dict[tuple[tuple[str, str], ...], MechanismKey] = {}
+_CANONICAL_MAX = 4096
+
+
+def canonical_mechanism(mechanism: Mechanism) -> MechanismKey:
     """The mechanism as a comparable key: decimals by value ("40" == "40.0"), unset dropped,
     the privacy unit as it applies (an omitted default equals the same unit stated)."""
+    written = tuple((name, repr(value)) for name, value in mechanism.__dict__.items())
+    found = _CANONICAL.get(written)
+    if found is None:
+        if len(_CANONICAL) >= _CANONICAL_MAX:
+            _CANONICAL.clear()
+        found = _CANONICAL[written] = _canonical(mechanism)
+    return found
+
+
+def _canonical(mechanism: Mechanism) -> MechanismKey:
     wire = {**mechanism.wire(), "privacyUnit": privacy_unit(mechanism)}
     items: list[tuple[str, str]] = []
     for key, value in sorted(wire.items()):

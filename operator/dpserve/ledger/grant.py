@@ -221,9 +221,9 @@ def _paid_grant(
     limit, limit_text = limits.limit_of(partition)
     sub = on_ledger(entries, partition)
     sub_spends = ev.spends(sub)
+    checked = evaluable(event, limits, ctx.accounting)
     fit = ctx.accounting.max_additional(
-        sub_spends, evaluable(event, limits, ctx.accounting), limit, limits.delta, limits.kind,
-        request.requested,
+        sub_spends, checked, limit, limits.delta, limits.kind, request.requested
     )
     if fit < 1:
         return _exhausted(ctx, sub, partition, limit_text)
@@ -254,6 +254,11 @@ def _paid_grant(
         ),
         ctx.now,
         accounting=ctx.accounting,
+        # fit queries fitted before the debit, so fit - granted still fit after it: the
+        # status need not solve for this mechanism again (on the main ledger it checks). The
+        # answers of the two solves can differ only by float rounding at the very boundary,
+        # and then only in when Exhausted is reported; no grant depends on it.
+        still_fits=checked if partition is None and fit - granted >= 1 else None,
     )
     spent, left = ledger_numbers(update.status, partition)
     prefetch = None

@@ -52,6 +52,7 @@ def compute_status(
     *,
     accounting: Accounting,
     probes: Sequence[Event] = (),
+    still_fits: Event | None = None,
 ) -> StatusUpdate:
     """The status the budget should have: numbers, partitions, alerts, conditions, Events.
 
@@ -59,6 +60,8 @@ def compute_status(
     records are carried over (expired leases pruned), everything else is derived. ``probes``
     are extra query events whose exhaustion matters (the mechanisms of the PrivateModels
     bound to this budget); the mechanisms already on the ledger are always probed.
+    ``still_fits``: a query event the caller has shown to fit the main ledger at least once
+    more (a grant that left room for its own mechanism), so it is not solved for again.
     """
     previous = status if status is not None else PrivacyBudgetStatus()
     leases = retain_records(previous.leases, now)
@@ -69,7 +72,9 @@ def compute_status(
             unknown_status(previous, leases, generation, now, "InvalidSpec", str(exc))
         )
     try:
-        return _compute(limits, generation, previous, leases, now, accounting, probes)
+        return _compute(
+            limits, generation, previous, leases, now, accounting, probes, still_fits
+        )
     except ACCOUNTING_ERRORS as exc:
         return accounting_failed_status(previous, leases, generation, now, exc)
 
@@ -109,6 +114,7 @@ def _compute(
     now: datetime,
     accounting: Accounting,
     probes: Sequence[Event],
+    still_fits: Event | None,
 ) -> StatusUpdate:
     entries = list(previous.ledger)
     main = on_ledger(entries, None)
@@ -116,7 +122,7 @@ def _compute(
     spent = ledger_epsilon(spends, limits, accounting)
     partitions = partition_statuses(limits, entries, accounting)
     # Evaluated even when nothing is left: an unevaluable mechanism is a failed computation.
-    blocked = _all_blocked(limits, main, spends, probes, accounting)
+    blocked = _all_blocked(limits, main, spends, probes, accounting, still_fits)
     nothing_left = spent >= limits.epsilon
     reading = Reading(
         spent_text=format_up(spent),
@@ -156,8 +162,12 @@ def _all_blocked(
     spends: Sequence[Spend],
     probes: Sequence[Event],
     accounting: Accounting,
+    still_fits: Event | None = None,
 ) -> bool:
-    """Whether not one more query of any mechanism in use (or probed) fits the main ledger."""
+    """Whether not one more query of any mechanism in use (or probed) fits the main ledger.
+
+    Every other candidate is still solved for: one that cannot be evaluated must raise.
+    """
     candidates: dict[Event, None] = {}
     for entry in main:
         if entry.kind == "query":
@@ -169,7 +179,8 @@ def _all_blocked(
     blocked = [
         event
         for event in candidates
-        if accounting.max_additional(
+        if event != still_fits
+        and accounting.max_additional(
             spends, event, limits.epsilon, limits.delta, limits.kind, 1
         )
         < 1
