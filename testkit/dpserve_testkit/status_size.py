@@ -14,8 +14,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from dpserve.api.mechanism import Mechanism
-from dpserve.api.privacybudget import LeaseRecord, LedgerEntry, PrivacyBudgetStatus
+from dpserve.api.privacybudget import (
+    LeaseRecord,
+    LedgerEntry,
+    PartitionStatus,
+    PrivacyBudgetStatus,
+)
 from dpserve.ledger.lease_ids import sequenced_id
+from dpserve.ledger.limits import MAX_PARTITION_STATUSES
 
 NAMESPACE = "clinical-nlp"
 GAUSSIAN = {"type": "gaussian", "noiseMultiplier": "1.25", "clipNorm": "1", "sensitivity": "1"}
@@ -30,28 +36,43 @@ def _pod(index: int) -> str:
     return f"{_model(index)}-7c9d5b8f4-x{index:04x}"
 
 
-def status_at(entries: int, outstanding: int, remembered: int) -> PrivacyBudgetStatus:
+def _tenant(index: int, tenants: bool) -> str | None:
+    return f"tenant-{index % MAX_PARTITION_STATUSES:04d}" if tenants else None
+
+
+def status_at(
+    entries: int, outstanding: int, remembered: int, *, tenants: bool = False
+) -> PrivacyBudgetStatus:
     """A status holding ``entries`` query entries, ``outstanding`` unexpired lease records (two
-    per pod: its current lease and the prefetched next) and ``remembered`` expired ones."""
+    per pod: its current lease and the prefetched next) and ``remembered`` expired ones.
+
+    ``tenants``: a multi-tenant budget at its largest, every entry and lease charged to a
+    tenant and the status listing all 256 tenants' numbers (``partitions``).
+    """
     mechanism = Mechanism.model_validate(GAUSSIAN)
     ledger = [LedgerEntry(consumer=f"{NAMESPACE}/{_model(i)}", model_version="v12",
-                          kind="query", mechanism=mechanism, count=12_345_678)
+                          kind="query", mechanism=mechanism, count=12_345_678,
+                          partition=_tenant(i, tenants))
               for i in range(entries)]
 
     def record(pod: int, sequence: int, expires: datetime) -> LeaseRecord:
         return LeaseRecord(
-            lease_id=sequenced_id(_pod(pod), None, sequence),
+            lease_id=sequenced_id(_pod(pod), _tenant(pod, tenants), sequence),
             consumer=f"{NAMESPACE}/{_model(pod % max(1, entries))}", model_version="v12",
-            pod=_pod(pod), granted=1000, expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            pod=_pod(pod), partition=_tenant(pod, tenants), granted=1000,
+            expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
 
     leases = [record(i // 2, 100_000 + i, NOW + timedelta(minutes=5))
               for i in range(outstanding)]
     leases += [record(outstanding + i, 100_000 + i, NOW - timedelta(hours=1))
                for i in range(remembered)]
+    partitions = [PartitionStatus(tenant=f"tenant-{i:04d}", epsilon_spent="0.123456",
+                                  epsilon_remaining="1.876544")
+                  for i in range(MAX_PARTITION_STATUSES if tenants else 0)]
     return PrivacyBudgetStatus(
         epsilon_spent="7.123456", epsilon_remaining="0.876544", lifetime_epsilon="7.123456",
-        ledger=ledger, leases=leases,
+        ledger=ledger, leases=leases, partitions=partitions,
     )
 
 

@@ -80,7 +80,8 @@ class GroupCommit:
         self._queues: dict[BudgetKey, list[_Job]] = {}
         self._workers: dict[BudgetKey, asyncio.Task[None]] = {}
         self._budgets: dict[BudgetKey, Budget] = {}  # the copy this process wrote last
-        self._last_unwritten: dict[tuple[BudgetKey, str], datetime] = {}  # event reason -> when
+        # (budget, Event reason) -> when _emit_unwritten last emitted it
+        self._last_unwritten: dict[tuple[BudgetKey, str], datetime] = {}
         self._stopped = False
 
     async def mutate(

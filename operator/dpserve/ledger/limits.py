@@ -20,9 +20,10 @@ MAX_PARTITION_STATUSES = 256
 # status object, the API server sends all of it to every watcher of PrivacyBudgets (the
 # operator, GitOps controllers, `kubectl get -w`) and etcd keeps each revision until it
 # compacts. At these defaults the status stays under 100 KiB with realistic names (~0.19 KiB
-# per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"); at 1,024 of each it
-# was 410 KiB. Both are settings (DPSERVE_LEDGER_MAX_ENTRIES, DPSERVE_LEDGER_MAX_LEASES) for a
-# cluster that accepts the larger object.
+# per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"); at the former 1,024
+# entries, 1,024 leases and 1,024 remembered records it was 626 KiB. Both are settings
+# (DPSERVE_LEDGER_MAX_ENTRIES, DPSERVE_LEDGER_MAX_LEASES) for a cluster that accepts the larger
+# object. A multi-tenant budget with all 256 tenants on its status is the one shape above.
 DEFAULT_MAX_ENTRIES = 256  # consumer x version x mechanism x tenant combinations
 DEFAULT_MAX_LEASES = 128  # outstanding lease records: 64 pod pools, each current + prefetched
 # How long a lease may be served from, and so how long its id stays retryable. One value for
