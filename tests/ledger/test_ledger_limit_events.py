@@ -1,12 +1,23 @@
 """A budget that reaches one of the ledger's limits says so on the budget: a Warning Event,
-once a minute per limit, though a refusal writes nothing (docs/ledger.md, "Status size")."""
+once a minute per limit, though a refusal writes nothing (docs/ledger.md, "Status size").
+Any other decision that writes nothing emits nothing: its Events follow a status write."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from ledger_helpers import NS, PATE, Clock, FakeReviewer, lease_body, make_service, model_spec
+from ledger_helpers import (
+    FREE,
+    NS,
+    PATE,
+    Clock,
+    FakeReviewer,
+    budget_spec,
+    lease_body,
+    make_service,
+    model_spec,
+)
 
 from dpserve.ledger.limits import LeasePolicy
 from dpserve.ledger.service import LedgerService
@@ -70,3 +81,31 @@ async def test_a_full_ledger_is_a_warning(
         await granted_triage(service)  # the entry it has keeps counting
     finally:
         await service.stop()
+
+
+async def test_a_grant_that_writes_nothing_emits_nothing(
+    store: MemoryStore, reviewer: FakeReviewer, clock: Clock
+) -> None:
+    """A free grant on a budget whose ε was lowered below what is spent decides a status that
+    says Exhausted, but writes nothing (no spend changed): its transition Events would claim
+    what the stored status does not say, so they wait for the write that says it."""
+    training = {"noiseMultiplier": "1.1", "sampleRate": "0.01", "steps": 1000}
+    store.put_model(NS, "free", model_spec(FREE, training=training))
+    reviewer.add("tok-free", "free", pod="free-0")
+
+    async def free_lease(label: str) -> None:
+        # A service per lease: the second reads the edited spec, not its cached copy.
+        service = make_service(store, reviewer, clock=clock)
+        try:
+            body = lease_body(label, model=f"{NS}/free", pod="free-0", mech=FREE)
+            await service.lease(json.dumps(body).encode(), "Bearer tok-free")
+        finally:
+            await service.stop()
+
+    await free_lease("lease-0001")  # charges the declared training: written
+    status = store.budget(NS, "patients")["status"]
+    store.put_budget(NS, "patients", budget_spec("0.001"), status)
+    before = len(store.events)
+    await free_lease("lease-0002")
+    assert store.budget(NS, "patients")["status"] == status  # nothing written
+    assert store.events[before:] == []

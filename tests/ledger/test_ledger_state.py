@@ -20,6 +20,7 @@ from dpserve.ledger import events as ev
 from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.conditions import get_condition, rfc3339
+from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.leases import subtract_outstanding
 
 CONSUMER = f"{NS}/triage"
@@ -746,24 +747,48 @@ def test_policy_validation() -> None:
         state.LeasePolicy(max_leases=5000)
 
 
-@pytest.mark.parametrize("mech", [GAUSS, PATE])
+@pytest.mark.parametrize(("mech", "accountant"), [(GAUSS, "rdp"), (PATE, "rdp"), (GAUSS, "pld")])
 def test_a_grant_status_equals_the_status_recomputed_from_its_ledger(
-    accounting: LedgerAccounting, mech: dict[str, Any]
+    accounting: LedgerAccounting, mech: dict[str, Any], accountant: str
 ) -> None:
     """A grant skips solving again for its own mechanism while room is left (still_fits);
     the conditions it writes are the ones a full recomputation gives, up to exhaustion."""
+    budget = spec("1", accountant=accountant)
     status: PrivacyBudgetStatus | None = None
     for i in range(3000):
-        result = state.grant(spec("1"), 1, status, request(f"lease-{i:04d}", pod=f"p{i % 3}",
-                                                           mech=mech, requested=1000),
+        result = state.grant(budget, 1, status, request(f"lease-{i:04d}", pod=f"p{i % 3}",
+                                                        mech=mech, requested=1000),
                              T0, accounting=accounting)
         if isinstance(result, state.Refusal):
             assert result.reason == "BudgetExhausted"
             break
         status = result.status
-        again = state.compute_status(spec("1"), 1, status, T0, accounting=accounting).status
+        again = state.compute_status(budget, 1, status, T0, accounting=accounting).status
         assert conditions(again) == conditions(status)
         assert again.epsilon_spent == status.epsilon_spent
     else:
         pytest.fail("the budget was never exhausted")
     assert status is not None and conditions(status)["Exhausted"][0] == "True"
+
+
+def test_a_pod_leasing_for_many_tenants_keeps_every_pools_latest_lease(
+    accounting: LedgerAccounting,
+) -> None:
+    """Records are pruned per pool (pod and partition), as the sidecar keeps one lease
+    sequence per tenant: retrying any pool's latest id within its TTL is a replay, never a
+    second charge, however many tenants the pod serves."""
+    partitioned = spec(partitions={"header": "X-Tenant", "epsilon": "2"})
+    policy = state.LeasePolicy(max_leases=2048)
+    tenants = [f"t{i:03d}" for i in range(100)]
+    status: PrivacyBudgetStatus | None = None
+    asked = {}
+    for tenant in tenants:
+        asked[tenant] = request(sequenced_id("embed-0", tenant, 1), pod="embed-0", mech=LAPLACE,
+                                partition=tenant, consumer=f"{NS}/embed")
+        status = granted(state.grant(partitioned, 1, status, asked[tenant], T0,
+                                     accounting=accounting, policy=policy)).status
+    assert status is not None and len(status.leases) == len(tenants)
+    for tenant in (tenants[0], tenants[70]):
+        again = granted(state.grant(partitioned, 1, status, asked[tenant], T0,
+                                    accounting=accounting, policy=policy))
+        assert again.replay and not again.changed

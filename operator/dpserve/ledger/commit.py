@@ -29,9 +29,7 @@ from dpserve.ledger.store import Conflict, NotFound, Store, Unavailable
 log = logging.getLogger("dpserve.ledger")
 
 MAX_BATCH = 64  # decisions carried by one status write (group commit)
-# Events of decisions that write nothing (a limit reached) repeat with every refused request;
-# each budget emits one per reason at most this often.
-UNWRITTEN_EVENT_INTERVAL = timedelta(seconds=60)
+UNWRITTEN_EVENT_INTERVAL = timedelta(seconds=60)  # Outcome.notices: per budget and reason
 
 T = TypeVar("T")
 
@@ -42,8 +40,11 @@ class Outcome(Generic[T]):
 
     result: T
     write: PrivacyBudgetStatus | None = None  # persist this before answering
-    events: tuple[BudgetEvent, ...] = ()
+    events: tuple[BudgetEvent, ...] = ()  # emitted once ``write`` has landed (none without)
     recheck: bool = False  # decided on a cached copy and negative: confirm on a fresh read
+    # Emitted though nothing is written (a limit reached); they repeat with every such
+    # decision, so each budget emits one per reason at most every UNWRITTEN_EVENT_INTERVAL.
+    notices: tuple[BudgetEvent, ...] = ()
 
 
 Decide = Callable[[Budget, datetime], Outcome[T]]
@@ -80,8 +81,8 @@ class GroupCommit:
         self._queues: dict[BudgetKey, list[_Job]] = {}
         self._workers: dict[BudgetKey, asyncio.Task[None]] = {}
         self._budgets: dict[BudgetKey, Budget] = {}  # the copy this process wrote last
-        # (budget, Event reason) -> when _emit_unwritten last emitted it
-        self._last_unwritten: dict[tuple[BudgetKey, str], datetime] = {}
+        # budget -> Event reason -> when _emit_notices last emitted it (a deleted budget's go)
+        self._noticed: dict[BudgetKey, dict[str, datetime]] = {}
         self._stopped = False
 
     async def mutate(
@@ -146,7 +147,7 @@ class GroupCommit:
                     continue
                 await self._persisted(key, jobs, outcomes, replace(budget, raw=written,
                                                                    status=write))
-            await self._emit_unwritten(key, budget, outcomes)
+            await self._emit_notices(key, budget, outcomes)
             _answer(jobs, outcomes)
             if write is not None:  # after the answers: the watermark never delays a grant
                 await self.guard.raise_watermark(key, write)
@@ -202,24 +203,28 @@ class GroupCommit:
                   for e in o.events]
         await emit(self.store, key[0], budget.raw, events)
 
-    async def _emit_unwritten(
+    async def _emit_notices(
         self, key: BudgetKey, budget: Budget, outcomes: Sequence[Outcome[Any] | Exception]
     ) -> None:
-        """The Events of decisions that wrote nothing, each reason at most once an interval."""
+        """The decisions' notices, each reason at most once an interval per budget."""
         now = self.clock()
         due = []
-        unwritten = (o for o in outcomes if isinstance(o, Outcome) and o.write is None)
-        for event in (e for o in unwritten for e in o.events):
-            last = self._last_unwritten.get((key, event.reason))
+        for event in (e for o in outcomes if isinstance(o, Outcome) for e in o.notices):
+            noticed = self._noticed.setdefault(key, {})
+            last = noticed.get(event.reason)
             if last is None or now - last >= UNWRITTEN_EVENT_INTERVAL:
-                self._last_unwritten[(key, event.reason)] = now
+                noticed[event.reason] = now
                 due.append(event)
         await emit(self.store, key[0], budget.raw, due)
 
     async def _read_or_forget(self, key: BudgetKey) -> Budget:
         try:
             return await self.guard.read(key)
-        except (Unavailable, NotFound):
+        except NotFound:
+            self._budgets.pop(key, None)
+            self._noticed.pop(key, None)
+            raise
+        except Unavailable:
             self._budgets.pop(key, None)
             raise
 

@@ -235,7 +235,7 @@ def _paid_grant(
                    f"{ctx.policy.max_leases}, DPSERVE_LEDGER_MAX_LEASES); retry when some expire")
         return Refusal("Unavailable", message,
                        event=BudgetEvent("Warning", "LeaseLimitReached", message))
-    # At risk after this grant: the leases that may still hold unused queries (each pod's
+    # At risk after this grant: the leases that may still hold unused queries (each pool's
     # latest two, the new one included); the new one is added as the n being solved for.
     outstanding = [r for r in kept if r is not lease and r.partition == partition]
     key = request_key(request.consumer, request.model_version, partition, request.mechanism)

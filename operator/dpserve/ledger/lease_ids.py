@@ -1,6 +1,6 @@
 """Sequenced lease ids: bound to the pod (and partition) that formed them, increasing.
 
-A random lease id is idempotent only while its record is on the status (each pod's two
+A random lease id is idempotent only while its record is on the status (each pool's two
 latest, unexpired): once forgotten, a replay would be charged as a new lease. A *sequenced*
 id, ``s<16 hex digits: sequence>-<16 hex digits: tag>``, fixes that with a compact per-pool
 high-water mark:
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 ID_MEMORY = timedelta(hours=24)  # how long a pool's latest record outlives its expiry
-# Expired records kept at most (the most recent), beyond the outstanding: bounded for the
-# status's size (limits.py). A pool whose record was dropped loses only its replay memory: a
-# replayed id of it is charged again (more spent, never less), and a pod's bound token dies
-# with the pod, so the records that matter are those of live pools idle past a lease TTL.
+# Expired records kept at most (the most recent), beyond the outstanding (each pool's two
+# latest unexpired, leases.prune_leases): bounded for the status's size (limits.py). A pool
+# whose record was dropped loses only its replay memory: a replayed id of it is charged again
+# (more spent, never less), and a pod's bound token dies with the pod, so the records that
+# matter are those of live pools idle past a lease TTL.
 MAX_REMEMBERED = 64
 
 _SEQUENCED = re.compile(r"^s([0-9a-f]{16})-([0-9a-f]{16})$")

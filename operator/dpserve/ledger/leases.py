@@ -29,28 +29,30 @@ from dpserve.ledger.evaluation import finite_epsilon
 from dpserve.ledger.lease_ids import ID_MEMORY, MAX_REMEMBERED, parse
 from dpserve.ledger.limits import MAX_LEASE_RECORDS, LeasePolicy, Limits
 
-LEASES_KEPT_PER_POD = 2
+LEASES_KEPT_PER_POOL = 2
 
 
 def prune_leases(
-    leases: Sequence[LeaseRecord], now: datetime, per_pod: int = LEASES_KEPT_PER_POD
+    leases: Sequence[LeaseRecord], now: datetime, per_pool: int = LEASES_KEPT_PER_POOL
 ) -> list[LeaseRecord]:
-    """The lease records still worth keeping: unexpired, and each pod's ``per_pod`` latest.
+    """The lease records still worth keeping: unexpired, and each pool's ``per_pool`` latest.
 
-    The sidecar protocol (docs/ledger.md) makes older records useless: a pod has one lease
-    request in flight at a time (retries reuse its id), serves its leases in the order they
-    were granted and asks for the next one only once the current one is in use. So only a
-    pod's latest lease id can still be retried, and only its two latest leases can still
-    hold unused queries. Keeping those bounds the status by the number of pods, not by the
-    grant rate. Records are appended in grant order, so "latest" is list order.
+    A pool is a pod's leases for one partition (none, or one tenant): the sidecar keeps one
+    lease sequence per pool (``lease_ids``), and the protocol (docs/ledger.md) makes a pool's
+    older records useless: a pool has one lease request in flight at a time (retries reuse its
+    id), serves its leases in the order they were granted and asks for the next one only once
+    the current one is in use. So only a pool's latest lease id can still be retried, and
+    only its two latest leases can still hold unused queries. Keeping those bounds the status
+    by the number of pools, not by the grant rate. Records are appended in grant order, so
+    "latest" is list order.
     """
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str | None], int] = {}
     kept: list[LeaseRecord] = []
     for lease in reversed(leases):
         if parse_rfc3339(lease.expires_at) <= now:
             continue
-        key = (lease.consumer, lease.pod)
-        if seen.get(key, 0) >= per_pod:
+        key = (lease.consumer, lease.pod, lease.partition)
+        if seen.get(key, 0) >= per_pool:
             continue
         seen[key] = seen.get(key, 0) + 1
         kept.append(lease)

@@ -74,8 +74,8 @@ class Refusal:
     epsilon_spent: float | None = None
     epsilon_remaining: float | None = None
     high_water: int | None = None  # LeaseIdUsed: the pool's last granted sequence
-    # A refusal an operator must act on (a limit reached): emitted on the budget, at most once
-    # a minute per reason (commit.GroupCommit), though nothing is written.
+    # A refusal an operator must act on (a limit reached): emitted on the budget though
+    # nothing is written, at most once a minute per reason (commit.Outcome.notices).
     event: BudgetEvent | None = None
 
 

@@ -259,8 +259,8 @@ class LedgerService:
             result = state.grant(budget.spec, budget.generation, budget.status, request, now,
                                  accounting=self.accounting, policy=self.settings.policy)
             if isinstance(result, state.Refusal):
-                events = () if result.event is None else (result.event,)
-                return Outcome(result, recheck=True, events=events)
+                notices = () if result.event is None else (result.event,)
+                return Outcome(result, recheck=True, notices=notices)
             return Outcome(
                 result, write=result.status if result.changed else None, events=result.events
             )

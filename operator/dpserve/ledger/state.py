@@ -36,7 +36,7 @@ from dpserve.ledger.evaluation import (
 )
 from dpserve.ledger.fits import query_fits
 from dpserve.ledger.grant import grant
-from dpserve.ledger.leases import LEASES_KEPT_PER_POD, prune_leases
+from dpserve.ledger.leases import LEASES_KEPT_PER_POOL, prune_leases
 from dpserve.ledger.limits import (
     DEFAULT_MAX_LEASES,
     MAX_LEDGER_ENTRIES,
@@ -70,7 +70,7 @@ __all__ = [
     "CONDITION_TYPES",
     "DEFAULT_MAX_LEASES",
     "EXHAUSTED",
-    "LEASES_KEPT_PER_POD",
+    "LEASES_KEPT_PER_POOL",
     "MAX_LEDGER_ENTRIES",
     "MAX_PARTITION_STATUSES",
     "READY",
