@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from dpserve.api.base import Condition
 from dpserve.api.mechanism import Mechanism
 from dpserve.api.privacybudget import (
     LeaseRecord,
     LedgerEntry,
     PartitionStatus,
+    PrivacyBudgetSpec,
     PrivacyBudgetStatus,
 )
+from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.lease_ids import sequenced_id
 from dpserve.ledger.limits import MAX_PARTITION_STATUSES
+from dpserve.ledger.status import compute_status
 
 NAMESPACE = "clinical-nlp"
 GAUSSIAN = {"type": "gaussian", "noiseMultiplier": "1.25", "clipNorm": "1", "sensitivity": "1"}
@@ -71,9 +75,17 @@ def status_at(
                                   epsilon_remaining="1.876544")
                   for i in range(MAX_PARTITION_STATUSES if tenants else 0)]
     return PrivacyBudgetStatus(
-        epsilon_spent="7.123456", epsilon_remaining="0.876544", lifetime_epsilon="7.123456",
-        ledger=ledger, leases=leases, partitions=partitions,
+        observed_generation=3, epsilon_spent="7.123456", epsilon_remaining="0.876544",
+        lifetime_epsilon="7.123456", ledger=ledger, leases=leases, partitions=partitions,
+        alerts_fired=["0.5", "0.8"], conditions=_conditions(),
     )
+
+
+def _conditions() -> list[Condition]:
+    """The conditions the ledger writes on a budget, as it writes them (messages included)."""
+    spec = PrivacyBudgetSpec.model_validate(
+        {"epsilon": "8", "delta": "1e-6", "alertThresholds": ["0.5", "0.8"]})
+    return compute_status(spec, 3, None, NOW, accounting=LedgerAccounting()).status.conditions
 
 
 def stored_bytes(status: PrivacyBudgetStatus) -> int:

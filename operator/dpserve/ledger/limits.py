@@ -21,7 +21,7 @@ MAX_PARTITION_STATUSES = 256
 # operator, GitOps controllers, `kubectl get -w`) and etcd keeps each revision until it
 # compacts. At these defaults the status stays under 100 KiB with realistic names (~0.19 KiB
 # per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"); at the former 1,024
-# entries, 1,024 leases and 1,024 remembered records it was 626 KiB. Both are settings
+# entries, 1,024 leases and 1,024 remembered records it was 627 KiB. Both are settings
 # (DPSERVE_LEDGER_MAX_ENTRIES, DPSERVE_LEDGER_MAX_LEASES) for a cluster that accepts the larger
 # object. A multi-tenant budget with all 256 tenants on its status is the one shape above.
 DEFAULT_MAX_ENTRIES = 256  # consumer x version x mechanism x tenant combinations
