@@ -29,8 +29,10 @@ process; cold: the first grant in a fresh process (an operator restart). Today's
 grants side by side, its lease size the exact search under the at-risk ceiling; "search" is
 our accountant with that exact search, "secant" the ledger's ``leases.size_within_risk``,
 "ours" that with the next check prepared between grants, untimed, as the ledger's worker
-does while the pod serves its lease (``leases.next_check``, ``LedgerService._prepare``).
-The last line is ``pld_grant_p99_ms=<x> pld_cold_s=<y>``.
+does while the pod serves its lease (``leases.next_check``, ``LedgerService._prepare``);
+"ledger" is the product's whole decision, ``ledger.state.grant`` on the budget's spec and
+status (the status it writes included), prepared the same way. The last line is
+``pld_grant_p99_ms=<x> pld_cold_s=<y> ledger_grant_p99_ms=<z> ledger_cold_s=<w>``.
 
 Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only]
        [--pld-cpu-time]  (PLD decisions in process CPU seconds: steadier on a shared machine)
@@ -51,6 +53,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +439,8 @@ def pld_grants(which: str, grants: int, cpu: bool = False
     for cached in (pld._component_pld, pld._composed_pld, pld.pld_epsilon):
         cached.cache_clear()  # each solver starts cold: no PLD composed by the one before
     pld._SPECTRA.clear()
+    if which == "ledger":
+        return _ledger_grants(grants, cpu)
     epsilon, max_additional, size, prepare = _pld_solvers(which)
     run, query = SubsampledGaussian(*PLD_RUN), GaussianQuery(PLD_QUERY_Z)
     count, outstanding, out = 10_000, 0, []
@@ -455,6 +460,53 @@ def pld_grants(which: str, grants: int, cpu: bool = False
         prepare(spends, debited, query)
         out.append((decided - started, granted, clock() - decided))
         count, outstanding = count + granted, granted
+    return out
+
+
+def _ledger_grants(grants: int, cpu: bool) -> list[tuple[float, int, float]]:
+    """``pld_grants`` through the product's own decision, ``dpserve.ledger.state.grant``: the
+    budget's spec and status (the run and the queries as ledger entries, the lease records),
+    the status it writes included, and the next check prepared between grants as
+    ``LedgerService._prepare`` does."""
+    from dpserve.api.mechanism import Mechanism
+    from dpserve.api.privacybudget import (
+        LedgerEntry,
+        PrivacyBudgetSpec,
+        PrivacyBudgetStatus,
+        TrainingSpend,
+    )
+    from dpserve.ledger import state
+    from dpserve.ledger.accountant import LedgerAccounting
+    from dpserve.ledger.leases import next_check
+
+    clock = time.process_time if cpu else time.perf_counter
+    z, rate, steps = PLD_RUN
+    spec = PrivacyBudgetSpec.model_validate(
+        {"epsilon": str(PLD_BUDGET), "delta": str(PLD_DELTA), "accountant": "pld"})
+    mechanism = Mechanism.model_validate(GAUSS)  # z = 2 * 1 / 0.02 = PLD_QUERY_Z
+    status: Any = PrivacyBudgetStatus(ledger=[
+        LedgerEntry(consumer=f"{NS}/m", kind="training", count=1, training=TrainingSpend(
+            noise_multiplier=str(z), sample_rate=str(rate), steps=steps)),
+        LedgerEntry(consumer=f"{NS}/m", kind="query", mechanism=mechanism, count=10_000),
+    ])
+    accounting, now, out = LedgerAccounting(), datetime.now(UTC), []
+    for sequence in range(1, grants + 1):
+        request = state.GrantRequest(
+            consumer=f"{NS}/m", model_version="v1", mechanism=mechanism,
+            requested=PLD_REQUEST, lease_id=sequenced_id("m-0", None, sequence), pod="m-0")
+        started = clock()
+        result = state.grant(spec, 1, status, request, now, accounting=accounting)
+        decided = clock()
+        if not isinstance(result, state.Grant):
+            break
+        status, prefetch = result.status, result.prefetch
+        if prefetch is not None:
+            check = next_check(prefetch.before, prefetch.debited, prefetch.event,
+                               prefetch.requested, prefetch.limit, prefetch.delta,
+                               prefetch.at_risk_fraction, accounting)
+            if check is not None:
+                accounting.epsilon(check, prefetch.delta, "pld")
+        out.append((decided - started, result.granted, clock() - decided))
     return out
 
 
@@ -485,7 +537,7 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
     )
     results = {}
     for which, count in (("today", today_grants), ("search", grants), ("secant", grants),
-                         ("ours", grants)):
+                         ("ours", grants), ("ledger", grants)):
         cold = pld_cold(which, cpu)
         timed = pld_grants(which, count + 1, cpu)[1:]  # the first one is the cold start
         warm = [seconds for seconds, _, _ in timed]
@@ -497,14 +549,16 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
             f"{1000 * statistics.median(warm):8.1f} ms p99 {1000 * p99(warm):8.1f} ms; "
             f"queries granted {sum(granted)} (mean lease {statistics.mean(granted):.0f})"
             + (f"; preparing the next, median {1000 * statistics.median(prepared):.1f} ms "
-               "(off the grant path)" if which == "ours" else ""),
+               "(off the grant path)" if which in ("ours", "ledger") else ""),
             flush=True,
         )
     (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]
+    ledger_p99, ledger_cold = results["ledger"]
     print(
         f"today_pld_grant_p99_ms={1000 * today_p99:.1f} today_pld_cold_s={today_cold:.2f}"
     )
-    print(f"pld_grant_p99_ms={1000 * ours_p99:.1f} pld_cold_s={ours_cold:.2f}")
+    print(f"pld_grant_p99_ms={1000 * ours_p99:.1f} pld_cold_s={ours_cold:.2f} "
+          f"ledger_grant_p99_ms={1000 * ledger_p99:.1f} ledger_cold_s={ledger_cold:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
