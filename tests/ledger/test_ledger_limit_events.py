@@ -5,6 +5,8 @@ Any other decision that writes nothing emits nothing: its Events follow a status
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from ledger_helpers import (
@@ -39,6 +41,16 @@ def second_model(store: MemoryStore, reviewer: FakeReviewer) -> None:
     reviewer.add("tok-second", "second", pod="second-0")
 
 
+@asynccontextmanager
+async def serving(store: MemoryStore, reviewer: FakeReviewer, clock: Clock,
+                  policy: LeasePolicy) -> AsyncIterator[LedgerService]:
+    service = make_service(store, reviewer, clock=clock, policy=policy)
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
 async def refused_second(service: LedgerService) -> str:
     """The second model's pod asks for a lease and is refused; the refusal's message."""
     body = lease_body(model=f"{NS}/second", pod="second-0")
@@ -55,8 +67,7 @@ async def granted_triage(service: LedgerService) -> None:
 async def test_a_reached_lease_limit_is_a_warning_once_a_minute(
     store: MemoryStore, reviewer: FakeReviewer, clock: Clock
 ) -> None:
-    service = make_service(store, reviewer, clock=clock, policy=LeasePolicy(max_leases=1))
-    try:
+    async with serving(store, reviewer, clock, LeasePolicy(max_leases=1)) as service:
         await granted_triage(service)
         for _ in range(3):
             assert "DPSERVE_LEDGER_MAX_LEASES" in await refused_second(service)
@@ -64,23 +75,18 @@ async def test_a_reached_lease_limit_is_a_warning_once_a_minute(
         clock.advance(61)  # the triage lease is still outstanding (TTL 300 s)
         await refused_second(service)
         assert len(limit_events(store)) == 2
-    finally:
-        await service.stop()
 
 
 async def test_a_full_ledger_is_a_warning(
     store: MemoryStore, reviewer: FakeReviewer, clock: Clock
 ) -> None:
-    service = make_service(store, reviewer, clock=clock, policy=LeasePolicy(max_entries=1))
-    try:
+    async with serving(store, reviewer, clock, LeasePolicy(max_entries=1)) as service:
         await granted_triage(service)
         message = await refused_second(service)
         assert "ledger is full" in message and f"{NS}/second" in message
         await refused_second(service)
         assert limit_events(store) == [("Warning", "LedgerFull", "patients")]
         await granted_triage(service)  # the entry it has keeps counting
-    finally:
-        await service.stop()
 
 
 async def test_a_grant_that_writes_nothing_emits_nothing(
@@ -95,12 +101,9 @@ async def test_a_grant_that_writes_nothing_emits_nothing(
 
     async def free_lease(label: str) -> None:
         # A service per lease: the second reads the edited spec, not its cached copy.
-        service = make_service(store, reviewer, clock=clock)
-        try:
+        async with serving(store, reviewer, clock, LeasePolicy()) as service:
             body = lease_body(label, model=f"{NS}/free", pod="free-0", mech=FREE)
             await service.lease(json.dumps(body).encode(), "Bearer tok-free")
-        finally:
-            await service.stop()
 
     await free_lease("lease-0001")  # charges the declared training: written
     status = store.budget(NS, "patients")["status"]
