@@ -19,6 +19,7 @@ of the event (for :class:`SubsampledGaussian`, ``count`` training runs, each of
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -83,8 +84,6 @@ class DPEvent(ABC):
     """
 
     __slots__ = ()
-    # The serving mechanism (``spec.serving.mechanism.type``) whose one query is this event.
-    mechanism: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -112,10 +111,6 @@ class DPEvent(ABC):
         """
         return None
 
-    @classmethod
-    def from_mechanism(cls, parameter: MechanismParameter) -> DPEvent:
-        """The event of one query answered by ``cls.mechanism`` with these spec fields."""
-        raise NotImplementedError(f"{cls.__name__} is not a serving mechanism's event")
 
 
 # Every event class registers itself on definition (``__init_subclass__``): validation
@@ -123,13 +118,15 @@ class DPEvent(ABC):
 # classes. Keyed by qualified name because ``dataclass(slots=True)`` defines each class
 # twice (the slotted copy replaces the first).
 _EVENT_CLASSES: dict[str, type[DPEvent]] = {}
-MECHANISM_EVENTS: dict[str, type[DPEvent]] = {}
+MECHANISM_EVENTS: dict[str, type[QueryEvent]] = {}
 
 
 def _register(cls: type[DPEvent]) -> None:
+    if inspect.isabstract(cls):
+        return  # a base (QueryEvent), not an event
     name = f"{cls.__module__}.{cls.__qualname__}"
     _EVENT_CLASSES[name] = cls
-    if cls.mechanism is not None:
+    if issubclass(cls, QueryEvent):
         known = MECHANISM_EVENTS.get(cls.mechanism)
         if known is not None and f"{known.__module__}.{known.__qualname__}" != name:
             raise TypeError(
@@ -137,6 +134,22 @@ def _register(cls: type[DPEvent]) -> None:
                 f"{known.__qualname__} and {cls.__qualname__}"
             )
         MECHANISM_EVENTS[cls.mechanism] = cls
+
+
+class QueryEvent(DPEvent):
+    """The event of one query a serving mechanism answers, built from the model spec's fields.
+
+    Training runs (``SubsampledGaussian``) are plain ``DPEvent``s: no query is one of them.
+    """
+
+    __slots__ = ()
+    # The serving mechanism (``spec.serving.mechanism.type``) whose one query is this event.
+    mechanism: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_mechanism(cls, parameter: MechanismParameter) -> QueryEvent:
+        """The event of one query answered by ``cls.mechanism`` with these spec fields."""
 
 
 def event_types() -> tuple[type[DPEvent], ...]:
@@ -222,7 +235,7 @@ class SubsampledGaussian(DPEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class GaussianQuery(DPEvent):
+class GaussianQuery(QueryEvent):
     """One Gaussian-mechanism release: noise std / L2 sensitivity = ``noise_multiplier``.
 
     Serving mechanism ``gaussian``: noise std is ``noiseMultiplier * clipNorm`` and one
@@ -230,7 +243,7 @@ class GaussianQuery(DPEvent):
     multiplier is ``noiseMultiplier * clipNorm / sensitivity``.
     """
 
-    mechanism: ClassVar[str | None] = "gaussian"
+    mechanism: ClassVar[str] = "gaussian"
     noise_multiplier: float
 
     def __post_init__(self) -> None:
@@ -255,7 +268,7 @@ class GaussianQuery(DPEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class GNMaxQuery(DPEvent):
+class GNMaxQuery(QueryEvent):
     """One PATE GNMax answer: Gaussian noise of absolute std ``sigma`` on the vote histogram.
 
     One record changes one teacher's vote: L2 sensitivity sqrt(2), so this is
@@ -264,7 +277,7 @@ class GNMaxQuery(DPEvent):
     mechanism ``pate``: ``sigma`` is its ``noiseMultiplier`` (vote-noise std).
     """
 
-    mechanism: ClassVar[str | None] = "pate"
+    mechanism: ClassVar[str] = "pate"
     sigma: float
 
     def __post_init__(self) -> None:
@@ -287,13 +300,13 @@ class GNMaxQuery(DPEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class LaplaceQuery(DPEvent):
+class LaplaceQuery(QueryEvent):
     """One pure ``epsilon``-DP release (Laplace noise of scale sensitivity / epsilon).
 
     Serving mechanism ``laplace-embedding``: ``epsilon`` per query.
     """
 
-    mechanism: ClassVar[str | None] = "laplace-embedding"
+    mechanism: ClassVar[str] = "laplace-embedding"
     epsilon: float
 
     def __post_init__(self) -> None:
