@@ -5,6 +5,7 @@ connection is reused only after a complete, well-framed answer."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -214,13 +215,26 @@ async def test_limit_queues_requests(serve: Callable[..., object]) -> None:
     assert server.connections <= 2
 
 
+class _NotifyingQueue(deque[asyncio.Future[None]]):
+    """The pool's waiter queue, telling the test when a waiter joins it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = asyncio.Event()
+
+    def append(self, waiter: asyncio.Future[None]) -> None:
+        super().append(waiter)
+        self.joined.set()
+
+
 async def test_a_freed_slot_goes_to_the_oldest_waiter(serve: Callable[..., object]) -> None:
     """Handed over, not freed: a request arriving as a slot frees queues behind the waiters
     (else, past the limit, a waiter could lose every race until its timeout)."""
     server, pool = await serve(lambda request: answer(b"{}"), limit=1)  # type: ignore[misc]
     pool._in_use = 1  # one request in flight
+    pool._slot_waiters = queue = _NotifyingQueue()
     waiting = asyncio.create_task(pool.post("/p", b"{}", "waiting"))
-    await asyncio.sleep(0)  # one step: the new task runs until it waits for a slot
+    await queue.joined.wait()  # the new task waits for a slot
     assert len(pool._slot_waiters) == 1
     pool._release_slot()  # the request in flight ends ...
     assert pool._in_use == 1  # ... and its slot is the waiter's now
