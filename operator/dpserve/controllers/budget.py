@@ -77,9 +77,14 @@ async def ensure_protection(ctx: OperatorContext, raw: Obj) -> None:
 
 
 async def reconcile_budget(
-    ctx: OperatorContext, namespace: str, name: str, mechanisms: Iterable[Any] = ()
+    ctx: OperatorContext, namespace: str, name: str, mechanisms: Iterable[Any] = (),
+    models: list[Obj] | None = None,
 ) -> None:
-    """Create / spec change / resume: finalizer, then the status through the ledger."""
+    """Create / spec change / resume: finalizer, then the status through the ledger.
+
+    ``models``: the namespace's PrivateModels when the caller has just listed them (the
+    work queue), so that a budget being deleted is not listed for twice per recheck.
+    """
     async with ctx.lock(("PrivacyBudget", namespace, name)):
         started = time.monotonic()
         ctx.metrics.reconciles.labels("PrivacyBudget").inc()
@@ -88,7 +93,7 @@ async def reconcile_budget(
             if raw is None:
                 return
             if raw["metadata"].get("deletionTimestamp"):
-                await _release_if_unused(ctx, raw)
+                await _release_if_unused(ctx, raw, models)
                 return
             await ensure_protection(ctx, raw)
             try:
@@ -121,19 +126,20 @@ async def queue_handler(ctx: OperatorContext, key: ModelKey) -> None:
     """
     namespace, name = key
     models = await ctx.api.list(PRIVATEMODELS, namespace)
-    await reconcile_budget(ctx, namespace, name, bound_mechanisms(models, name))
+    await reconcile_budget(ctx, namespace, name, bound_mechanisms(models, name), models)
 
 
 _warned: dict[ModelKey, tuple[str, ...]] = {}
 
 
-async def _release_if_unused(ctx: OperatorContext, raw: Obj) -> None:
+async def _release_if_unused(ctx: OperatorContext, raw: Obj, models: list[Obj] | None) -> None:
     meta = raw["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     finalizers = list(meta.get("finalizers") or [])
     if PROTECTION_FINALIZER not in finalizers:
         return
-    models = await ctx.api.list(PRIVATEMODELS, namespace)
+    if models is None:
+        models = await ctx.api.list(PRIVATEMODELS, namespace)
     users = tuple(sorted(
         m["metadata"]["name"] for m in models
         if uses(m, name) and not m["metadata"].get("deletionTimestamp")
