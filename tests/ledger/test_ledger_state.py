@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -417,6 +418,32 @@ def test_outstanding_leases_stay_within_one_percent(accounting: LedgerAccounting
             assert risk <= 0.01 * 8 + 1e-9, (i, g.granted, risk)
     assert max(sizes) > 1, "leases grow once the marginal cost of a query is small"
     assert min(sizes) == 1, "and shrink to 1 while outstanding leases use up the 1%"
+
+
+def test_a_pods_next_lease_is_not_cut_to_one_by_its_own_previous_lease(
+    accounting: LedgerAccounting,
+) -> None:
+    """One pod asks for its next lease while the previous one is in use (the sidecar's
+    prefetch). Each lease takes at most half the 1%, so the next one finds room as large:
+    the leases grow with the ledger instead of alternating between large and 1 (a stall on
+    every other lease)."""
+    event = ev.mechanism_event(mechanism(GAUSS))
+    status: PrivacyBudgetStatus | None = None
+    sizes: list[int] = []
+    for i in range(16):
+        g = granted(state.grant(spec(), 1, status, request(f"lease-{i:05d}", mech=GAUSS,
+                                                           requested=10**5),
+                                T0, accounting=accounting))
+        (entry,) = [e for e in g.status.ledger if e.kind == "query"]
+        before = accounting.epsilon([(event, entry.count - g.granted)], 1e-6, "rdp")
+        after = accounting.epsilon([(event, entry.count)], 1e-6, "rdp")
+        if g.granted > 1:
+            assert after - before <= 0.01 * 8 / 2 + 1e-12  # at most half the 1%
+        assert _at_risk(accounting, g.status, event) <= 0.01 * 8 + 1e-9 or g.granted == 1
+        status = g.status
+        sizes.append(g.granted)
+    assert all(later >= earlier // 2 for earlier, later in pairwise(sizes)), sizes
+    assert sizes[-1] > 10, sizes  # and they grow as a query's marginal cost falls
 
 
 def test_a_query_is_always_granted_while_one_fits(accounting: LedgerAccounting) -> None:
