@@ -66,14 +66,49 @@ NS = "bench"
 PATE = {"type": "pate", "teachers": 50, "noiseMultiplier": "40"}
 GAUSS = {"type": "gaussian", "noiseMultiplier": "2", "clipNorm": "1", "sensitivity": "0.02"}
 
-# The emulator in its own process; tokens are registered there (TokenReview has to find them).
-# stdin commands: "count" prints the number of write requests received so far.
+# The emulator in its own process. stdin commands: "count" prints the number of write requests
+# received so far; "pods <json>" creates each [model, pod]'s serving pod, Running, as
+# LocalKube's kubelet owns it (the model's Deployment, controlled by the PrivateModel, then
+# the pod; the bench runs no kubelet), and registers the pod's bound token "tok-<pod>" for
+# TokenReview: the ledger grants only to a serving pod of the model (dpserve.ledger.podcheck).
 # kmock logs every request and matches each new one against the whole log (O(n) per request:
 # ~7 ms per status write at first, ~17 ms after 120 writes); the bench trims that log so the
 # API server's cost per request stays constant, as a real API server's does.
 EMULATOR = r"""
 import asyncio, json, sys
+from dpserve.resources.labels import selector_labels
+from dpserve.resources.names import deployment_name
 from dpserve_testkit.localkube import serving
+
+def controller(kind, meta):
+    api = "dpserve.io/v1alpha1" if kind == "PrivateModel" else "apps/v1"
+    return {"apiVersion": api, "kind": kind, "name": meta["name"], "uid": meta["uid"],
+            "controller": True}
+
+def serving_pods(kube, pairs) -> None:
+    models = kube.kind("dpserve.io/v1alpha1", "privatemodels")
+    deployments, pods = kube.kind("apps/v1", "deployments"), kube.kind("v1", "pods")
+    owners = {}
+    for model, pod in pairs:
+        labels = selector_labels(model, "inference")
+        if model not in owners:
+            owner = kube.store.get(models, "bench", model)
+            owners[model] = kube.store.create(deployments, "bench", {
+                "metadata": {"name": deployment_name(model),
+                             "ownerReferences": [controller("PrivateModel", owner["metadata"])]},
+                "spec": {"selector": {"matchLabels": labels}, "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "model", "image": "bench"}]}}},
+            })
+        created = kube.store.create(pods, "bench", {
+            "metadata": {"name": pod, "labels": labels, "ownerReferences": [
+                controller("Deployment", owners[model]["metadata"])]},
+            "spec": {"containers": [{"name": "model", "image": "bench"}]},
+            "status": {"phase": "Running"},
+        })
+        kube.tokens.register(f"tok-{pod}", namespace="bench",
+                             service_account=f"{model}-dpserve", pod_name=pod,
+                             pod_uid=created["metadata"]["uid"], audiences=["dpserve-ledger"])
 
 async def trim(kube) -> None:
     while True:
@@ -81,11 +116,7 @@ async def trim(kube) -> None:
         kube._requests.clear()
 
 async def main() -> None:
-    tokens = json.loads(sys.argv[2])
     async with serving(kubeconfig=sys.argv[1]) as (kube, url):
-        for token, ns, sa, pod in tokens:
-            kube.tokens.register(token, namespace=ns, service_account=sa, pod_name=pod,
-                                 audiences=["dpserve-ledger"])
         trimmer = asyncio.create_task(trim(kube))
         print("ready", url, flush=True)
         loop = asyncio.get_running_loop()
@@ -93,6 +124,10 @@ async def main() -> None:
             line = await loop.run_in_executor(None, sys.stdin.readline)
             if not line or line.strip() == "quit":
                 return
+            if line.startswith("pods "):
+                serving_pods(kube, json.loads(line[5:]))
+                print("ok", flush=True)
+                continue
             print(kube.count_writes(), flush=True)
 
 asyncio.run(main())
@@ -226,6 +261,14 @@ async def sidecar(
             await asyncio.sleep(0.05)
 
 
+def create_pods(emulator: subprocess.Popen[str], pods: list[tuple[str, str]]) -> None:
+    """Each (model, pod)'s serving pod, in the emulator's process ("pods" above)."""
+    assert emulator.stdin is not None and emulator.stdout is not None
+    emulator.stdin.write(f"pods {json.dumps(pods)}\n")
+    emulator.stdin.flush()
+    assert emulator.stdout.readline().strip() == "ok"
+
+
 def count_writes(emulator: subprocess.Popen[str]) -> int:
     assert emulator.stdin is not None and emulator.stdout is not None
     emulator.stdin.write("count\n")
@@ -290,13 +333,8 @@ def bench(args: argparse.Namespace) -> int:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
-        tokens = [
-            (f"tok-{pod}", NS, f"{model}-dpserve", pod)
-            for scenario in scenarios
-            for model, pod, _ in scenario.pods()
-        ]
         emulator = subprocess.Popen(
-            [sys.executable, "-c", EMULATOR, str(kubeconfig), json.dumps(tokens)],
+            [sys.executable, "-c", EMULATOR, str(kubeconfig)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -307,6 +345,8 @@ def bench(args: argparse.Namespace) -> int:
             ready = emulator.stdout.readline()
             assert ready.startswith("ready"), ready
             asyncio.run(create_objects(kubeconfig, [s.budget for s in scenarios]))
+            create_pods(emulator, [(model, pod) for scenario in scenarios
+                                   for model, pod, _ in scenario.pods()])
             env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
             env.pop("KUBERNETES_SERVICE_HOST", None)
             ledger = subprocess.Popen(
@@ -378,7 +418,7 @@ def _pld_solvers(which: str) -> Solver:
 
         def ours_size(spends: Any, remaining: Any, event: Any, fit: int) -> int:
             if which == "search":  # this solver with the lease sizing before the secant
-                ceiling = min(PLD_BUDGET, ours_epsilon(remaining) + PLD_AT_RISK * PLD_BUDGET)
+                ceiling = _ceiling(ours_epsilon(remaining), ours_epsilon(spends))
                 return min(fit, max(1, ours_max_additional(spends, event, ceiling, fit)))
             return size_within_risk(spends, remaining, event, fit, PLD_BUDGET, PLD_DELTA,
                                     "pld", PLD_AT_RISK, accounting)
@@ -415,10 +455,19 @@ def _pld_solvers(which: str) -> Solver:
         return int(reference_max_additional(spends, event, eps, PLD_DELTA, "pld", limit))
 
     def size(spends: Any, remaining: Any, event: Any, fit: int) -> int:
-        ceiling = min(PLD_BUDGET, epsilon(remaining) + PLD_AT_RISK * PLD_BUDGET)
+        ceiling = _ceiling(epsilon(remaining), epsilon(spends))
         return min(fit, max(1, max_additional(spends, event, ceiling, fit)))
 
     return epsilon, max_additional, size, lambda before, debited, event: None
+
+
+def _ceiling(base: float, current: float) -> float:
+    """The at-risk ceiling of a lease (``leases.risk_ceiling``): the 1% over the ledger without
+    its outstanding lease, half of it over the ledger now."""
+    window = PLD_AT_RISK * PLD_BUDGET
+    if base + window >= PLD_BUDGET:
+        return PLD_BUDGET
+    return min(base + window, current + window / 2)
 
 
 def _ordered(spends: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
