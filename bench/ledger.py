@@ -28,8 +28,10 @@ process; cold: the first grant in a fresh process (an operator restart). Today's
 (``tests/accounting/reference_solver.py``, the oracle of the property test) runs the same
 grants side by side, its lease size the exact search under the at-risk ceiling; "search" is
 our accountant with that exact search, "secant" the ledger's ``leases.size_within_risk``,
-"ours" that with the next check prepared between grants, untimed, as the ledger's worker
-does while the pod serves its lease (``leases.next_check``, ``LedgerService._prepare``);
+"ours" that with the next grant prepared between grants, untimed, as the ledger's worker
+does while the pod serves its lease (its fit and its lease check: ``leases.prepare_next``,
+``LedgerService._prepare``); the grants run until the budget refuses, so the last ones,
+whose fit is a search near the budget's end, count too;
 "ledger" is the product's whole decision, ``ledger.state.grant`` on the budget's spec and
 status (the status it writes included), prepared the same way. The last line is
 ``pld_grant_p99_ms=<x> pld_cold_s=<y> ledger_grant_p99_ms=<z> ledger_cold_s=<w>``.
@@ -406,7 +408,8 @@ def _pld_solvers(which: str) -> Solver:
     the at-risk ceiling; ours is the ledger's own ``leases.size_within_risk``."""
     if which in ("ours", "secant", "search"):
         from dpserve.ledger.accountant import LedgerAccounting
-        from dpserve.ledger.leases import next_check, size_within_risk
+        from dpserve.ledger.leases import prepare_next, size_within_risk
+        from dpserve.ledger.outcomes import Prefetch
 
         accounting = LedgerAccounting()
 
@@ -426,10 +429,8 @@ def _pld_solvers(which: str) -> Solver:
         def ours_prepare(before: Any, debited: Any, event: Any) -> None:
             # What the ledger's worker does after answering (LedgerService._prepare).
             if which == "ours":
-                check = next_check(before, debited, event, PLD_REQUEST, PLD_BUDGET, PLD_DELTA,
-                                   PLD_AT_RISK, accounting)
-                if check is not None:
-                    ours_epsilon(check)
+                prepare_next(Prefetch(tuple(before), tuple(debited), event, PLD_REQUEST,
+                                      PLD_BUDGET, PLD_DELTA, PLD_AT_RISK), accounting)
 
         return ours_epsilon, ours_max_additional, ours_size, ours_prepare
     # By path: bench/accounting.py would shadow the tests' accounting directory.
@@ -526,7 +527,7 @@ def _ledger_grants(grants: int, cpu: bool) -> list[tuple[float, int, float]]:
     )
     from dpserve.ledger import state
     from dpserve.ledger.accountant import LedgerAccounting
-    from dpserve.ledger.leases import next_check
+    from dpserve.ledger.leases import prepare_next
 
     clock = time.process_time if cpu else time.perf_counter
     z, rate, steps = PLD_RUN
@@ -550,11 +551,7 @@ def _ledger_grants(grants: int, cpu: bool) -> list[tuple[float, int, float]]:
             break
         status, prefetch = result.status, result.prefetch
         if prefetch is not None:
-            check = next_check(prefetch.before, prefetch.debited, prefetch.event,
-                               prefetch.requested, prefetch.limit, prefetch.delta,
-                               prefetch.at_risk_fraction, accounting)
-            if check is not None:
-                accounting.epsilon(check, prefetch.delta, "pld")
+            prepare_next(prefetch, accounting)
         out.append((decided - started, result.granted, clock() - decided))
     return out
 

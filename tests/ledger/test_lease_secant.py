@@ -17,20 +17,25 @@ from hypothesis import strategies as st
 from ledger_helpers import (
     GAUSS,
     NS,
+    T0,
     Clock,
     FakeReviewer,
     budget_spec,
     lease_body,
     make_service,
+    mechanism,
     model_spec,
+    spec,
 )
 
 from dpserve.accounting import pld as pld_lib
 from dpserve.accounting.events import Event, GaussianQuery, LaplaceQuery, Spend, SubsampledGaussian
-from dpserve.api.privacybudget import PrivacyBudgetStatus, TrainingSpend
+from dpserve.api.privacybudget import LedgerEntry, PrivacyBudgetStatus, TrainingSpend
 from dpserve.ledger import events as ev
+from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
-from dpserve.ledger.leases import next_check, risk_ceiling, size_within_risk
+from dpserve.ledger.lease_ids import sequenced_id
+from dpserve.ledger.leases import next_check, prepare_next, risk_ceiling, size_within_risk
 from dpserve.ledger.outcomes import Prefetch
 from dpserve.ledger.service import LedgerService
 from dpserve_testkit.memory_store import MemoryStore
@@ -238,3 +243,37 @@ async def test_another_pods_outstanding_lease_does_not_spoil_the_prepared_check(
         assert pld_lib._composed_pld.cache_info().misses == composed  # nothing composed
     finally:
         await service.stop()
+
+
+def test_near_the_budgets_end_the_next_grants_fit_is_prepared_too() -> None:
+    """Once a request no longer fits whole, the fit is a search of several PLDs (~300 ms
+    each grant with the 14k-step run of bench/ledger.py). The worker answers it ahead with
+    the lease check, so the next grant composes nothing."""
+    accounting = LedgerAccounting()
+    run = TrainingSpend(noise_multiplier="1.1", sample_rate="0.01", steps=1000)
+    query = mechanism(GAUSS)
+    ledger = [
+        LedgerEntry(consumer=f"{NS}/m", kind="training", count=1, training=run),
+        LedgerEntry(consumer=f"{NS}/m", kind="query", mechanism=query, count=10_000),
+    ]
+    spent = accounting.epsilon(ev.spends(ledger), 1e-6, "pld")
+    # Room for a few hundred more queries, far fewer than each request asks.
+    budget = spec(f"{spent + 0.3:.4f}", accountant="pld")
+    status = PrivacyBudgetStatus(ledger=ledger)
+
+    def grant(sequence: int) -> state.Grant:
+        request = state.GrantRequest(
+            consumer=f"{NS}/m", model_version="v1", mechanism=query, requested=100_000,
+            lease_id=sequenced_id("m-0", None, sequence), pod="m-0")
+        result = state.grant(budget, 1, status, request, T0, accounting=accounting)
+        assert isinstance(result, state.Grant), result
+        return result
+
+    first = grant(1)
+    assert first.prefetch is not None and first.granted < 100_000
+    prepare_next(first.prefetch, accounting)
+    status = first.status
+    composed = pld_lib._composed_pld.cache_info().misses
+    second = grant(2)
+    assert pld_lib._composed_pld.cache_info().misses == composed  # nothing composed
+    assert 1 <= second.granted < 100_000

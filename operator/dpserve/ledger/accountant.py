@@ -36,14 +36,27 @@ class Accounting(Protocol):
 
 
 class LedgerAccounting:
-    """:class:`Accounting` over :mod:`dpserve.accounting`, with an LRU of composed ε."""
+    """:class:`Accounting` over :mod:`dpserve.accounting`, with LRUs of composed ε and of
+    "how many more fit" (a pure function of its arguments: the ledger's worker answers the
+    next grant's fit ahead, ``leases.prepare_next``, and the grant finds it here)."""
 
-    def __init__(self, cache_size: int = 8192) -> None:
+    def __init__(self, cache_size: int = 8192, fit_cache_size: int = 1024) -> None:
         self._epsilon = lru_cache(maxsize=cache_size)(self._epsilon_uncached)
+        # Smaller: its answers are wanted again soon (the next grant, the status after a
+        # grant), and each key holds a whole ledger's spends.
+        self._max_additional = lru_cache(maxsize=fit_cache_size)(self._max_additional_uncached)
 
     @staticmethod
     def _epsilon_uncached(spends: tuple[Spend, ...], delta: float, kind: str) -> float:
         return float(epsilon_spent(spends, delta, cast(AccountantKind, kind)))
+
+    @staticmethod
+    def _max_additional_uncached(
+        spends: tuple[Spend, ...], event: Event, epsilon: float, delta: float, kind: str,
+        limit: int,
+    ) -> int:
+        return int(max_additional(spends, event, epsilon, delta, cast(AccountantKind, kind),
+                                  limit))
 
     def epsilon(self, spends: Sequence[Spend], delta: float, kind: str) -> float:
         live = tuple(spend for spend in spends if spend[1] > 0)
@@ -61,7 +74,7 @@ class LedgerAccounting:
         limit: int,
     ) -> int:
         live = tuple(spend for spend in spends if spend[1] > 0)
-        return int(max_additional(live, event, epsilon, delta, cast(AccountantKind, kind), limit))
+        return self._max_additional(live, event, epsilon, delta, kind, limit)
 
 
 _DEFAULT: LedgerAccounting | None = None

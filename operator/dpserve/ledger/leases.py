@@ -34,6 +34,7 @@ from dpserve.ledger.entries import QueryKey, query_key
 from dpserve.ledger.evaluation import finite_epsilon
 from dpserve.ledger.lease_ids import ID_MEMORY, MAX_REMEMBERED, parse
 from dpserve.ledger.limits import MAX_LEASE_RECORDS, LeasePolicy, Limits
+from dpserve.ledger.outcomes import Prefetch
 
 LEASES_KEPT_PER_POOL = 2
 
@@ -320,3 +321,17 @@ def next_check(
     predicted = _secant(debited, before, base, current, event, requested, ceiling)
     # No secant lease: this one holds (nearly) the whole 1%, the next is the minimum of 1.
     return _plus(debited, event, 1) if predicted is None else predicted[1]
+
+
+def prepare_next(p: Prefetch, accounting: Accounting) -> None:
+    """Ask the accountant now what the same pod's next pld grant will ask it, so that grant
+    finds the answers cached (``LedgerService._prepare`` runs this after answering a grant,
+    on the ledger's worker, while the pod serves its lease): the fit of its request on the
+    ledger this grant left (a search of several PLDs once the budget's end is within
+    reach of a request) and ε of the spends its lease check will have (:func:`next_check`).
+    """
+    accounting.max_additional(p.debited, p.event, p.limit, p.delta, "pld", p.requested)
+    check = next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta,
+                       p.at_risk_fraction, accounting)
+    if check is not None:
+        accounting.epsilon(check, p.delta, "pld")

@@ -42,8 +42,8 @@ class GrantRequest:
 
 @dataclass(frozen=True)
 class Prefetch:
-    """What the ledger may work out after answering a pld grant: the check of the same pod's
-    next lease (``leases.next_check`` on these inputs, then its ε), off the grant path."""
+    """What the ledger may work out after answering a pld grant: the same pod's next grant's
+    fit and lease check (``leases.prepare_next`` on these inputs), off the grant path."""
 
     before: tuple[Spend, ...]  # the ledger the next lease's rule starts from
     debited: tuple[Spend, ...]  # the ledger after this grant

@@ -55,7 +55,7 @@ from dpserve.ledger.commit import GroupCommit, Outcome
 from dpserve.ledger.connections import PeerLimiter
 from dpserve.ledger.evidence import SpendGuard
 from dpserve.ledger.handlers import build_app
-from dpserve.ledger.leases import next_check
+from dpserve.ledger.leases import prepare_next
 from dpserve.ledger.metrics import LedgerMetrics, metrics_for
 from dpserve.ledger.modelview import ModelReader, ModelView
 from dpserve.ledger.outcomes import Prefetch
@@ -291,20 +291,17 @@ class LedgerService:
         return result
 
     def _prepare(self, prefetch: Prefetch) -> None:
-        """Compose the PLD the pod's next lease will check, after this grant was answered.
+        """Answer ahead what the pod's next grant will ask the accountant (its fit and the
+        PLD its lease will check: ``leases.prepare_next``), after this grant was answered.
 
         On the same worker as the decisions: a decision arriving meanwhile waits for it and
         then finds it cached instead of composing it a second time in parallel.
         """
         def run() -> None:
-            p = prefetch
             try:
-                check = next_check(p.before, p.debited, p.event, p.requested, p.limit, p.delta,
-                                   p.at_risk_fraction, self.accounting)
-                if check is not None:
-                    self.accounting.epsilon(check, p.delta, "pld")
+                prepare_next(prefetch, self.accounting)
             except Exception:  # a head start only: the next grant decides (and reports)
-                log.debug("prefetch of a lease check failed", exc_info=True)
+                log.debug("preparing the next grant failed", exc_info=True)
 
         with contextlib.suppress(RuntimeError):  # the executor is shut down: stopping
             self._executor.submit(run)
