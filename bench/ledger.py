@@ -36,7 +36,7 @@ whose fit is a search near the budget's end, count too;
 status (the status it writes included), prepared the same way. The last line is
 ``pld_grant_p99_ms=<x> pld_cold_s=<y> ledger_grant_p99_ms=<z> ledger_cold_s=<w>``.
 
-Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only]
+Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only | --no-pld]
        [--pld-cpu-time]  (PLD decisions in process CPU seconds: steadier on a shared machine)
 """
 
@@ -161,6 +161,7 @@ class Run:
     queries: int = 0
     refusals: int = 0
     errors: int = 0
+    first_error: str = ""  # the first failed request's status and body
     latencies: list[float] = field(default_factory=list)
     lease_sizes: list[int] = field(default_factory=list)
     seconds: float = 0.0
@@ -260,6 +261,7 @@ async def sidecar(
             return
         else:
             run.errors += 1
+            run.first_error = run.first_error or f"{response.status} {payload}"
             await asyncio.sleep(0.05)
 
 
@@ -377,6 +379,12 @@ def bench(args: argparse.Namespace) -> int:
                 emulator.stdin.write("quit\n")
                 emulator.stdin.close()
             emulator.wait(timeout=10)
+    failed = [run for run in results.values() if run.errors or not run.grants]
+    for run in failed:  # a bench whose requests are refused measures nothing: fail
+        print(f"{run.scenario.name}: {run.errors} failed requests, the first: "
+              f"{run.first_error or 'none granted'}", flush=True)
+    if failed:
+        return 1
     mixed = results["mixed adaptive"]
     adaptive, per_query = results["gaussian adaptive"], results["gaussian per-query"]
     print(
@@ -618,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--request", type=int, default=500, help="queries asked per lease")
     parser.add_argument("--pld-only", action="store_true", help="only the PLD decisions")
+    parser.add_argument("--no-pld", action="store_true", help="only the HTTP scenarios")
     parser.add_argument("--pld-grants", type=int, default=100, help="warm grants measured")
     parser.add_argument(
         "--pld-today-grants", type=int, default=8, help="warm grants of today's solver"
@@ -628,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     status = 0 if args.pld_only else bench(args)
-    pld_bench(args.pld_grants, args.pld_today_grants, args.pld_cpu_time)
+    if not args.no_pld:
+        pld_bench(args.pld_grants, args.pld_today_grants, args.pld_cpu_time)
     return status
 
 
