@@ -183,12 +183,12 @@ def risk_ceiling(base: float, current: float, limit: float, at_risk_fraction: fl
 
     Half, not a share per pod: with many pods on one budget the 1% is first come, first
     served, as before. A share of 1% / (2 x pods) per lease (tried) rounds most leases down
-    to 1 query where one query costs more than the share, and cost 30% more API writes per
-    query in ``bench/ledger_scale.py`` (58.0 vs 44.1 per 1,000; the half: 44.9).
+    to 1 query where one query costs more than the share: 58 instead of 44 API writes per
+    1,000 queries in ``bench/ledger_scale.py``.
 
     Where the window reaches the limit (the budget's last 1%, or ``at_risk_fraction`` 1:
-    "no bound but the budget") the remaining budget bounds the lease, not the rule, and no
-    share is kept back: the whole rest may go to one lease, as it could before the share.
+    "no bound but the budget") the remaining budget bounds the lease, not the rule, and the
+    half does not apply: the whole rest may go to one lease, as before.
     """
     window = at_risk_fraction * limit
     if base + window >= limit:
