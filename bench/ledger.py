@@ -70,47 +70,25 @@ GAUSS = {"type": "gaussian", "noiseMultiplier": "2", "clipNorm": "1", "sensitivi
 
 # The emulator in its own process. stdin commands: "count" prints the number of write requests
 # received so far; "pods <json>" creates each [model, pod]'s serving pod, Running, as
-# LocalKube's kubelet owns it (the model's Deployment, controlled by the PrivateModel, then
-# the pod; the bench runs no kubelet), and registers the pod's bound token "tok-<pod>" for
-# TokenReview: the ledger grants only to a serving pod of the model (dpserve.ledger.podcheck).
+# LocalKube's kubelet owns it (tests/pod_support.py: the model's Deployment, controlled by the
+# PrivateModel, then the pod; the bench runs no kubelet) and registers the pod's bound token
+# "tok-<pod>" for TokenReview: the ledger grants only to a serving pod of the model
+# (dpserve.ledger.podcheck).
 # kmock logs every request and matches each new one against the whole log (O(n) per request:
 # ~7 ms per status write at first, ~17 ms after 120 writes); the bench trims that log so the
 # API server's cost per request stays constant, as a real API server's does.
 EMULATOR = r"""
 import asyncio, json, sys
-from dpserve.resources.labels import selector_labels
-from dpserve.resources.names import deployment_name
 from dpserve_testkit.localkube import serving
-
-def controller(kind, meta):
-    api = "dpserve.io/v1alpha1" if kind == "PrivateModel" else "apps/v1"
-    return {"apiVersion": api, "kind": kind, "name": meta["name"], "uid": meta["uid"],
-            "controller": True}
+sys.path.insert(0, sys.argv[2])  # the tests' directory: the serving pods as tests make them
+from pod_support import kube_serving_pod
 
 def serving_pods(kube, pairs) -> None:
-    models = kube.kind("dpserve.io/v1alpha1", "privatemodels")
-    deployments, pods = kube.kind("apps/v1", "deployments"), kube.kind("v1", "pods")
-    owners = {}
     for model, pod in pairs:
-        labels = selector_labels(model, "inference")
-        if model not in owners:
-            owner = kube.store.get(models, "bench", model)
-            owners[model] = kube.store.create(deployments, "bench", {
-                "metadata": {"name": deployment_name(model),
-                             "ownerReferences": [controller("PrivateModel", owner["metadata"])]},
-                "spec": {"selector": {"matchLabels": labels}, "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "model", "image": "bench"}]}}},
-            })
-        created = kube.store.create(pods, "bench", {
-            "metadata": {"name": pod, "labels": labels, "ownerReferences": [
-                controller("Deployment", owners[model]["metadata"])]},
-            "spec": {"containers": [{"name": "model", "image": "bench"}]},
-            "status": {"phase": "Running"},
-        })
+        uid = kube_serving_pod(kube, model, pod, namespace="bench")
         kube.tokens.register(f"tok-{pod}", namespace="bench",
-                             service_account=f"{model}-dpserve", pod_name=pod,
-                             pod_uid=created["metadata"]["uid"], audiences=["dpserve-ledger"])
+                             service_account=f"{model}-dpserve", pod_name=pod, pod_uid=uid,
+                             audiences=["dpserve-ledger"])
 
 async def trim(kube) -> None:
     while True:
@@ -338,7 +316,8 @@ def bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kubeconfig = Path(tmp) / "kubeconfig"
         emulator = subprocess.Popen(
-            [sys.executable, "-c", EMULATOR, str(kubeconfig)],
+            [sys.executable, "-c", EMULATOR, str(kubeconfig),
+             str(Path(__file__).resolve().parents[1] / "tests")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
