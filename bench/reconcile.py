@@ -10,7 +10,8 @@ Deployment's status as "all replicas available" once it sees the Deployment, as 
 and the Deployment controller would. Those status writes go straight to the emulator's
 store and are not API requests; every write counted comes from an API client.
 
-Last line: ``models=<n> ready_s=<s> steady_writes_per_min=<w>``.
+Last line: ``models=<n> ready_s=<s> steady_writes_per_min=<w> rss_mib=<m>`` (the operator's peak
+resident memory, issue 14 goal 5).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def main() -> None:
     print(f"API requests served in total: {requests} ({requests / n:.1f} per model)")
     print(f"steady state: {steady} writes in {args.quiet_s:.0f}s quiet")
     print(f"operator peak RSS: {rss:.1f} MiB ({rss / n * 1024:.0f} KiB per model)")
-    print(f"models={n} ready_s={ready_s:.2f} steady_writes_per_min={per_min:.2f}")
+    print(f"models={n} ready_s={ready_s:.2f} steady_writes_per_min={per_min:.2f} "
+          f"rss_mib={rss:.1f}")
 
 
 if __name__ == "__main__":
