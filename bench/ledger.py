@@ -450,12 +450,10 @@ def _pld_solvers(which: str) -> Solver:
 
 
 def _ceiling(base: float, current: float) -> float:
-    """The at-risk ceiling of a lease (``leases.risk_ceiling``): the 1% over the ledger without
-    its outstanding lease, half of it over the ledger now."""
-    window = PLD_AT_RISK * PLD_BUDGET
-    if base + window >= PLD_BUDGET:
-        return PLD_BUDGET
-    return min(base + window, current + window / 2)
+    """The ledger's at-risk ceiling of a lease, for the exact-search solvers."""
+    from dpserve.ledger.leases import risk_ceiling
+
+    return risk_ceiling(base, current, PLD_BUDGET, PLD_AT_RISK)
 
 
 def _ordered(spends: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
