@@ -7,6 +7,8 @@ equal dp-accounting's own, array for array.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from dp_accounting.pld import pld_pmf as pmf_lib
@@ -100,12 +102,50 @@ def test_epsilon_for_delta_is_the_library_number_on_random_pmfs(
     assert epsilon_for_delta(pld, delta) == pld.get_epsilon_for_delta(delta)
 
 
-def test_subsampled_gaussian_pld_is_still_the_library_one() -> None:
-    ours = gaussian_pld(1.1, 1e-3, sampling_prob=0.01)
+@pytest.mark.parametrize(
+    ("std", "sampling_prob", "interval"),
+    [(1.1, 0.01, 1e-3), (1.1, 256 / 60000, 1e-4), (0.5, 0.3, 1e-3), (0.8, 0.001, 1e-4),
+     (3.0, 0.05, 1e-4), (1.0, 0.999, 1e-3), (25.0, 0.2, 1e-4), (0.3, 1e-5, 1e-3)],
+)
+def test_vectorised_subsampled_gaussian_pld_is_the_library_pld_bit_for_bit(
+    std: float, sampling_prob: float, interval: float
+) -> None:
+    """A DP-SGD run's PLD (both adjacencies, Poisson subsampling) through the vectorised
+    inverse loss equals dp-accounting's, array for array."""
+    ours = gaussian_pld(std, interval, sampling_prob=sampling_prob)
     library = pld_lib.from_gaussian_mechanism(
-        standard_deviation=1.1, sampling_prob=0.01, value_discretization_interval=1e-3
+        standard_deviation=std, sampling_prob=sampling_prob,
+        value_discretization_interval=interval,
     )
     assert _pmf_state(ours) == _pmf_state(library)
+
+
+@settings(max_examples=25, deadline=None)
+@given(std=st.floats(0.4, 40.0), sampling_prob=st.floats(1e-4, 0.9))
+def test_vectorised_subsampled_divergences_are_the_library_ones(
+    std: float, sampling_prob: float
+) -> None:
+    """The hockey-stick divergences at every grid point, on random mechanisms and on epsilons
+    at and around the edges of the subsampled loss's range (±log(1 - q), 0)."""
+    from dp_accounting.pld import privacy_loss_mechanism as loss_lib
+
+    from dpserve.accounting.pld import _VectorizedGaussianLoss
+
+    edge = math.log(1 - sampling_prob)
+    grid = np.concatenate([
+        np.arange(-3000, 3001) * 1e-3,
+        np.array([edge, -edge, math.log1p(-sampling_prob), -math.log1p(-sampling_prob),
+                  0.0, -0.0]),
+        np.nextafter(np.array([edge, -edge]), np.inf),
+        np.nextafter(np.array([edge, -edge]), -np.inf),
+        edge * (1 + np.array([1e-10, -1e-10, 2e-9, -2e-9])),
+    ])
+    for adjacency in (loss_lib.AdjacencyType.REMOVE, loss_lib.AdjacencyType.ADD):
+        kwargs = dict(sensitivity=1, pessimistic_estimate=True, log_mass_truncation_bound=-50,
+                      sampling_prob=sampling_prob, adjacency_type=adjacency)
+        ours = _VectorizedGaussianLoss(std, **kwargs).get_delta_for_epsilon(grid)
+        library = loss_lib.GaussianPrivacyLoss(std, **kwargs).get_delta_for_epsilon(grid)
+        assert ours.tobytes() == library.tobytes()
 
 
 # Small parameters keep each PLD cheap (the property is about the search, not the size).

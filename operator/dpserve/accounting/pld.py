@@ -16,16 +16,16 @@ rebuilds the last component and one convolution.
 
 Every number is dp-accounting's, bit for bit: where this module replaces a library step
 for speed it performs the same floating-point operations in the same order (tests compare
-arrays and epsilons with the library's): the Gaussian loss over an array
-(``_VectorizedGaussianLoss``), the connect-the-dots PMF built from its arrays
+arrays and epsilons with the library's): the Gaussian loss over an array, subsampled or
+not (``_VectorizedGaussianLoss``), the connect-the-dots PMF built from its arrays
 (``_connect_dots_pmf``), the composition with reused FFT spectra and a vectorised tail
 truncation (:func:`compose`), and epsilon for delta without a Python loop per grid point
 (:func:`epsilon_for_delta`).
 
 Cost (2 shared cores, interval 1e-4, ledger of a 14,063-step DP-SGD run and Gaussian
 queries): a new merged-Gaussian PLD ~15 ms, its composition with the cached run ~17-35
-ms, epsilon ~10-20 ms; the run's own PLD (the library's subsampled loss, then a
-self-composition) ~0.3-1 s once. Sampling without replacement has no PLD here
+ms, epsilon ~10-20 ms; the run's own PLD once: its subsampled loss ~20 ms (the library's
+per-point loop took ~0.3 s), then a self-composition. Sampling without replacement has no PLD here
 (dp-accounting's PLD accountant does not support it): ledgers holding such a spend use the
 RDP bounds only.
 """
@@ -83,28 +83,90 @@ class _VectorizedGaussianLoss(loss_lib.GaussianPrivacyLoss):  # type: ignore[mis
     """dp-accounting's Gaussian privacy loss, its hockey-stick divergence vectorised.
 
     The library computes the inverse privacy loss one grid point at a time in a Python
-    loop (~90% of building a Gaussian PLD: ~1 s for 300k grid points). Without
-    subsampling that inverse is ``-s/2 - eps * std^2 / s``, the same IEEE operations in
-    the same order on a numpy array, so the divergences, and the PLD, are bit for bit the
-    library's (tests/accounting/test_pld_speed.py compares them). Every other case goes
-    to the library's own code.
+    loop (~90% of building a Gaussian PLD: ~1 s for 300k grid points; ~0.25 s for a
+    DP-SGD run's subsampled one). Here the same IEEE operations run in the same order on a
+    numpy array, so the divergences, and the PLD, are bit for bit the library's
+    (tests/accounting/test_pld_speed.py compares them):
+
+    - without subsampling the inverse is ``-s/2 - eps * std^2 / s``;
+    - Poisson-subsampled, the loss first goes through the library's
+      ``log_a_times_exp_b_plus_c(1/q, ±eps, 1 - 1/q)`` (``_subsampled_inverse``).
+
+    A scalar epsilon, the REPLACE relation, and a grid point where the library would raise
+    go to the library's own code.
     """
 
     def get_delta_for_epsilon(self, epsilon: Any) -> Any:
         if (
-            self.sampling_prob != 1.0
-            or self.adjacency_type != loss_lib.AdjacencyType.REMOVE
+            self.adjacency_type == loss_lib.AdjacencyType.REPLACE
             or isinstance(epsilon, numbers.Number)
         ):
             return super().get_delta_for_epsilon(epsilon)
         epsilons = np.asarray(epsilon)
-        variance = self._standard_deviation**2
-        x_cutoffs = -0.5 * self.sensitivity - epsilons * variance / self.sensitivity
         deltas = np.zeros_like(epsilons, dtype=float)
-        deltas[:] = self.mu_upper_cdf(x_cutoffs) - np.exp(
-            epsilons + self.mu_lower_log_cdf(x_cutoffs)
+        q = self.sampling_prob
+        if q == 1.0:
+            inverse = np.full_like(epsilons, True, dtype=bool)
+        elif self.adjacency_type == loss_lib.AdjacencyType.ADD:
+            inverse = epsilons < -math.log1p(-q)
+        else:
+            inverse = epsilons > math.log1p(-q)
+            deltas[~inverse] = -np.expm1(epsilons[~inverse])
+        x_cutoffs = self._inverse_privacy_loss_array(epsilons[inverse])
+        if x_cutoffs is None:
+            return super().get_delta_for_epsilon(epsilon)
+        deltas[inverse] = self.mu_upper_cdf(x_cutoffs) - np.exp(
+            epsilons[inverse] + self.mu_lower_log_cdf(x_cutoffs)
         )
         return np.clip(deltas, 0, 1)
+
+    def _inverse_privacy_loss_array(self, losses: np.ndarray) -> np.ndarray | None:
+        """``inverse_privacy_loss`` of each loss; None where the library would raise."""
+        s, variance = self.sensitivity, self._standard_deviation**2
+        q = self.sampling_prob
+        add = self.adjacency_type == loss_lib.AdjacencyType.ADD
+        if q == 1.0:
+            unsampled = losses
+        else:
+            # The library's order: the edge of the loss's range first (math.isclose), then
+            # a raise beyond it, then the subsampling transform.
+            edge = -math.log(1 - q) if add else math.log(1 - q)
+            at_edge = _isclose(losses, edge)
+            inner = losses[~at_edge]
+            if np.any(inner > edge) if add else np.any(inner <= edge):
+                return None
+            transformed = _log_a_times_exp_b_plus_c(1 / q, -inner if add else inner,
+                                                    1 - 1 / q)
+            if transformed is None:
+                return None
+            unsampled = np.empty_like(losses)
+            unsampled[at_edge] = math.inf if add else -math.inf
+            unsampled[~at_edge] = -transformed if add else transformed
+        removed: np.ndarray = -0.5 * s - unsampled * variance / s
+        return s + removed if add else removed
+
+
+def _isclose(values: np.ndarray, target: float) -> np.ndarray:
+    """``math.isclose(value, target)`` (rel_tol 1e-9, abs_tol 0) of each value, as CPython
+    computes it."""
+    diff = np.abs(target - values)
+    finite = np.isfinite(values) & math.isfinite(target)
+    close = (diff <= abs(1e-9 * target)) | (diff <= np.abs(1e-9 * values))
+    result: np.ndarray = (values == target) | (finite & close)
+    return result
+
+
+def _log_a_times_exp_b_plus_c(a: float, b: np.ndarray, c: float) -> np.ndarray | None:
+    """dp-accounting's ``common.log_a_times_exp_b_plus_c`` for ``a > 0 > c`` (subsampling)
+    on an array of ``b``; None where the library raises (its ``_log_sub`` with b >= a)."""
+    log_c = np.log(-c)
+    d = b + np.log(a)
+    if np.any((b != 0) & (log_c >= d)):
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):  # entries b == 0 are replaced
+        out: np.ndarray = d + np.log1p(-np.exp(log_c - d))
+    out[b == 0] = np.log(a + c)
+    return out
 
 
 def gaussian_pld(
@@ -113,23 +175,25 @@ def gaussian_pld(
     """One (optionally Poisson-subsampled) Gaussian mechanism of sensitivity 1.
 
     ``from_gaussian_mechanism``'s result with its defaults (connect-the-dots, pessimistic,
-    mass truncated at e^-50); without subsampling built through the vectorised loss.
+    mass truncated at e^-50, add-or-remove neighbours), built through the vectorised loss.
     """
-    if sampling_prob != 1.0:
-        return pld_lib.from_gaussian_mechanism(
-            standard_deviation=standard_deviation,
+
+    def pmf(adjacency: loss_lib.AdjacencyType) -> pmf_lib.PLDPmf:
+        loss = _VectorizedGaussianLoss(
+            standard_deviation,
+            sensitivity=1,
+            pessimistic_estimate=True,
+            log_mass_truncation_bound=-50,
             sampling_prob=sampling_prob,
-            value_discretization_interval=interval,
+            adjacency_type=adjacency,
         )
-    loss = _VectorizedGaussianLoss(
-        standard_deviation,
-        sensitivity=1,
-        pessimistic_estimate=True,
-        log_mass_truncation_bound=-50,
-        sampling_prob=1.0,
-        adjacency_type=loss_lib.AdjacencyType.REMOVE,
-    )
-    return pld_lib.PrivacyLossDistribution(_connect_dots_pmf(loss, interval))
+        return _connect_dots_pmf(loss, interval)
+
+    # The library's _pld_for_subsampled_mechanism: REMOVE alone is symmetric when q = 1.
+    remove = pmf(loss_lib.AdjacencyType.REMOVE)
+    if sampling_prob == 1.0:
+        return pld_lib.PrivacyLossDistribution(remove)
+    return pld_lib.PrivacyLossDistribution(remove, pmf(loss_lib.AdjacencyType.ADD))
 
 
 def _connect_dots_pmf(loss: loss_lib.AdditiveNoisePrivacyLoss, interval: float
