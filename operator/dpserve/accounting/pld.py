@@ -25,9 +25,9 @@ truncation (:func:`compose`), and epsilon for delta without a Python loop per gr
 Cost (2 shared cores, interval 1e-4, ledger of a 14,063-step DP-SGD run and Gaussian
 queries): a new merged-Gaussian PLD ~15 ms, its composition with the cached run ~17-35
 ms, epsilon ~10-20 ms; the run's own PLD once: its subsampled loss ~20 ms (the library's
-per-point loop took ~0.3 s), then a self-composition. Sampling without replacement has no PLD here
-(dp-accounting's PLD accountant does not support it): ledgers holding such a spend use the
-RDP bounds only.
+per-point loop took ~0.3 s), then a self-composition. Sampling without replacement has no
+PLD here (dp-accounting's PLD accountant does not support it): ledgers holding such a spend
+use the RDP bounds only.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _VectorizedGaussianLoss(loss_lib.GaussianPrivacyLoss):  # type: ignore[mis
 
     - without subsampling the inverse is ``-s/2 - eps * std^2 / s``;
     - Poisson-subsampled, the loss first goes through the library's
-      ``log_a_times_exp_b_plus_c(1/q, ±eps, 1 - 1/q)`` (``_subsampled_inverse``).
+      ``log_a_times_exp_b_plus_c(1/q, ±eps, 1 - 1/q)`` (``_inverse_privacy_loss_array``).
 
     A scalar epsilon, the REPLACE relation, and a grid point where the library would raise
     go to the library's own code.
