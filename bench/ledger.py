@@ -33,7 +33,10 @@ does while the pod serves its lease (its fit and its lease check: ``leases.prepa
 ``LedgerService._prepare``); the grants run until the budget refuses, so the last ones,
 whose fit is a search near the budget's end, count too;
 "ledger" is the product's whole decision, ``ledger.state.grant`` on the budget's spec and
-status (the status it writes included), prepared the same way. The last line is
+status (the status it writes included), prepared the same way. "After a restart": in a
+fresh process, the budget's resume reconcile first (``state.compute_status``, as
+``LedgerService.recompute`` runs for every budget when the operator starts), then the first
+grant. The last line is
 ``pld_grant_p99_ms=<x> pld_cold_s=<y> ledger_grant_p99_ms=<z> ledger_cold_s=<w>``.
 
 Usage: python bench/ledger.py [--sidecars 20] [--seconds 30] [--request 500] [--pld-only | --no-pld]
@@ -503,32 +506,15 @@ def _ledger_grants(grants: int, cpu: bool) -> list[tuple[float, int, float]]:
     budget's spec and status (the run and the queries as ledger entries, the lease records),
     the status it writes included, and the next check prepared between grants as
     ``LedgerService._prepare`` does."""
-    from dpserve.api.mechanism import Mechanism
-    from dpserve.api.privacybudget import (
-        LedgerEntry,
-        PrivacyBudgetSpec,
-        PrivacyBudgetStatus,
-        TrainingSpend,
-    )
     from dpserve.ledger import state
     from dpserve.ledger.accountant import LedgerAccounting
     from dpserve.ledger.leases import prepare_next
 
     clock = time.process_time if cpu else time.perf_counter
-    z, rate, steps = PLD_RUN
-    spec = PrivacyBudgetSpec.model_validate(
-        {"epsilon": str(PLD_BUDGET), "delta": str(PLD_DELTA), "accountant": "pld"})
-    mechanism = Mechanism.model_validate(GAUSS)  # z = 2 * 1 / 0.02 = PLD_QUERY_Z
-    status: Any = PrivacyBudgetStatus(ledger=[
-        LedgerEntry(consumer=f"{NS}/m", kind="training", count=1, training=TrainingSpend(
-            noise_multiplier=str(z), sample_rate=str(rate), steps=steps)),
-        LedgerEntry(consumer=f"{NS}/m", kind="query", mechanism=mechanism, count=10_000),
-    ])
+    spec, status, request_of = _pld_budget()
     accounting, now, out = LedgerAccounting(), datetime.now(UTC), []
     for sequence in range(1, grants + 1):
-        request = state.GrantRequest(
-            consumer=f"{NS}/m", model_version="v1", mechanism=mechanism,
-            requested=PLD_REQUEST, lease_id=sequenced_id("m-0", None, sequence), pod="m-0")
+        request = request_of(sequence)
         started = clock()
         result = state.grant(spec, 1, status, request, now, accounting=accounting)
         decided = clock()
@@ -539,6 +525,69 @@ def _ledger_grants(grants: int, cpu: bool) -> list[tuple[float, int, float]]:
             prepare_next(prefetch, accounting)
         out.append((decided - started, result.granted, clock() - decided))
     return out
+
+
+def _pld_budget() -> tuple[Any, Any, Any]:
+    """The PLD bench's budget: its spec, its status (the run and the 10,000 queries as
+    ledger entries) and the pod's ``sequence``-th lease request."""
+    from dpserve.api.mechanism import Mechanism
+    from dpserve.api.privacybudget import (
+        LedgerEntry,
+        PrivacyBudgetSpec,
+        PrivacyBudgetStatus,
+        TrainingSpend,
+    )
+    from dpserve.ledger import state
+
+    z, rate, steps = PLD_RUN
+    spec = PrivacyBudgetSpec.model_validate(
+        {"epsilon": str(PLD_BUDGET), "delta": str(PLD_DELTA), "accountant": "pld"})
+    mechanism = Mechanism.model_validate(GAUSS)  # z = 2 * 1 / 0.02 = PLD_QUERY_Z
+    status = PrivacyBudgetStatus(ledger=[
+        LedgerEntry(consumer=f"{NS}/m", kind="training", count=1, training=TrainingSpend(
+            noise_multiplier=str(z), sample_rate=str(rate), steps=steps)),
+        LedgerEntry(consumer=f"{NS}/m", kind="query", mechanism=mechanism, count=10_000),
+    ])
+
+    def request_of(sequence: int) -> state.GrantRequest:
+        return state.GrantRequest(
+            consumer=f"{NS}/m", model_version="v1", mechanism=mechanism,
+            requested=PLD_REQUEST, lease_id=sequenced_id("m-0", None, sequence), pod="m-0")
+
+    return spec, status, request_of
+
+
+def ledger_after_restart(cpu: bool = False) -> tuple[float, float]:
+    """Seconds of the budget's resume reconcile and of the first grant after it, in this
+    (fresh) process: what an operator restart costs the first pod that asks."""
+    from dpserve.ledger import state
+    from dpserve.ledger.accountant import LedgerAccounting
+
+    clock = time.process_time if cpu else time.perf_counter
+    spec, status, request_of = _pld_budget()
+    accounting, now = LedgerAccounting(), datetime.now(UTC)
+    started = clock()
+    status = state.compute_status(spec, 1, status, now, accounting=accounting).status
+    resumed = clock()
+    result = state.grant(spec, 1, status, request_of(1), now, accounting=accounting)
+    granted = clock()
+    if not isinstance(result, state.Grant):
+        raise SystemExit(f"ledger after a restart: the first grant was refused: {result}")
+    return resumed - started, granted - resumed
+
+
+def _after_restart_in_fresh_process(cpu: bool) -> tuple[float, float]:
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
+        "print(*ledger.ledger_after_restart(sys.argv[2] == 'cpu'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).resolve().parent),
+         "cpu" if cpu else "wall"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    resume, first = out.strip().splitlines()[-1].split()
+    return float(resume), float(first)
 
 
 def pld_cold(which: str, cpu: bool = False) -> float:
@@ -583,6 +632,9 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
                "(off the grant path)" if which in ("ours", "ledger") else ""),
             flush=True,
         )
+    resume, first = _after_restart_in_fresh_process(cpu)
+    print(f"ledger after a restart: resume reconcile {resume:.2f} s, then the first grant "
+          f"{first:.2f} s", flush=True)
     (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]
     ledger_p99, ledger_cold = results["ledger"]
     print(

@@ -30,3 +30,16 @@ def test_the_ledger_bench_is_granted_leases_in_every_scenario() -> None:
     for line in scenarios:
         assert line.rstrip().endswith("errors 0"), line
     assert "grants_per_s=" in done.stdout
+
+
+def test_the_pld_bench_measures_a_granted_first_lease_after_a_restart() -> None:
+    """The restart figure is the resume reconcile and a grant, never a refusal."""
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
+         "print(*ledger.ledger_after_restart(True))", str(BENCH.parent)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    resume, first = (float(value) for value in done.stdout.split())
+    assert resume > 0 and first > 0
