@@ -576,32 +576,20 @@ def ledger_after_restart(cpu: bool = False) -> tuple[float, float]:
     return resumed - started, granted - resumed
 
 
-def _after_restart_in_fresh_process(cpu: bool) -> tuple[float, float]:
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
-        "print(*ledger.ledger_after_restart(sys.argv[2] == 'cpu'))"
-    )
+def in_fresh_process(call: str) -> list[float]:
+    """The numbers ``call`` (an expression on this module, ``ledger``) returns, evaluated in a
+    fresh interpreter: no PLD cached, as after an operator restart."""
+    code = f"import sys; sys.path.insert(0, sys.argv[1]); import ledger; print(*{call})"
     out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).resolve().parent),
-         "cpu" if cpu else "wall"],
+        [sys.executable, "-c", code, str(Path(__file__).resolve().parent)],
         capture_output=True, text=True, check=True,
     ).stdout
-    resume, first = out.strip().splitlines()[-1].split()
-    return float(resume), float(first)
+    return [float(value) for value in out.strip().splitlines()[-1].split()]
 
 
 def pld_cold(which: str, cpu: bool = False) -> float:
     """The first grant decision in a fresh interpreter (no cache), in seconds."""
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import ledger; "
-        "print(ledger.pld_grants(sys.argv[2], 1, sys.argv[3] == 'cpu')[0][0])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).resolve().parent), which,
-         "cpu" if cpu else "wall"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return float(out.strip().splitlines()[-1])
+    return in_fresh_process(f"ledger.pld_grants({which!r}, 1, {cpu})[0][:1]")[0]
 
 
 def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
@@ -632,7 +620,7 @@ def pld_bench(grants: int, today_grants: int, cpu: bool = False) -> None:
                "(off the grant path)" if which in ("ours", "ledger") else ""),
             flush=True,
         )
-    resume, first = _after_restart_in_fresh_process(cpu)
+    resume, first = in_fresh_process(f"ledger.ledger_after_restart({cpu})")
     print(f"ledger after a restart: resume reconcile {resume:.2f} s, then the first grant "
           f"{first:.2f} s", flush=True)
     (ours_p99, ours_cold), (today_p99, today_cold) = results["ours"], results["today"]
