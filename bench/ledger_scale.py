@@ -25,7 +25,12 @@ from prometheus_client import CollectorRegistry
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.auth import Identity, service_account_user
 from dpserve.ledger.lease_ids import MAX_REMEMBERED, sequenced_id
-from dpserve.ledger.limits import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES
+from dpserve.ledger.limits import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_LEASES,
+    LISTED_PARTITIONS,
+    MAX_PARTITION_STATUSES,
+)
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
 from dpserve.resources.labels import selector_labels
@@ -131,12 +136,13 @@ async def _scenario(seconds: float, latency_s: float) -> dict[str, float]:
 
 def _status_sizes() -> dict[str, float]:
     """KiB as the API server stores it, at the former limits and at today's defaults, for a
-    budget without tenants and for one with all 256 tenants on its status."""
-    former = (1024, 1024, 1024)
-    now = (DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES, MAX_REMEMBERED)
+    budget without tenants and for one whose entries and leases are charged to 256 tenants
+    (all 256 listed on its status before, the LISTED_PARTITIONS most spent now)."""
+    former = (1024, 1024, 1024, MAX_PARTITION_STATUSES)
+    now = (DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES, MAX_REMEMBERED, LISTED_PARTITIONS)
     return {
         f"{name}{' 256 tenants' if tenants else ''} KiB":
-            stored_bytes(status_at(*limits, tenants=tenants)) / 1024
+            stored_bytes(status_at(*limits[:3], tenants=tenants, listed=limits[3])) / 1024
         for tenants in (False, True)
         for name, limits in (("before", former), ("now", now))
     }
@@ -157,11 +163,13 @@ def main() -> None:
     figures = asyncio.run(_scenario(args.seconds, args.latency_ms / 1000))
     print("sequenced ids", "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
     sizes = _status_sizes()
-    print("status at the limits (before: 1024 entries, 1024 leases, 1024 remembered; now: "
-          f"{DEFAULT_MAX_ENTRIES}, {DEFAULT_MAX_LEASES}, {MAX_REMEMBERED}):",
+    print("status at the limits (before: 1024 entries, 1024 leases, 1024 remembered, 256 "
+          f"tenants listed; now: {DEFAULT_MAX_ENTRIES}, {DEFAULT_MAX_LEASES}, {MAX_REMEMBERED}, "
+          f"{LISTED_PARTITIONS}):",
           "  ".join(f"{k} {v:,.1f}" for k, v in sizes.items()))
     before, now = sizes["before KiB"], sizes["now KiB"]
-    print(f"status_kib_at_limits={now:.1f} before={before:.1f} ratio={before / now:.1f}")
+    print(f"status_kib_at_limits={now:.1f} before={before:.1f} ratio={before / now:.1f} "
+          f"with_256_tenants={sizes['now 256 tenants KiB']:.1f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dpserve.api.privacybudget import (
 )
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.lease_ids import sequenced_id
-from dpserve.ledger.limits import MAX_PARTITION_STATUSES
+from dpserve.ledger.limits import LISTED_PARTITIONS, MAX_PARTITION_STATUSES
 from dpserve.ledger.status import compute_status
 
 NAMESPACE = "clinical-nlp"
@@ -45,13 +45,15 @@ def _tenant(index: int, tenants: bool) -> str | None:
 
 
 def status_at(
-    entries: int, outstanding: int, remembered: int, *, tenants: bool = False
+    entries: int, outstanding: int, remembered: int, *, tenants: bool = False,
+    listed: int = LISTED_PARTITIONS,
 ) -> PrivacyBudgetStatus:
     """A status holding ``entries`` query entries, ``outstanding`` unexpired lease records (two
     per pod: its current lease and the prefetched next) and ``remembered`` expired ones.
 
     ``tenants``: a multi-tenant budget at its largest, every entry and lease charged to a
-    tenant and the status listing all 256 tenants' numbers (``partitions``).
+    tenant (256 of them) and the status listing ``listed`` tenants' numbers
+    (``partitions``: the ledger's bounded view; 256 before it was bounded at 64).
     """
     mechanism = Mechanism.model_validate(GAUSSIAN)
     ledger = [LedgerEntry(consumer=f"{NAMESPACE}/{_model(i)}", model_version="v12",
@@ -73,10 +75,11 @@ def status_at(
                for i in range(remembered)]
     partitions = [PartitionStatus(tenant=f"tenant-{i:04d}", epsilon_spent="0.123456",
                                   epsilon_remaining="1.876544")
-                  for i in range(MAX_PARTITION_STATUSES if tenants else 0)]
+                  for i in range(listed if tenants else 0)]
     return PrivacyBudgetStatus(
         observed_generation=3, epsilon_spent="7.123456", epsilon_remaining="0.876544",
         lifetime_epsilon="7.123456", ledger=ledger, leases=leases, partitions=partitions,
+        tenant_count=MAX_PARTITION_STATUSES if tenants else None,
         alerts_fired=["0.5", "0.8"], conditions=_conditions(),
     )
 

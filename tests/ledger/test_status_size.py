@@ -27,6 +27,11 @@ def test_a_status_at_the_default_limits_is_under_100_kib() -> None:
         DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES + MAX_REMEMBERED
     )
     assert stored_bytes(full) < TARGET_BYTES
+    # A multi-tenant budget at its largest: every entry and lease charged to one of 256
+    # tenants, the most spent of them listed.
+    tenants = status_at(DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES, MAX_REMEMBERED, tenants=True)
+    assert len({entry.partition for entry in tenants.ledger}) == tenants.tenant_count == 256
+    assert stored_bytes(tenants) < TARGET_BYTES
     # The former limits (1,024 of each kind) were four times the target and more.
     assert stored_bytes(status_at(1024, 1024, 1024)) > 4 * TARGET_BYTES
 

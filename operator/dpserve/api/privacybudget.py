@@ -146,7 +146,13 @@ class PrivacyBudgetStatus(ApiModel):
     ledger: Annotated[list[LedgerEntry], Field(max_length=1024)] = Field(default_factory=list)
     leases: Annotated[list[LeaseRecord], Field(max_length=2048)] = Field(default_factory=list)
     partitions: Annotated[list[PartitionStatus], Field(max_length=256)] = Field(
-        default_factory=list
+        default_factory=list,
+        description="ε spent and remaining of the 64 most-spent tenants, a bounded view (the "
+        "ledger entries hold every tenant's spend).",
+    )
+    tenant_count: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="How many tenants have a ledger of their own: those of "
+        "spec.partitions.tenants and those charged so far. partitions lists the most spent.",
     )
     alerts_fired: Annotated[list[Decimal], Field(max_length=8)] = Field(default_factory=list)
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)

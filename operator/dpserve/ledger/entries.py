@@ -6,10 +6,10 @@ adds to the matching entry or appends one (bounded by ``max_entries``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from dpserve.api.mechanism import Mechanism
-from dpserve.api.privacybudget import LedgerEntry, PrivacyBudgetStatus
+from dpserve.api.privacybudget import LedgerEntry, PartitionStatus, PrivacyBudgetStatus
 from dpserve.ledger import events as ev
 from dpserve.ledger.outcomes import BudgetEvent, GrantRequest, Refusal
 
@@ -86,13 +86,16 @@ def debit(
     return out
 
 
-def ledger_numbers(status: PrivacyBudgetStatus, partition: str | None) -> tuple[float, float]:
-    """ε spent and remaining of one ledger as the status reports them."""
+def ledger_numbers(
+    status: PrivacyBudgetStatus,
+    partition: str | None,
+    tenants: Sequence[PartitionStatus] | None = None,
+) -> tuple[float, float] | None:
+    """ε spent and remaining of one ledger as the status reports them; a tenant's from
+    ``tenants`` (by default the status's bounded view), None when it is not among them."""
     if partition is None:
-        spent, left = status.epsilon_spent, status.epsilon_remaining
-    else:
-        found = [p for p in status.partitions if p.tenant == partition]
-        spent, left = (
-            (found[0].epsilon_spent, found[0].epsilon_remaining) if found else (None, None)
-        )
-    return float(spent or 0.0), float(left or 0.0)
+        return float(status.epsilon_spent or 0.0), float(status.epsilon_remaining or 0.0)
+    for row in status.partitions if tenants is None else tenants:
+        if row.tenant == partition:
+            return float(row.epsilon_spent), float(row.epsilon_remaining)
+    return None

@@ -36,6 +36,7 @@ from dpserve.ledger.lease_ids import parse, pool_tag
 from dpserve.ledger.leases import high_water, lease_size, prune_leases, subtract_outstanding
 from dpserve.ledger.limits import LeasePolicy, Limits
 from dpserve.ledger.outcomes import BudgetEvent, Grant, GrantRequest, Prefetch, Refusal
+from dpserve.ledger.partitions import tenant_status
 from dpserve.ledger.rounding import format_up, remaining
 from dpserve.ledger.status import compute_status
 from dpserve.ledger.training import charge_training
@@ -74,6 +75,8 @@ def grant(
     """
     previous = status if status is not None else PrivacyBudgetStatus()
     replayed = replay(previous, request)
+    if isinstance(replayed, LeaseRecord):
+        return _replayed_grant(spec, previous, replayed, accounting)
     if replayed is not None:
         return replayed
     try:
@@ -98,8 +101,11 @@ def grant(
         return Refusal("Unavailable", f"accounting failed: {accounting_message(exc)}")
 
 
-def replay(previous: PrivacyBudgetStatus, request: GrantRequest) -> Grant | Refusal | None:
-    """The recorded answer when the lease id is on the status (None: a new lease id)."""
+def replay(
+    previous: PrivacyBudgetStatus, request: GrantRequest
+) -> LeaseRecord | Refusal | None:
+    """The lease's record when its id is on the status and it is the same request's; None:
+    a new lease id."""
     for record in previous.leases:
         if record.lease_id != request.lease_id:
             continue
@@ -113,9 +119,28 @@ def replay(previous: PrivacyBudgetStatus, request: GrantRequest) -> Grant | Refu
                 f"leaseId: {request.lease_id!r} was already used by another model, "
                 "version or pod",
             )
-        spent, left = ledger_numbers(previous, record.partition)
-        return Grant(previous, record.granted, record, spent, left, changed=False, replay=True)
+        return record
     return _forgotten(previous, request)
+
+
+def _replayed_grant(
+    spec: PrivacyBudgetSpec,
+    previous: PrivacyBudgetStatus,
+    record: LeaseRecord,
+    accounting: Accounting,
+) -> Grant | Refusal:
+    """The recorded answer, with the charged ledger's numbers as stored (a tenant outside the
+    status's bounded view has its numbers computed from the entries)."""
+    numbers = ledger_numbers(previous, record.partition)
+    if numbers is None and record.partition is not None:
+        try:
+            limits = Limits.from_spec(spec)
+            _, row = tenant_status(limits, previous.ledger, record.partition, accounting)
+        except ACCOUNTING_ERRORS as exc:
+            return Refusal("Unavailable", f"accounting failed: {accounting_message(exc)}")
+        numbers = ledger_numbers(previous, record.partition, [row])
+    spent, left = numbers or (0.0, 0.0)
+    return Grant(previous, record.granted, record, spent, left, changed=False, replay=True)
 
 
 def _forgotten(previous: PrivacyBudgetStatus, request: GrantRequest) -> Refusal | None:
@@ -205,7 +230,7 @@ def _free_grant(ctx: _Context, entries: list[LedgerEntry]) -> Grant:
         ctx.now,
         accounting=ctx.accounting,
     )
-    spent, left = ledger_numbers(update.status, None)
+    spent, left = ledger_numbers(update.status, None) or (0.0, 0.0)
     lease = _new_lease(ctx, None, ctx.request.requested)
     return Grant(
         update.status, ctx.request.requested, lease, spent, left, changed=changed,
@@ -260,7 +285,8 @@ def _paid_grant(
         # and then only in when Exhausted is reported; no grant depends on it.
         still_fits=checked if partition is None and fit - granted >= 1 else None,
     )
-    spent, left = ledger_numbers(update.status, partition)
+    # The charged tenant is among update.tenants, listed on the status or not.
+    spent, left = ledger_numbers(update.status, partition, update.tenants) or (0.0, 0.0)
     prefetch = None
     if limits.kind == "pld":
         # The pod's next lease will have this one outstanding (its older ones gone) and

@@ -27,11 +27,13 @@ from datetime import timedelta
 
 ID_MEMORY = timedelta(hours=24)  # how long a pool's latest record outlives its expiry
 # Expired records kept at most (the most recent), beyond the outstanding (each pool's two
-# latest unexpired, leases.prune_leases): bounded for the status's size (limits.py). A pool
+# latest unexpired, leases.prune_leases): bounded for the status's size (limits.py; each is
+# ~0.24 KiB, and 64 of them put a multi-tenant budget at its largest over 100 KiB). A pool
 # whose record was dropped loses only its replay memory: a replayed id of it is charged again
 # (more spent, never less), and a pod's bound token dies with the pod, so the records that
-# matter are those of live pools idle past a lease TTL.
-MAX_REMEMBERED = 64
+# matter are those of live pools idle past a lease TTL; a serving pool's latest records are
+# outstanding and always kept.
+MAX_REMEMBERED = 32
 
 _SEQUENCED = re.compile(r"^s([0-9a-f]{16})-([0-9a-f]{16})$")
 

@@ -20,12 +20,19 @@ MAX_PARTITION_STATUSES = 256
 # status object, the API server sends all of it to every watcher of PrivacyBudgets (the
 # operator, GitOps controllers, `kubectl get -w`) and etcd keeps each revision until it
 # compacts. At these defaults the status stays under 100 KiB with realistic names (~0.19 KiB
-# per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"); at the former 1,024
-# entries, 1,024 leases and 1,024 remembered records it was 627 KiB. Both are settings
-# (DPSERVE_LEDGER_MAX_ENTRIES, DPSERVE_LEDGER_MAX_LEASES) for a cluster that accepts the larger
-# object. A multi-tenant budget with all 256 tenants on its status is the one shape above.
+# per entry, ~0.22 KiB per lease record; docs/ledger.md, "Status size"): 83 KiB, and 99 KiB
+# for a multi-tenant budget at its largest; at the former 1,024 entries, 1,024 leases and 1,024
+# remembered records it was 627 KiB. Both are settings (DPSERVE_LEDGER_MAX_ENTRIES,
+# DPSERVE_LEDGER_MAX_LEASES) for a cluster that accepts the larger object.
 DEFAULT_MAX_ENTRIES = 256  # consumer x version x mechanism x tenant combinations
 DEFAULT_MAX_LEASES = 128  # outstanding lease records: 64 pod pools, each current + prefetched
+# Tenants whose numbers status.partitions lists, the most spent first (the schema allows 256).
+# The list is a view: the ledger entries hold every tenant's spend, the grant answers carry the
+# charged tenant's own numbers and ml_privacy_budget_consumed exports them, and
+# status.tenantCount says how many tenants there are. Listing all 256 put a multi-tenant
+# budget at its largest at 121.6 KiB; the tenants nearest exhaustion are the ones a reader
+# acts on.
+LISTED_PARTITIONS = 64
 # How long a lease may be served from, and so how long its id stays retryable. One value for
 # LeasePolicy, the settings' default and docs/ledger.md.
 DEFAULT_LEASE_TTL_S = 300.0

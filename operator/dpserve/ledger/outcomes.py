@@ -8,7 +8,12 @@ from typing import Literal
 from dpserve.accounting.events import Event, Spend
 from dpserve.api.lease import LeaseErrorReason
 from dpserve.api.mechanism import Mechanism
-from dpserve.api.privacybudget import LeaseRecord, PrivacyBudgetStatus, TrainingSpend
+from dpserve.api.privacybudget import (
+    LeaseRecord,
+    PartitionStatus,
+    PrivacyBudgetStatus,
+    TrainingSpend,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class BudgetEvent:
 class StatusUpdate:
     status: PrivacyBudgetStatus
     events: tuple[BudgetEvent, ...] = ()
+    # Every tenant's numbers; status.partitions lists only the most spent of them.
+    tenants: tuple[PartitionStatus, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from dpserve.ledger.evaluation import (
 from dpserve.ledger.leases import retain_records
 from dpserve.ledger.limits import Limits
 from dpserve.ledger.outcomes import BudgetEvent, StatusUpdate
-from dpserve.ledger.partitions import partition_statuses
+from dpserve.ledger.partitions import listed, partition_statuses
 from dpserve.ledger.rounding import format_up, remaining
 
 
@@ -147,13 +147,14 @@ def _compute(
             "lifetime_epsilon": reading.spent_text,
             "ledger": entries,
             "leases": leases,
-            "partitions": partitions,
+            "partitions": listed(partitions),
+            "tenant_count": len(partitions) if limits.partition_epsilon is not None else None,
             # A threshold stays fired while it is crossed; raising ε (spec edit) re-arms it.
             "alerts_fired": crossed,
             "conditions": conditions,
         }
     )
-    return StatusUpdate(new, tuple([*events, *flips]))
+    return StatusUpdate(new, tuple([*events, *flips]), tuple(partitions))
 
 
 def _all_blocked(
