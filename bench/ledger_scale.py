@@ -9,7 +9,8 @@ directly (TokenReview cached, no HTTP: the figure is the ledger's own ceiling), 
 lease ids (``lease_ids``, what the sidecar sends and the only form the ledger accepts). Then
 the size of a status (JSON as the API server stores it, ``dpserve_testkit.status_size``) at the
 ledger's default limits beside the former ones (1,024 ledger entries, 1,024 outstanding leases
-and 1,024 remembered sequenced records).
+and 1,024 remembered sequenced records). Also the decision's own rate on one budget charged by
+256 tenants, where every grant reports every tenant's numbers again.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
+from dpserve.api.mechanism import Mechanism
+from dpserve.api.privacybudget import LedgerEntry, PrivacyBudgetSpec, PrivacyBudgetStatus
+from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.auth import Identity, service_account_user
 from dpserve.ledger.lease_ids import MAX_REMEMBERED, sequenced_id
@@ -30,6 +35,7 @@ from dpserve.ledger.limits import (
     DEFAULT_MAX_LEASES,
     LISTED_PARTITIONS,
     MAX_PARTITION_STATUSES,
+    LeasePolicy,
 )
 from dpserve.ledger.service import LeaseFailure, LedgerService
 from dpserve.ledger.settings import LedgerSettings
@@ -41,6 +47,7 @@ from dpserve_testkit.status_size import status_at, stored_bytes
 NS = "bench"
 BUDGETS = 50
 PODS_PER_MODEL = 4
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GAUSS = {"type": "gaussian", "noiseMultiplier": "100", "clipNorm": "1", "sensitivity": "1"}
 
 
@@ -134,6 +141,35 @@ async def _scenario(seconds: float, latency_s: float) -> dict[str, float]:
     }
 
 
+def _tenant_grants(seconds: float) -> float:
+    """Grants/s of the ledger's decision alone (``state.grant``, no API) on one budget whose
+    ledger holds 256 tenants' entries, 64 pods leasing for them in turn: every grant reports
+    every tenant's numbers again (``partitions``)."""
+    mechanism = Mechanism.model_validate({"type": "laplace-embedding", "epsilon": "0.001"})
+    tenants = [f"tenant-{i:04d}" for i in range(MAX_PARTITION_STATUSES)]
+    status = PrivacyBudgetStatus(ledger=[
+        LedgerEntry(consumer=f"{NS}/embedder", model_version="v1", kind="query",
+                    mechanism=mechanism, partition=tenant, count=4 + i)
+        for i, tenant in enumerate(tenants)])
+    budget = PrivacyBudgetSpec.model_validate(
+        {"epsilon": "8", "delta": "1e-6", "partitions": {"header": "X-Tenant", "epsilon": "50"}})
+    accounting, policy = LedgerAccounting(), LeasePolicy(ttl=timedelta(seconds=1))
+    start, granted = time.perf_counter(), 0
+    while granted == 0 or time.perf_counter() - start < seconds:
+        pod, tenant = f"embedder-{granted % 64}", tenants[granted % len(tenants)]
+        result = state.grant(
+            budget, 1, status,
+            state.GrantRequest(consumer=f"{NS}/embedder", model_version="v1",
+                               mechanism=mechanism, requested=2,
+                               lease_id=sequenced_id(pod, tenant, 10 + granted), pod=pod,
+                               partition=tenant),
+            T0 + timedelta(seconds=granted), accounting=accounting, policy=policy)
+        if not isinstance(result, state.Grant):
+            raise RuntimeError(f"the tenant bench was refused: {result}")
+        status, granted = result.status, granted + 1
+    return granted / (time.perf_counter() - start)
+
+
 def _status_sizes() -> dict[str, float]:
     """KiB as the API server stores it, at the former limits and at today's defaults, for a
     budget without tenants and for one whose entries and leases are charged to 256 tenants
@@ -162,6 +198,8 @@ def main() -> None:
     asyncio.run(_scenario(args.warmup_s, args.latency_ms / 1000))
     figures = asyncio.run(_scenario(args.seconds, args.latency_ms / 1000))
     print("sequenced ids", "  ".join(f"{k} {v:,.1f}" for k, v in figures.items()))
+    print(f"one budget charged by {MAX_PARTITION_STATUSES} tenants (state.grant alone): "
+          f"grants/s {_tenant_grants(args.seconds):,.1f}")
     sizes = _status_sizes()
     print("status at the limits (before: 1024 entries, 1024 leases, 1024 remembered, 256 "
           f"tenants listed; now: {DEFAULT_MAX_ENTRIES}, {DEFAULT_MAX_LEASES}, {MAX_REMEMBERED}, "

@@ -53,6 +53,22 @@ _MECHANISM_ATTRIBUTES: dict[str, str] = {
 }
 
 
+# Memos keyed on a mechanism's fields as written (a repr per value, so "40" and "40.0" are two
+# keys of one answer), for the few distinct mechanisms a ledger holds. Bounded; cleared whole
+# when full. Only answers are stored: a refused mechanism raises again on every call.
+_MEMO_MAX = 4096
+Written = tuple[tuple[str, str], ...]
+
+
+def _written(mechanism: Mechanism) -> Written:
+    return tuple((name, repr(value)) for name, value in mechanism.__dict__.items())
+
+
+# mechanism_event runs for every entry of every ledger a status reports (each tenant's, on
+# every grant of a multi-tenant budget); parsing the decimals was most of that cost.
+_EVENTS: dict[Written, Event | None] = {}
+
+
 def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | None:
     """The DP event of one query answered with ``mechanism``; None when queries are free.
 
@@ -60,6 +76,17 @@ def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | N
     other type names its event class (``MECHANISM_EVENTS``), which builds itself from the
     spec fields, each read here as a decimal > 0 or refused naming ``field.<name>``.
     """
+    written = _written(mechanism)
+    if written in _EVENTS:
+        return _EVENTS[written]
+    event = _mechanism_event(mechanism, field)
+    if len(_EVENTS) >= _MEMO_MAX:
+        _EVENTS.clear()
+    _EVENTS[written] = event
+    return event
+
+
+def _mechanism_event(mechanism: Mechanism, field: str) -> Event | None:
     kind = mechanism.type
     if kind == "none":
         return None
@@ -74,20 +101,17 @@ def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | N
 
 
 MechanismKey = tuple[tuple[str, str], ...]
-# canonical_mechanism runs about ten times per grant (every entry and lease is matched by it),
-# on a few distinct mechanisms: memoised on the fields as written (a repr per value, so "40"
-# and "40.0" are two keys of one answer). Bounded; cleared whole when full.
-_CANONICAL: dict[tuple[tuple[str, str], ...], MechanismKey] = {}
-_CANONICAL_MAX = 4096
+# canonical_mechanism runs about ten times per grant (every entry and lease is matched by it).
+_CANONICAL: dict[Written, MechanismKey] = {}
 
 
 def canonical_mechanism(mechanism: Mechanism) -> MechanismKey:
     """The mechanism as a comparable key: decimals by value ("40" == "40.0"), unset dropped,
     the privacy unit as it applies (an omitted default equals the same unit stated)."""
-    written = tuple((name, repr(value)) for name, value in mechanism.__dict__.items())
+    written = _written(mechanism)
     found = _CANONICAL.get(written)
     if found is None:
-        if len(_CANONICAL) >= _CANONICAL_MAX:
+        if len(_CANONICAL) >= _MEMO_MAX:
             _CANONICAL.clear()
         found = _CANONICAL[written] = _canonical(mechanism)
     return found
