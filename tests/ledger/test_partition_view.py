@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ledger_helpers import LAPLACE, NS, T0, mechanism, spec
 
 from dpserve.api.privacybudget import LedgerEntry, PrivacyBudgetStatus
 from dpserve.ledger import state
 from dpserve.ledger.accountant import LedgerAccounting
 from dpserve.ledger.lease_ids import sequenced_id
-from dpserve.ledger.limits import LISTED_PARTITIONS, LeasePolicy
+from dpserve.ledger.limits import LISTED_PARTITIONS, LeasePolicy, Limits
+from dpserve.ledger.partitions import partition_statuses, tenant_status
 
 BIG = LeasePolicy(at_risk_fraction=1.0)
 PER_TENANT_EPSILON = "50"
@@ -78,3 +81,37 @@ def test_the_view_lists_the_most_spent_tenants_first(accounting: LedgerAccountin
     unlisted = set(tenants) - {row.tenant for row in result.status.partitions}
     floor = min(spent)
     assert all(0.5 * (1 + tenants.index(t) % 7) <= floor for t in unlisted)
+
+
+MECHANISMS = [
+    {"type": "laplace-embedding", "epsilon": "0.25"},
+    {"type": "laplace-embedding", "epsilon": "0.5"},
+    {"type": "gaussian", "noiseMultiplier": "2", "clipNorm": "1", "sensitivity": "1",
+     "privacyUnit": "query-text"},
+]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 2), st.integers(0, 40)),
+                  max_size=40),
+    declared=st.lists(st.integers(0, 12), max_size=5),
+)
+def test_every_tenants_numbers_are_its_own_sub_ledgers(
+    accounting: LedgerAccounting, rows: list[tuple[int, int, int]], declared: list[int]
+) -> None:
+    """The one-pass grouping answers what each tenant's ledger alone gives, declared tenants
+    without entries included, most spent first."""
+    entries = [LedgerEntry(consumer=f"{NS}/m{m}", model_version="v1", kind="query",
+                           mechanism=mechanism(MECHANISMS[m]), partition=f"t{t}", count=n)
+               for t, m, n in rows]
+    tenants = sorted({f"t{t}" for t in declared})
+    budget = spec(partitions={"header": "X-Tenant", "epsilon": PER_TENANT_EPSILON,
+                              **({"tenants": tenants} if tenants else {})})
+    limits = Limits.from_spec(budget)
+    got = partition_statuses(limits, entries, accounting)
+    names = {entry.partition for entry in entries if entry.partition} | set(tenants)
+    alone = [tenant_status(limits, entries, name, accounting) for name in names]
+    alone.sort(key=lambda row: (-row[0], row[1].tenant))
+    assert got == [row for _, row in alone]
