@@ -53,15 +53,17 @@ _MECHANISM_ATTRIBUTES: dict[str, str] = {
 }
 
 
-# Memos keyed on a mechanism's fields as written (a repr per value, so "40" and "40.0" are two
-# keys of one answer), for the few distinct mechanisms a ledger holds. Bounded; cleared whole
-# when full. Only answers are stored: a refused mechanism raises again on every call.
+# Memos keyed on a mechanism's field values (in the model's field order), for the few distinct
+# mechanisms a ledger holds. Equal decimals ("40" and "40.0") are one key: both memoised
+# answers depend on the values only (the event on each decimal's float, the canonical key on
+# its normalised form). Bounded; cleared whole when full. Only answers are stored: a refused
+# mechanism raises again on every call.
 _MEMO_MAX = 4096
-Written = tuple[tuple[str, str], ...]
+Written = tuple[object, ...]
 
 
 def _written(mechanism: Mechanism) -> Written:
-    return tuple((name, repr(value)) for name, value in mechanism.__dict__.items())
+    return tuple(mechanism.__dict__.values())
 
 
 # mechanism_event runs for every entry of every ledger a status reports (each tenant's, on
