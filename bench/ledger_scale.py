@@ -178,9 +178,9 @@ def _status_sizes() -> dict[str, float]:
     now = (DEFAULT_MAX_ENTRIES, DEFAULT_MAX_LEASES, MAX_REMEMBERED, LISTED_PARTITIONS)
     return {
         f"{name}{' 256 tenants' if tenants else ''} KiB":
-            stored_bytes(status_at(*limits[:3], tenants=tenants, listed=limits[3])) / 1024
+            stored_bytes(status_at(*counts, tenants=tenants, listed=listed)) / 1024
         for tenants in (False, True)
-        for name, limits in (("before", former), ("now", now))
+        for name, (*counts, listed) in (("before", former), ("now", now))
     }
 
 

@@ -59,16 +59,16 @@ _MECHANISM_ATTRIBUTES: dict[str, str] = {
 # its normalised form). Bounded; cleared whole when full. Only answers are stored: a refused
 # mechanism raises again on every call.
 _MEMO_MAX = 4096
-Written = tuple[object, ...]
+FieldValues = tuple[object, ...]
 
 
-def _written(mechanism: Mechanism) -> Written:
+def _field_values(mechanism: Mechanism) -> FieldValues:
     return tuple(mechanism.__dict__.values())
 
 
 # mechanism_event runs for every entry of every ledger a status reports (each tenant's, on
 # every grant of a multi-tenant budget); parsing the decimals was most of that cost.
-_EVENTS: dict[Written, Event | None] = {}
+_EVENTS: dict[FieldValues, Event | None] = {}
 
 
 def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | None:
@@ -78,13 +78,13 @@ def mechanism_event(mechanism: Mechanism, field: str = "mechanism") -> Event | N
     other type names its event class (``MECHANISM_EVENTS``), which builds itself from the
     spec fields, each read here as a decimal > 0 or refused naming ``field.<name>``.
     """
-    written = _written(mechanism)
-    if written in _EVENTS:
-        return _EVENTS[written]
+    values = _field_values(mechanism)
+    if values in _EVENTS:
+        return _EVENTS[values]
     event = _mechanism_event(mechanism, field)
     if len(_EVENTS) >= _MEMO_MAX:
         _EVENTS.clear()
-    _EVENTS[written] = event
+    _EVENTS[values] = event
     return event
 
 
@@ -104,18 +104,18 @@ def _mechanism_event(mechanism: Mechanism, field: str) -> Event | None:
 
 MechanismKey = tuple[tuple[str, str], ...]
 # canonical_mechanism runs about ten times per grant (every entry and lease is matched by it).
-_CANONICAL: dict[Written, MechanismKey] = {}
+_CANONICAL: dict[FieldValues, MechanismKey] = {}
 
 
 def canonical_mechanism(mechanism: Mechanism) -> MechanismKey:
     """The mechanism as a comparable key: decimals by value ("40" == "40.0"), unset dropped,
     the privacy unit as it applies (an omitted default equals the same unit stated)."""
-    written = _written(mechanism)
-    found = _CANONICAL.get(written)
+    values = _field_values(mechanism)
+    found = _CANONICAL.get(values)
     if found is None:
         if len(_CANONICAL) >= _MEMO_MAX:
             _CANONICAL.clear()
-        found = _CANONICAL[written] = _canonical(mechanism)
+        found = _CANONICAL[values] = _canonical(mechanism)
     return found
 
 
