@@ -12,7 +12,11 @@ Targets, each served bare and through its own sidecar (``python -m dpserve_runti
 - ``echo-clean`` / ``echo-pii``: a fake upstream (:mod:`dpserve_testkit.fakes`)
   answering a fixed JSON per input, with a clean text or one carrying an e-mail address and
   a phone number (redacted by the sidecar). It costs almost nothing per request, so it shows
-  the sidecar's worst case: its whole cost set against a model that does no work.
+  the sidecar's worst case: its whole cost set against a model that does no work. The same
+  text in every answer is found in the analyzer's cache of recent texts after the first.
+- ``echo-pii-new``: the same fake upstream with a new e-mail address and phone number in
+  every answer (a counter cycling through 10,000, more than the analyzer's cache holds), so
+  every answer is analysed afresh: what a model writing new PII each time costs.
 
 Real processes on loopback: a fake ledger (lease protocol), the upstreams, one sidecar per
 target, and a load generator (aiohttp client, its own process) at fixed concurrency. Runs
@@ -30,7 +34,7 @@ request in front of the slower real model than in front of the echo.
 
 Last line: ``overhead_p50_ms=<x> overhead_p99_ms=<y> throughput_ratio=<sidecar/bare>`` for
 the real model server (the ``model`` target). The echo worst case (the larger overheads and
-the smaller ratio of the two echo workloads) is printed on the line before it.
+the smaller ratio of the three echo workloads) is printed on the line before it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from pathlib import Path
 from typing import Any
 
 PII_TEXT = "Patient contact: jane.roe@example.com, (212) 555-0143; follow-up in two weeks."
+# {n}: 0000-9999, a new address and number per answer (FakeModel(numbered=True)).
+NEW_PII_TEXT = "Patient contact: jane.roe{n}@example.com, (212) 555-{n}; follow-up in two weeks."
+REDACTED = ("<EMAIL_ADDRESS>", "<PHONE_NUMBER>")
 CLEAN_TEXT = "Benign: regular borders and uniform colour; follow-up in two weeks."
 ECHO_BODY = json.dumps({"inputs": [[0.5] * 16]}).encode()
 # What the fake upstream reports; the real model server's mechanism.
@@ -60,7 +67,8 @@ MODEL_MECHANISM: dict[str, Any] = {"type": "pate", "teachers": TEACHERS, "noiseM
 MODEL_ARCHITECTURE: dict[str, Any] = {"type": "mlp", "inputDim": 64, "hiddenDims": [64],
                                       "numClasses": 10}
 WINDOW_TOKENS = 50  # verbatim-guard window (the output filter's default)
-TARGETS = ("model", "echo-clean", "echo-pii")
+TARGETS = ("model", "echo-clean", "echo-pii", "echo-pii-new")
+ECHO_TARGETS = TARGETS[1:]
 
 
 def _free_port() -> int:
@@ -255,10 +263,12 @@ def _start(processes: Processes, workdir: Path, targets: dict[str, Target],
         "-m", "dpserve_runtime.server", "--artifact", str(artifact),
         "--mechanism", json.dumps(MODEL_MECHANISM), "--host", "127.0.0.1",
         "--port", str(targets["model"].model_port))
-    for name, text in (("echo-clean", CLEAN_TEXT), ("echo-pii", PII_TEXT)):
+    for name, text in (("echo-clean", CLEAN_TEXT), ("echo-pii", PII_TEXT),
+                       ("echo-pii-new", NEW_PII_TEXT)):
         targets[name].body.write_bytes(ECHO_BODY)
+        numbered = ("--numbered",) if "{n}" in text else ()
         targets[name].model_pid = processes.start(
-            *fakes, "model", "--port", str(targets[name].model_port), "--text", text)
+            *fakes, "model", "--port", str(targets[name].model_port), "--text", text, *numbered)
     for target in targets.values():
         real = target.name == "model"
         config = _sidecar_config(
@@ -283,6 +293,21 @@ def _start(processes: Processes, workdir: Path, targets: dict[str, Target],
         _wait_ready(f"http://127.0.0.1:{target.filter_port}/readyz")
         if target.baseline_pid:
             _wait_ready(f"http://127.0.0.1:{target.baseline_port}/readyz")
+    for name in ECHO_TARGETS:
+        _check_filtered(targets[name])
+
+
+def _check_filtered(target: Target) -> None:
+    """One answer through the target's sidecar: the PII redacted, and only there (a bench
+    of a filter that finds nothing would measure the wrong path)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{target.filter_port}/v1/predict", data=target.body.read_bytes(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = json.loads(response.read())["outputs"][0]["text"]
+    redacted = all(tag in text for tag in REDACTED) and "@" not in text
+    if redacted != (target.name != "echo-clean"):
+        raise RuntimeError(f"{target.name}: unexpected filtered text {text!r}")
 
 
 def _measure(target: Target, kind: str, concurrency: int, seconds: float,
@@ -373,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"concurrency={args.concurrency}, {args.rounds} rounds x {args.seconds}s per target, "
           f"1 input per request, loopback, {os.cpu_count()} CPUs shared by all processes")
-    print(f"{'target':<12}{'served':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}"
+    print(f"{'target':<14}{'served':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}"
           f"{'server CPU ms/req':>19}{'serial p50 ms':>15}")
     summaries = {key: _summary(runs) for key, runs in results.items()}
     for (name, kind), s in summaries.items():
         one = _summary([serial[(name, kind)]])
-        print(f"{name:<12}{kind:<9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['rps']:>8.0f}"
+        print(f"{name:<14}{kind:<9}{s['p50_ms']:>9.2f}{s['p99_ms']:>9.2f}{s['rps']:>8.0f}"
               f"{s['errors']:>8.0f}{s['cpu_ms']:>19.3f}{one['p50_ms']:>15.2f}")
     print("server CPU = the model process (bare) or the sidecar process alone (sidecar); "
           "serial = one request at a time")
@@ -404,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{old['rps'] / bare['rps']:.2f} -> {new['rps'] / bare['rps']:.2f}, p50 "
                   f"overhead {old['p50_ms'] - bare['p50_ms']:+.2f} -> "
                   f"{new['p50_ms'] - bare['p50_ms']:+.2f} ms")
-    echo = [overheads["echo-clean"], overheads["echo-pii"]]
+    echo = [overheads[name] for name in ECHO_TARGETS]
     print(f"echo worst case (no model work): overhead_p50_ms={max(o[0] for o in echo):.2f} "
           f"overhead_p99_ms={max(o[1] for o in echo):.2f} "
           f"throughput_ratio={min(o[2] for o in echo):.2f}")

@@ -112,14 +112,20 @@ ModelMode = Literal[
 
 @dataclass
 class FakeModel:
-    """Answers every input with ``{"label", "text"}``; ``text`` is what the filter scans."""
+    """Answers every input with ``{"label", "text"}``; ``text`` is what the filter scans.
+
+    ``numbered``: each output's ``text`` has ``{n}`` replaced by a counter of outputs, four
+    digits that cycle through 0000-9999, so that consecutive answers differ (a filter's cache
+    of recent texts never holds the next one)."""
 
     text: str = "benign"
+    numbered: bool = False
     mode: ModelMode = "normal"
     queries_per_input: int = 1
     slow_seconds: float = 30.0
     answered_queries: int = 0
     ready: bool = True
+    texts_sent: int = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -156,13 +162,20 @@ class FakeModel:
             queries = len(inputs) + 1
         self.answered_queries += queries
         answer: dict[str, Any] = {
-            "outputs": [{"label": i % 10, "text": self.text} for i in range(len(inputs))],
+            "outputs": [{"label": i % 10, "text": self._text()} for i in range(len(inputs))],
             "mechanism": {"type": "pate", "teachers": 10, "noiseMultiplier": "40"},
             "modelVersion": "v1",
         }
         if self.mode != "no-queries":
             answer["queries"] = queries
         return web.json_response(answer)
+
+    def _text(self) -> str:
+        if not self.numbered:
+            return self.text
+        n = self.texts_sent % 10_000
+        self.texts_sent += 1
+        return self.text.replace("{n}", f"{n:04d}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,9 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, default=10**9, help="ledger: queries")
     parser.add_argument("--token", default="test-token", help="ledger: expected token")
     parser.add_argument("--text", default="benign", help="model: output text")
+    parser.add_argument("--numbered", action="store_true",
+                        help="model: replace {n} in the text by a counter of outputs (0000-9999)")
     args = parser.parse_args(argv)
     app = (FakeLedger(budget={None: args.budget}, token=args.token).app()
-           if args.kind == "ledger" else FakeModel(text=args.text).app())
+           if args.kind == "ledger" else FakeModel(text=args.text, numbered=args.numbered).app())
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
 
 
