@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from presidio_analyzer import AnalyzerEngine
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
-from dpserve_runtime.filter import pii
+from dpserve_runtime.filter import phone, pii
 from dpserve_runtime.filter.phone import (
     FastPhoneRecognizer,
     min_candidate_length,
@@ -148,6 +148,51 @@ def test_prefilters_never_skip_a_match(reference: AnalyzerEngine, text: str) -> 
         assert _reference_findings(reference, text, 0.0, skipped) == []
 
 
+# Digit groups and what joins them: cards (4-4-4-4, 4-6-5), SSNs (3-2-4, 5-4, 3-6, 9),
+# IBANs (two letters, two digits, groups of four), IPv4 and IPv6 addresses, near misses.
+_GROUPED = st.lists(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=1, max_size=9),
+        st.sampled_from([" ", "-", ".", ":", "::", "/", "\n", "4111", "5500", "3782", "6011",
+                         "078", "05", "1120", "DE", "GB", "de", "89", "3704", "0044", "0532",
+                         "0130", "00", "a", "f", "e:", "ffff:", "fe80", "192.168.", "10.0.0.1",
+                         "x", "٣", "５"]),
+    ),
+    max_size=16,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_GROUPED)
+def test_digit_group_prefilters_never_skip_a_match(reference: AnalyzerEngine, text: str) -> None:
+    """The card, SSN, IBAN and IP rules ask for more than a digit: where one rules its entity
+    out, Presidio's recognizer finds nothing of it, even below every threshold."""
+    grouped = ["CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS"]
+    skipped = [e for e in grouped if REQUIRED[e].search(text) is None]
+    if skipped:
+        assert _reference_findings(reference, text, 0.0, skipped) == []
+
+
+def test_digit_group_prefilters_let_each_shape_through(reference: AnalyzerEngine) -> None:
+    """Every shape each recognizer's patterns accept passes its rule (a rule that let
+    nothing through would pass the test above)."""
+    shapes = {
+        "CREDIT_CARD": ["4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005",
+                        "6011 0009 9013 9424"],
+        "US_SSN": ["536-22-8726", "536 22 8726", "536.22.8726", "536228726", "53622-8726",
+                   "536-228726"],
+        "IBAN_CODE": ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432",
+                      "de89-3704-0044-0532-0130-00"],
+        "IP_ADDRESS": ["10.0.0.1", "::1", "::", "fe80::1", "2001:db8:0:0:0:0:0:1",
+                       "::ffff:10.0.0.1", "1:2:3:4:5:6:10.0.0.1"],
+    }
+    for entity, texts in shapes.items():
+        for text in texts:
+            found = _reference_findings(reference, f"see {text} here", 0.0, [entity])
+            assert found, (entity, text)  # a shape Presidio finds...
+            assert REQUIRED[entity].search(text), (entity, text)  # ...that the rule admits
+
+
 _DIGITS_ONLY_FREE = "abcxyz .:@-+()/#ＡＢ"
 
 
@@ -225,6 +270,53 @@ def test_region_screen_rejects_only_what_phonenumbers_rejects(candidate: str) ->
     for region in PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS:
         if not region_screen(region).may_match(candidate):
             assert not _parses_and_verifies(candidate, region), (region, candidate)
+
+
+# Around a candidate: what the matcher's checks of the neighbouring characters and brackets
+# look at (Latin letters, currency and percent signs, "page" references, brackets).
+_CONTEXT = st.sampled_from(["", " ", "a", "Tel ", "$", "€", "%", "(", ")", "[", "p. ", "pp. ",
+                            "page ", "\n", "é", "ж", "x", "#", ",", ":", "٣"])
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_CONTEXT, _PLAIN_CANDIDATE | _NUMBERISH, _CONTEXT)
+def test_own_code_match_is_what_phonenumbers_returns(before: str, middle: str,
+                                                     after: str) -> None:
+    """Where the screen decides a number itself (OWN_CODE), the match made without a parse
+    equals the library's parse and verification of that candidate in that text."""
+    text = before + middle + after
+    for outer in phone._Recorder(text, 1).walk():
+        for attempt in outer.attempts:
+            for region in PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS:
+                screen = region_screen(region)
+                if (attempt.digits is None or
+                        screen.verdict(attempt.text, attempt.digits) != phone.OWN_CODE):
+                    continue
+                matcher = phonenumbers.PhoneNumberMatcher(text, region)
+                expected = phonenumbers.PhoneNumberMatcher._parse_and_verify(
+                    matcher, attempt.text, attempt.offset)
+                ours = phone._own_code_match(matcher, attempt.text, attempt.offset,
+                                             screen.own_code_number(attempt.digits))
+                assert ours == expected, (region, text, attempt)
+
+
+def test_own_code_verdicts_occur() -> None:
+    """National numbers written without a prefix are decided by the screen (the test above
+    is not vacuous), in the regions whose numbers they are."""
+    us, de = region_screen("US"), region_screen("DE")
+    assert us.verdict("(212) 555-0143", "2125550143") == phone.OWN_CODE
+    assert region_screen("CA").verdict("(212) 555-0143", "2125550143") == phone.OWN_CODE
+    assert us.verdict("2024-05-14", "20240514") == phone.REJECT
+    assert de.verdict("030 1234567", "0301234567") == phone.PARSE  # national prefix 0
+    assert us.verdict("+1 212 555 0143", None) == phone.PARSE  # not plain
+    matcher = phonenumbers.PhoneNumberMatcher("call (212) 555-0143 now", "US")
+    assert phone._own_code_match(matcher, "(212) 555-0143", 5,
+                                 us.own_code_number("2125550143")) == (
+        phonenumbers.PhoneNumberMatcher._parse_and_verify(matcher, "(212) 555-0143", 5))
+    glued = phonenumbers.PhoneNumberMatcher("tel2125550143", "US")  # a letter before it
+    assert phone._own_code_match(glued, "2125550143", 3,
+                                 us.own_code_number("2125550143")) is None
+    assert phonenumbers.PhoneNumberMatcher._parse_and_verify(glued, "2125550143", 3) is None
 
 
 def test_region_screen_passes_every_example_number() -> None:

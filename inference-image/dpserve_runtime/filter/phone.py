@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import phonenumbers
-from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatch
+from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatch, phonenumbermatcher, re_util
 from phonenumbers.phonenumberutil import (
     COUNTRY_CODE_TO_REGION_CODE,
     NumberParseException,
@@ -188,10 +188,18 @@ def _desc_alternatives(country_code: int) -> str:
     return "|".join(f"(?:{a})" for a in alternatives) or "(?!)"
 
 
+# RegionScreen.verdict: the library's parse or verification rejects the candidate; it may
+# accept it (only the library's parse can tell); or, for a plain candidate from which the
+# parse strips nothing, it accepts the number (the region's country code, the digits) if the
+# matcher's checks of the text around the candidate pass (:func:`_own_code_match`).
+REJECT, PARSE, OWN_CODE = 0, 1, 2
+
+
 class RegionScreen:
     """Necessary conditions for a candidate to parse and validate in one region at leniency
     VALID (see the module docstring): :meth:`may_match` False means the library's parse or
-    its verification rejects the candidate."""
+    its verification rejects the candidate. :meth:`verdict` also says when the screen has
+    made the library's whole decision on the number itself (``OWN_CODE``)."""
 
     def __init__(self, region: str) -> None:
         metadata = PhoneMetadata.metadata_for_region(region)
@@ -220,26 +228,50 @@ class RegionScreen:
 
     def may_match_parts(self, candidate: str, digits: str | None) -> bool:
         """:meth:`may_match` given the candidate's digits when it is plain (else None)."""
+        return self.verdict(candidate, digits) != REJECT
+
+    def verdict(self, candidate: str, digits: str | None,
+                valid: dict[tuple[str, str], bool] | None = None) -> int:
+        """REJECT, PARSE or OWN_CODE (see there) for a candidate and its digits when it is
+        plain (else None). ``valid``: validity of (country code, NSN) pairs decided before,
+        shared by the regions of one country code (US and CA) within one text."""
         if not self.known:
             # parse() refuses a number without a leading plus in an unknown region.
-            return any(ch in candidate for ch in PLUS_CHARS)
+            return PARSE if any(ch in candidate for ch in PLUS_CHARS) else REJECT
         if not self._plain_rules or digits is None:
-            return True
+            return PARSE
         if self._idd.match(digits):
-            return True  # the country code may come from the number: not screened
+            return PARSE  # the country code may come from the number: not screened
         if digits.startswith(self.country_code) or (
                 self._national_prefix is not None and self._national_prefix.match(digits)):
             # A prefix may be stripped: some suffix of the digits must be a valid NSN.
-            return self._valid_suffix.search(digits[-_MAX_NSN:]) is not None
+            return PARSE if self._valid_suffix.search(digits[-_MAX_NSN:]) else REJECT
         # Nothing is stripped: the NSN is the digits, its country code the region's; the
         # verification's validity and national-prefix checks can be made on them directly.
+        key = (self.country_code, digits)
+        known = valid.get(key) if valid is not None else None
+        if known is None:
+            known = self._own_code_valid(digits)
+            if valid is not None:
+                valid[key] = known
+        # Fewer than three digits: phonenumbers' viability pattern may still refuse it.
+        return (OWN_CODE if len(digits) >= 3 else PARSE) if known else REJECT
+
+    def _own_code_valid(self, digits: str) -> bool:
+        """The verification at VALID of the number (this region's country code, ``digits``)
+        that a parse stripping nothing makes (plain: no ``x`` for the x-character check)."""
         if (len(digits) > _MAX_NSN or self._valid_nsn.match(digits) is None
                 or not self._national_prefix_ok(digits)):
             return False
+        return bool(phonenumbers.is_valid_number(self.own_code_number(digits)))
+
+    def own_code_number(self, digits: str) -> phonenumbers.PhoneNumber:
+        """The number parse() makes of plain ``digits`` that it strips nothing from, as the
+        matcher returns it (only the country code, the national number and leading zeros)."""
         number = phonenumbers.PhoneNumber(country_code=int(self.country_code),
                                           national_number=int(digits))
         phonenumbers.phonenumberutil._set_italian_leading_zeros_for_phone_number(digits, number)
-        return bool(phonenumbers.is_valid_number(number))
+        return number
 
     def _national_prefix_ok(self, nsn: str) -> bool:
         """The matcher's national-prefix check (``_is_national_prefix_present_if_required``)
@@ -360,14 +392,49 @@ _SHARED_WALK = all(
     callable(getattr(phonenumbers.PhoneNumberMatcher, name, None))
     for name in ("_parse_and_verify", "_extract_match", "_find")
 ) and hasattr(phonenumbers.PhoneNumberMatcher(" ", "US"), "_search_index")
+# The checks phonenumbers' _parse_and_verify makes on a candidate and the text around it
+# before it parses: made here for an OWN_CODE candidate instead of the parse. Without them,
+# every candidate the screen passes is parsed.
+_OWN_CODE_MATCH = (
+    _SHARED_WALK
+    and all(hasattr(phonenumbermatcher, name)
+            for name in ("_MATCHING_BRACKETS", "_PUB_PAGES", "_LEAD_PATTERN"))
+    and callable(getattr(re_util, "fullmatch", None))
+    and all(callable(getattr(phonenumbers.PhoneNumberMatcher, name, None))
+            for name in ("_is_invalid_punctuation_symbol", "_is_latin_letter")))
 
 
-def _region_matches(text: str, region: str, leniency: int, outers: list[_Outer]
-                    ) -> list[PhoneNumberMatch]:
+def _own_code_match(matcher: phonenumbers.PhoneNumberMatcher, candidate: str, offset: int,
+                    number: phonenumbers.PhoneNumber) -> PhoneNumberMatch | None:
+    """What phonenumbers' ``_parse_and_verify`` returns at leniency VALID for a candidate the
+    screen judged OWN_CODE: its checks of the brackets, of "page" references and of the
+    characters either side of the candidate (a Latin letter, a currency sign or a percent
+    sign next to it: no number), then the match of ``number``, which the parse would have
+    made and the verification accepted (``RegionScreen.verdict``)."""
+    if (not re_util.fullmatch(phonenumbermatcher._MATCHING_BRACKETS, candidate)
+            or phonenumbermatcher._PUB_PAGES.search(candidate)):
+        return None
+    text = matcher.text
+    if offset > 0 and not phonenumbermatcher._LEAD_PATTERN.match(candidate):
+        previous = text[offset - 1]
+        if matcher._is_invalid_punctuation_symbol(previous) or matcher._is_latin_letter(previous):
+            return None
+    end = offset + len(candidate)
+    if end < len(text):
+        following = text[end]
+        if (matcher._is_invalid_punctuation_symbol(following)
+                or matcher._is_latin_letter(following)):
+            return None
+    return PhoneNumberMatch(offset, candidate, number)
+
+
+def _region_matches(text: str, region: str, leniency: int, outers: list[_Outer],
+                    valid: dict[tuple[str, str], bool]) -> list[PhoneNumberMatch]:
     """The matches of ``region``'s matcher on ``text``, from the shared walk: each recorded
-    parse is screened (length bound, region screen) and only survivors are parsed. After a
-    match the matcher resumes at its end; where that is not the end of its outer candidate
-    (an inner match) the walk differs from the recorded one, and a real matcher takes over."""
+    parse is screened (length bound, region screen) and only survivors are parsed, except
+    those whose number the screen decided (OWN_CODE). After a match the matcher resumes at
+    its end; where that is not the end of its outer candidate (an inner match) the walk
+    differs from the recorded one, and a real matcher takes over."""
     bound = min_candidate_length(region)
     screen = region_screen(region) if leniency == Leniency.VALID else None
     matcher = _BoundedMatcher(text, region, leniency=leniency, min_candidate_length=bound,
@@ -382,9 +449,15 @@ def _region_matches(text: str, region: str, leniency: int, outers: list[_Outer]
         for position, attempt in enumerate(outer.attempts):
             if position and tries <= 0:
                 break
-            if attempt.alnum >= bound and (
-                    screen is None or screen.may_match_parts(attempt.text, attempt.digits)):
-                match = verify(matcher, attempt.text, attempt.offset)
+            if attempt.alnum >= bound:
+                verdict = (PARSE if screen is None
+                           else screen.verdict(attempt.text, attempt.digits, valid))
+                if (verdict == OWN_CODE and _OWN_CODE_MATCH and screen is not None
+                        and attempt.digits is not None):
+                    match = _own_code_match(matcher, attempt.text, attempt.offset,
+                                            screen.own_code_number(attempt.digits))
+                elif verdict != REJECT:
+                    match = verify(matcher, attempt.text, attempt.offset)
                 if match is not None:
                     break
             if position:
@@ -424,9 +497,10 @@ class FastPhoneRecognizer(PhoneRecognizer):  # type: ignore[misc]
         outers = (_Recorder(text, min(map(min_candidate_length, regions), default=1)).walk()
                   if _SHARED_WALK and regions else None)
         own_region: dict[tuple[int, int], tuple[str | None] | None] = {}
+        valid: dict[tuple[str, str], bool] = {}  # shared by regions of one country code
         for region in regions:
             matches: Iterable[PhoneNumberMatch] = (
-                _region_matches(text, region, leniency, outers) if outers is not None
+                _region_matches(text, region, leniency, outers, valid) if outers is not None
                 else phonenumbers.PhoneNumberMatcher(
                     text, region, leniency=leniency,
                     min_candidate_length=min_candidate_length(region)))

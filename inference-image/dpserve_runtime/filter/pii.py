@@ -14,9 +14,10 @@ what this module does instead, with the same findings:
   enhancement only raises scores of existing results, so a text with no raw result has no
   finding either way).
 - Prefilters. Each pattern entity's recognizer cannot match a text lacking what its pattern
-  requires (a phone number, card, SSN or IBAN needs a digit, an e-mail ``@`` and a word
-  character, an IP address a digit or ``::`` or a hex digit before ``:``, a URL a ``.`` before
-  a letter), so those recognizers are not run on such a text. ``tests/runtime/test_pii.py``
+  requires (a phone number needs a digit, a card, SSN or IBAN its run of digit groups, an
+  e-mail ``@`` and a word character, an IP address ``digit.digit``, ``::`` or a hex digit on
+  either side of ``:``, a URL a ``.`` before a letter: :data:`REQUIRED`), so those recognizers
+  are not run on such a text. ``tests/runtime/test_pii.py``
   checks each rule against the recognizers. :meth:`PiiAnalyzer.may_contain_pii` searches
   their union once, so the scanner skips a text no requested entity can match (most keys
   and values of a model's answer) without a cache digest or a recognizer call.
@@ -105,15 +106,23 @@ SPACY_MODEL_CANDIDATES: Final = ("en_core_web_lg", "en_core_web_md", "en_core_we
 # A text with no match of REQUIRED[e] cannot yield a finding of entity e (see module doc).
 # `regex` with Presidio's flags, so \d is the same Unicode digit class its patterns use.
 _FLAGS: Final = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
-# e-mail: "[@]\w+"; URL: "[.]" then a TLD (letters); IP: an IPv4 digit, or in IPv6 a hex
-# digit before ":" or "::"; phone, card, SSN and IBAN: digits.
+# Each rule is what every pattern of the entity's Presidio recognizer must contain, in that
+# pattern's own character classes: e-mail "@" and a word character; URL "." then a TLD
+# letter; phone a digit (phonenumbers reads any script's digits); card four digits and three
+# groups of at least three (its first group is four digits, the others 3-4 and 3-5, each
+# after an optional "-" or " "); SSN nine digits in 3-2-4 groups with at most one "-", " "
+# or "." between groups (its five patterns: 5-4, 3-6, 3-2-4 and 9 digits are all of this
+# shape); IBAN two letters, two digits and two groups of four alphanumerics; IP an IPv4
+# "digit.digit", or in IPv6 a hex digit, ":", a hex digit, or "::" (every IPv6 alternative has
+# eight groups or an elision). A realistic text has digits (dates, doses, counts) almost
+# always, but rarely these shapes: the card, SSN, IBAN and IP recognizers then never run.
 REQUIRED: Final[Mapping[str, regex.Pattern[str]]] = {
     "EMAIL_ADDRESS": regex.compile(r"@\w", _FLAGS),
     "PHONE_NUMBER": regex.compile(r"\d", _FLAGS),
-    "CREDIT_CARD": regex.compile(r"\d", _FLAGS),
-    "US_SSN": regex.compile(r"\d", _FLAGS),
-    "IBAN_CODE": regex.compile(r"\d", _FLAGS),
-    "IP_ADDRESS": regex.compile(r"\d|[0-9a-f]:|::", _FLAGS),
+    "CREDIT_CARD": regex.compile(r"\d{4}[- ]?\d{3}\d?[- ]?\d{3}\d?[- ]?\d{3}", _FLAGS),
+    "US_SSN": regex.compile(r"[0-9]{3}[- .]?[0-9]{2}[- .]?[0-9]{4}", _FLAGS),
+    "IBAN_CODE": regex.compile(r"[A-Z]{2}[0-9]{2}[ -]?[A-Z0-9]{4}[ -]?[A-Z0-9]{4}", _FLAGS),
+    "IP_ADDRESS": regex.compile(r"[0-9]\.[0-9]|[0-9A-Fa-f]:[0-9A-Fa-f]|::", _FLAGS),
     "URL": regex.compile(r"\.[a-z]", _FLAGS),
     # every PERSON / LOCATION rule needs a word token (a letter)
     "PERSON": regex.compile(r"[\p{L}]", _FLAGS),
