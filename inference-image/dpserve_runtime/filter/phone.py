@@ -496,7 +496,7 @@ class FastPhoneRecognizer(PhoneRecognizer):  # type: ignore[misc]
         regions = [r for r in self.supported_regions if has_plus or region_screen(r).known]
         outers = (_Recorder(text, min(map(min_candidate_length, regions), default=1)).walk()
                   if _SHARED_WALK and regions else None)
-        own_region: dict[tuple[int, int], tuple[str | None] | None] = {}
+        found: set[tuple[int, int]] = set()
         valid: dict[tuple[str, str], bool] = {}  # shared by regions of one country code
         for region in regions:
             matches: Iterable[PhoneNumberMatch] = (
@@ -505,17 +505,19 @@ class FastPhoneRecognizer(PhoneRecognizer):  # type: ignore[misc]
                     text, region, leniency=leniency,
                     min_candidate_length=min_candidate_length(region)))
             for match in matches:
-                # As Presidio does: the explanation names the number's own region if known
-                # (parsed once per span: most numbers are found by every region).
+                # Most numbers are found by several regions. Their results are equal (same
+                # entity, span and score) and remove_duplicates keeps the first of equal
+                # results (a set keeps the element first added): only that one is made.
                 span = (match.start, match.end)
-                if span not in own_region:
-                    try:
-                        parsed = phonenumbers.parse(text[match.start : match.end])
-                        own_region[span] = (phonenumbers.region_code_for_number(parsed),)
-                    except NumberParseException:
-                        own_region[span] = None
-                known = own_region[span]
-                found_region = known[0] if known is not None else region
+                if span in found:
+                    continue
+                found.add(span)
+                # As Presidio does: the explanation names the number's own region if known.
+                try:
+                    parsed = phonenumbers.parse(text[match.start : match.end])
+                    found_region = phonenumbers.region_code_for_number(parsed)
+                except NumberParseException:
+                    found_region = region
                 results.append(
                     self._get_recognizer_result(  # type: ignore[no-untyped-call]
                         match, text, found_region, nlp_artifacts)
