@@ -360,6 +360,36 @@ def test_redact_replaces_with_entity_type(analyzer: PiiAnalyzer) -> None:
     assert analyzer.redact("nothing here", []) == "nothing here"
 
 
+_TYPES = st.sampled_from(["EMAIL_ADDRESS", "PHONE_NUMBER", "US_SSN"])
+# A text of findings and what lies between them: nothing (touching), spaces only (merged
+# when of one type), other characters; plus findings anywhere (overlapping, nested, repeated).
+_LAID_OUT = st.lists(st.tuples(st.sampled_from(["", " ", "  ", ", ", "x", " - ", "\t"]),
+                               st.sampled_from(["a", "ab", "abc"]), _TYPES), max_size=5)
+_ANYWHERE = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 8), _TYPES), max_size=3)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_LAID_OUT, st.sampled_from(["", " ", "z"]), _ANYWHERE)
+def test_redact_equals_presidio_anonymizer(analyzer: PiiAnalyzer,
+                                           laid_out: list[tuple[str, str, str]], tail: str,
+                                           anywhere: list[tuple[int, int, str]]) -> None:
+    """Findings apart, touching, one or more spaces apart, overlapping, nested or repeated:
+    the redaction is the anonymizer's."""
+    text, findings = "", []
+    for gap, word, entity in laid_out:
+        text += gap
+        findings.append(pii.Finding(entity, len(text), len(text) + len(word), 0.5))
+        text += word
+    text += tail
+    for start, length, entity in anywhere:
+        if start + length <= len(text) and length:
+            findings.append(pii.Finding(entity, start, start + length, 0.5))
+    expected = analyzer._anonymizer.anonymize(
+        text, [pii.AnonymizerResult(f.entity_type, f.start, f.end, f.score) for f in findings],
+        analyzer._operators).text if findings else text
+    assert analyzer.redact(text, findings) == expected
+
+
 def test_cache_returns_same_findings_and_keeps_no_text() -> None:
     cached = PiiAnalyzer(ENTITIES, 0.5, THRESHOLDS, cache_size=2)
     text = "write to jane.roe@example.com"

@@ -602,8 +602,33 @@ class PiiAnalyzer:
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     def redact(self, text: str, findings: Sequence[Finding]) -> str:
-        """``text`` with every finding replaced by ``<ENTITY_TYPE>`` (Presidio anonymizer)."""
+        """``text`` with every finding replaced by ``<ENTITY_TYPE>``, as Presidio's
+        anonymizer replaces them (the anonymizer itself where findings overlap)."""
         if not findings:
             return text
+        spans = sorted((f.start, f.end, f.entity_type) for f in findings)
+        if _apart(text, spans):
+            parts: list[str] = []
+            at = 0
+            for start, end, entity in spans:
+                parts += (text[at:start], "<", entity, ">")
+                at = end
+            parts.append(text[at:])
+            return "".join(parts)
         results = [AnonymizerResult(f.entity_type, f.start, f.end, f.score) for f in findings]
         return str(self._anonymizer.anonymize(text, results, self._operators).text)
+
+
+def _apart(text: str, spans: Sequence[tuple[int, int, str]]) -> bool:
+    """Whether the anonymizer replaces each of these sorted spans on its own: none empty, a
+    character at least between two of them (the anonymizer resolves overlapping or touching
+    results), and not only spaces between two of one entity type (it merges those into one
+    replacement)."""
+    previous_end, previous_entity = -1, ""
+    for start, end, entity in spans:
+        if start >= end or start <= previous_end:
+            return False
+        if entity == previous_entity and text[previous_end:start].strip(" ") == "":
+            return False
+        previous_end, previous_entity = end, entity
+    return True
