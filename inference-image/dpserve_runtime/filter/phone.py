@@ -45,6 +45,17 @@ each candidate, eight times over, was about 85% of the filter's time on clinical
   phonenumbers makes them: the "national prefix present if required" rule (the formatting
   rule chosen for the NSN in the country's main region) and ``is_valid_number``.
 
+In that last case (``OWN_CODE``) the screen has made the library's whole decision on the
+number: the parse of such a candidate strips nothing, so its number is the region's country
+code with the digits as NSN, and the verification at VALID is the validity and
+national-prefix checks the screen made (a plain candidate has no ``x`` for the third
+check). Only the matcher's checks of the text around the candidate remain (brackets, "page"
+references, a Latin letter, currency or percent sign either side): :func:`_own_code_match`
+makes them, with the library's own patterns, and returns the match the parse would have
+led to; the validity of a (country code, NSN) pair is shared by the regions of that code
+(US and CA) within a text. ``tests/runtime/test_pii.py`` holds these matches to the
+library's ``_parse_and_verify`` on generated candidates and contexts.
+
 Each rule is a necessary condition of ``parse`` succeeding and ``_verify`` accepting at
 leniency VALID (Presidio's), so findings are unchanged; regions whose national-prefix
 transform rule can insert digits or reorder them keep only the first rule, and other
@@ -62,6 +73,9 @@ count is kept per region as the matcher keeps it, except that inner groups of an
 candidate below every region's bound are not walked (none could be parsed), so they do not
 count: on a text with tens of thousands of failed candidates this recognizer may look a
 little further than Presidio's.
+
+A number most regions find gives one result, not one per region: the regions' results for
+it are equal (entity, span, score) and Presidio's ``remove_duplicates`` keeps the first.
 """
 
 from __future__ import annotations
