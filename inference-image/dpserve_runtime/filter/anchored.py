@@ -99,7 +99,8 @@ _TLD_DOT: Final = regex.compile(r"[.]" + _trie(_top_level_domains()), FLAGS)
 # e-mail: the local part's characters (with "."), and the pattern's tail from "@" on.
 _LOCAL = r"[!#$%&'*+\-/=?^_`{|}~\w]"
 _LOCAL_CHAR: Final = regex.compile(_LOCAL, FLAGS)
-_LOCAL_RUN: Final = regex.compile(r"[!#$%&'*+\-/=?^_`{|}~\.\w]++", FLAGS)
+# Matched backwards from an "@": the maximal run of local-part characters ending there.
+_LOCAL_RUN_BEFORE: Final = regex.compile(r"(?r)[!#$%&'*+\-/=?^_`{|}~\.\w]++", FLAGS)
 _DOMAIN: Final = regex.compile(r"[@]\w+(?:-+\w+)*(?:\.\w+(?:-+\w+)*)+\b", FLAGS)
 _LOCAL_START: Final = regex.compile(r"\b" + _LOCAL, FLAGS)
 _AT: Final = regex.compile(r"@", FLAGS)
@@ -225,14 +226,18 @@ def url_finditer(pattern_name: str, pattern: regex.Pattern[str], text: str,
 
 
 def _email_starts(text: str, counter: WorkCounter | None) -> Iterator[int]:
-    runs = {m.end(): m.start() for m in _LOCAL_RUN.finditer(text)}
     if counter is not None:
-        counter.scanned += 2 * len(text)
+        counter.scanned += len(text)
     for at in _AT.finditer(text):
         e = at.start()
-        run_start = runs.get(e)
-        if run_start is None or not _LOCAL_CHAR.match(text, e - 1):
+        if e == 0 or not _LOCAL_CHAR.match(text, e - 1):
             continue  # nothing, or a ".", before "@": no local part ends here
+        run = _LOCAL_RUN_BEFORE.match(text, 0, e)  # the run of local characters ending here
+        if run is None:
+            continue
+        run_start = run.start()
+        if counter is not None:
+            counter.scanned += e - run_start  # runs before distinct "@"s do not overlap
         if not _DOMAIN.match(text, e):
             continue
         if counter is not None:
