@@ -300,6 +300,43 @@ def test_own_code_match_is_what_phonenumbers_returns(before: str, middle: str,
                 assert ours == expected, (region, text, attempt)
 
 
+def _library_valid(country_code: int, nsn: str) -> bool:
+    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(nsn))
+    phonenumbers.phonenumberutil._set_italian_leading_zeros_for_phone_number(nsn, number)
+    return bool(phonenumbers.is_valid_number(number))
+
+
+# The default regions' codes, shared codes (1: 25 regions, 7, 44, 262, 590: leading digits
+# or types pick the region), non-geographic ones (800, 882, 979) and others.
+_CODES = st.sampled_from([1, 7, 33, 39, 44, 49, 55, 61, 81, 86, 91, 262, 358, 590, 800, 882,
+                          972, 979])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_CODES, st.text(alphabet="0123456789", min_size=1, max_size=17))
+def test_nsn_is_valid_is_phonenumbers_is_valid_number(country_code: int, nsn: str) -> None:
+    assert phone.nsn_is_valid(country_code, nsn) == _library_valid(country_code, nsn)
+
+
+def test_nsn_is_valid_on_every_example_number_and_its_near_misses() -> None:
+    checked = valid = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for number_type in range(11):
+            example = phonenumbers.example_number_for_type(region, number_type)
+            if example is None:
+                continue
+            nsn = phonenumbers.national_significant_number(example)
+            last = str((int(nsn[-1]) + 1) % 10)
+            for variant in {nsn, nsn[:-1], nsn + "1", nsn[:-1] + last, "0" + nsn}:
+                if variant:
+                    expected = _library_valid(example.country_code, variant)
+                    assert phone.nsn_is_valid(example.country_code, variant) == expected, (
+                        region, variant)
+                    checked += 1
+                    valid += expected
+    assert checked > 5000 and valid > 2000
+
+
 def test_own_code_verdicts_occur() -> None:
     """National numbers written without a prefix are decided by the screen (the test above
     is not vacuous), in the regions whose numbers they are."""
