@@ -141,6 +141,21 @@ async def test_pii_is_redacted(make_stack: StackFactory) -> None:
     assert stack.metric("ml_pii_filtered_output_total", entity_type="PHONE_NUMBER") == 2
 
 
+async def test_new_pii_in_every_answer_is_redacted(make_stack: StackFactory) -> None:
+    """Another address and number in each output (bench/sidecar.py's echo-pii-new): every
+    one analysed afresh and redacted."""
+    model = FakeModel(text="mail jane{n}@example.com or (212) 555-{n}", numbered=True)
+    stack = await make_stack(model=model)
+    for _ in range(3):
+        status, body, _ = await stack.predict({"inputs": [[1.0], [2.0]]})
+        assert status == 200
+        assert [o["text"] for o in body["outputs"]] == [
+            "mail <EMAIL_ADDRESS> or <PHONE_NUMBER>"] * 2
+    assert model.texts_sent == 6  # six distinct texts: jane0000 ... jane0005
+    assert stack.metric("ml_pii_filtered_output_total", entity_type="EMAIL_ADDRESS") == 6
+    assert stack.metric("ml_pii_filtered_output_total", entity_type="PHONE_NUMBER") == 6
+
+
 async def test_block_action_withholds_answer(make_stack: StackFactory) -> None:
     stack = await make_stack(model=FakeModel(text=PII_TEXT), outputFilter={
         "action": "block", "entities": ["EMAIL_ADDRESS"]})
