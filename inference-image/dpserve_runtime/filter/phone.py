@@ -276,12 +276,17 @@ def nsn_is_valid(country_code: int, nsn: str) -> bool:
         if region is None:
             return False
     if region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY:
-        number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(nsn))
-        phonenumbers.phonenumberutil._set_italian_leading_zeros_for_phone_number(nsn, number)
-        return bool(phonenumbers.is_valid_number(number))
+        return bool(phonenumbers.is_valid_number(_number(country_code, nsn)))
     if phonenumbers.country_code_for_valid_region(region) != country_code:
         return False
     return _known_type(region, nsn)
+
+
+def _number(country_code: int, nsn: str) -> phonenumbers.PhoneNumber:
+    """The number (``country_code``, ``nsn``) as parse() builds it: leading zeros kept."""
+    number = phonenumbers.PhoneNumber(country_code=country_code, national_number=int(nsn))
+    phonenumbers.phonenumberutil._set_italian_leading_zeros_for_phone_number(nsn, number)
+    return number
 
 
 def _known_type(region: str, nsn: str) -> bool:
@@ -362,10 +367,7 @@ class RegionScreen:
     def own_code_number(self, digits: str) -> phonenumbers.PhoneNumber:
         """The number parse() makes of plain ``digits`` that it strips nothing from, as the
         matcher returns it (only the country code, the national number and leading zeros)."""
-        number = phonenumbers.PhoneNumber(country_code=int(self.country_code),
-                                          national_number=int(digits))
-        phonenumbers.phonenumberutil._set_italian_leading_zeros_for_phone_number(digits, number)
-        return number
+        return _number(int(self.country_code), digits)
 
     def _national_prefix_ok(self, nsn: str) -> bool:
         """The matcher's national-prefix check (``_is_national_prefix_present_if_required``)

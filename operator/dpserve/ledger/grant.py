@@ -138,7 +138,7 @@ def _replayed_grant(
             _, row = tenant_status(limits, previous.ledger, record.partition, accounting)
         except ACCOUNTING_ERRORS as exc:
             return Refusal("Unavailable", f"accounting failed: {accounting_message(exc)}")
-        numbers = ledger_numbers(previous, record.partition, [row])
+        numbers = float(row.epsilon_spent), float(row.epsilon_remaining)
     spent, left = numbers or (0.0, 0.0)
     return Grant(previous, record.granted, record, spent, left, changed=False, replay=True)
 
